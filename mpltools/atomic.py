@@ -1,0 +1,86 @@
+"""All-or-nothing outputs (DESIGN §2): write to a temporary sibling, fsync, rename.
+
+A reader never sees a half-written file or folder, an interrupted command leaves nothing behind
+but a hidden `.tmp-*` sibling that the next run removes, and nothing is overwritten unless the
+user said `--force`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mpltools.errors import MplError
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_can_write(out: Path, force: bool) -> None:
+    out = Path(out)
+    if out.exists() and not force:
+        raise MplError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `out` in one rename."""
+    out = Path(out)
+    check_can_write(out, force)
+    _remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+        if out.exists():
+            # --force: move the old output aside first so the rename below cannot fail half-way.
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; on success it is fsynced and renamed to `out`."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise MplError(f"{out} already exists; pass --force to overwrite it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,195 @@
+"""The command line: declares commands and options, then hands over to `mpltools.commands.*`.
+
+This is the only module that uses Typer. It imports no torch: commands are imported inside the
+functions, so `mpl --help` and `mpl --version` stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from mpltools import __version__, log
+from mpltools.errors import MplError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare data: import datasets, split them, inspect shard sets.")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mpl (mpltools) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output on stderr."),
+) -> None:
+    _state["debug"] = debug
+    log.set_quiet(quiet)
+
+
+def _command_line() -> str:
+    return "mpl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _execute(fn: Callable[[], object]) -> object:
+    """Run a command; map failures to DESIGN §2's exit codes with a one-paragraph message."""
+    try:
+        return fn()
+    except MplError as exc:
+        if _state["debug"]:
+            raise
+        log.error(exc.message)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        log.error("interrupted.")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
+        if _state["debug"]:
+            raise
+        log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")
+        raise typer.Exit(1) from None
+
+
+def resolve_path_arg(value: str) -> str:
+    """`-` means: read the path from the first line of stdin (so `mpl eval "$(...)"` and pipes both work)."""
+    if value != "-":
+        return value
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise MplError("expected a path on stdin (because '-' was given), but stdin was empty.", exit_code=2)
+    return line
+
+
+def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+class SourceName(str, Enum):
+    twomoon = "twomoon"
+    digits = "digits"
+    synthetic = "synthetic"
+    imagefolder = "imagefolder"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    svhn = "svhn"
+
+
+@data_app.command("import")
+def data_import(
+    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn (needs PATH)."),
+    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
+    seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
+    split: str = typer.Option("train", help="cifar10/cifar100: which part of the archive (train or test)."),
+    num_samples: Optional[int] = typer.Option(None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."),
+    num_classes: int = typer.Option(10, min=2, help="synthetic: number of classes."),
+    image_size: int = typer.Option(32, min=4, help="synthetic: image height and width."),
+    channels: int = typer.Option(3, help="synthetic: 1 or 3 channels."),
+    noise: float = typer.Option(0.1, min=0.0, help="twomoon: standard deviation of the Gaussian noise."),
+    scale: float = typer.Option(1.0, help="twomoon: multiply the coordinates by this."),
+    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
+) -> None:
+    """Turn a dataset into a shard set (WebDataset tar shards + manifest.json)."""
+    from mpltools.commands import data_import as command
+    from mpltools.data.sources import SourceOptions
+
+    opts = SourceOptions(seed=seed, split=split, num_samples=num_samples, num_classes=num_classes,
+                         image_size=image_size, channels=channels, noise=noise, scale=scale)
+    report = _execute(lambda: command.run(source.value, path, out, opts, max_per_shard=max_per_shard,
+                                          force=force, command=_command_line()))
+    _emit(report, as_json, [report["out"]])
+
+
+@data_app.command("split")
+def data_split(
+    src: str = typer.Argument(..., help="A labelled shard set folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; gets labeled/, unlabeled/ and val/."),
+    preset: Optional[str] = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
+    labeled_per_class: Optional[int] = typer.Option(None, min=0, help="Labelled samples per class."),
+    labeled: Optional[int] = typer.Option(None, "--labeled", min=0, help="Labelled samples in total (spread evenly over classes)."),
+    labeled_fraction: Optional[float] = typer.Option(None, help="Fraction of each class that is labelled."),
+    val_per_class: Optional[int] = typer.Option(None, min=0, help="Validation samples per class."),
+    val: Optional[int] = typer.Option(None, "--val", min=0, help="Validation samples in total (spread evenly)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Fraction of each class held out for validation."),
+    include_labeled_in_unlabeled: bool = typer.Option(
+        False, "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
+        help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+) -> None:
+    """Seeded, class-balanced split of a labelled shard set into labeled/, unlabeled/ (labels removed) and val/."""
+    from mpltools.commands import data_split as command
+
+    def go():
+        sizes = command.SplitSizes()
+        if preset is not None:
+            if preset not in command.PRESETS:
+                raise MplError(f"unknown preset {preset!r}; choose one of {', '.join(command.PRESETS)}.", exit_code=2)
+            sizes = command.SplitSizes(**vars(command.PRESETS[preset]))
+        overrides = dict(labeled_per_class=labeled_per_class, labeled_total=labeled, labeled_fraction=labeled_fraction,
+                         val_per_class=val_per_class, val_total=val, val_fraction=val_fraction)
+        if any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
+            sizes.labeled_per_class = sizes.labeled_total = sizes.labeled_fraction = None
+            sizes.labeled_rest = False
+        if any(v is not None for k, v in overrides.items() if k.startswith("val")):
+            sizes.val_per_class = sizes.val_total = sizes.val_fraction = None
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(sizes, k, v)
+        if preset is None and not any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
+            raise MplError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2)
+        sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
+        return command.run(src, out, sizes, seed=seed, preset=preset, max_per_shard=max_per_shard, force=force,
+                           command=_command_line())
+
+    report = _execute(go)
+    _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])
+
+
+@data_app.command("info")
+def data_info(
+    location: str = typer.Argument(..., help="Shard set folder, a brace pattern of shards, or - to read it from stdin."),
+    verify: bool = typer.Option(False, "--verify", help="Recompute checksums and fully decode every sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Counts, class histogram and input spec of a shard set; --verify checks every byte."""
+    from mpltools.commands import data_info as command
+
+    report = _execute(lambda: command.run(resolve_path_arg(location), verify))
+    _emit(report, as_json, [command.render(report)])
+    if verify and not report["verified"]:
+        log.error(f"{report['path']}: {len(report['problems'])} problem(s) found; see above.")
+        raise typer.Exit(1)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    app(args=argv, prog_name="mpl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`mpl data info DIR [--verify]`: counts, class histogram, input spec; --verify checks every byte."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from mpltools import log
+from mpltools.data.shards import ShardError, decode_input, open_shard_set, read_shard, sha256_file
+
+
+def run(location: str, verify: bool) -> dict:
+    shards = open_shard_set(location)
+    report: dict = {
+        "path": str(location),
+        "has_manifest": shards.manifest is not None,
+        "shards": len(shards.shard_paths),
+    }
+    if shards.manifest is not None:
+        report.update(num_samples=shards.num_samples, labeled=shards.labeled, classes=shards.classes,
+                      class_counts=shards.class_counts, input=shards.input_spec.to_json(), extras=shards.extras,
+                      provenance=shards.provenance)
+    if not verify and shards.manifest is not None:
+        return report
+    # A manifest-less pattern is counted by reading it; --verify checks everything, reporting every fault.
+    problems: list[str] = []
+    counts: Counter = Counter()
+    total, label_seen = 0, False
+    with log.progress("verify" if verify else "count", total=len(shards.shard_paths), unit="shards") as bar:
+        for i, path in enumerate(shards.shard_paths):
+            if verify and shards.manifest is not None:
+                if sha256_file(path) != shards.shard_checksums[i]:
+                    problems.append(f"{path}: sha256 does not match {shards.root}/manifest.json (the shard changed or is corrupt)")
+            in_shard = 0
+            try:
+                for sample in read_shard(path, num_classes=shards.num_classes):
+                    in_shard += 1
+                    if sample.label is not None:
+                        counts[sample.label] += 1
+                        label_seen = True
+                    if verify:
+                        try:
+                            decode_input(sample, path)
+                        except ShardError as exc:
+                            problems.append(exc.message)
+            except ShardError as exc:
+                problems.append(exc.message)
+            if shards.manifest is not None and in_shard != shards.shard_counts[i]:
+                problems.append(f"{path}: holds {in_shard} samples but the manifest says {shards.shard_counts[i]}")
+            total += in_shard
+            bar.advance()
+    report["counted_samples"] = total
+    if label_seen:
+        report["counted_class_counts"] = [counts[c] for c in range(max(counts) + 1)] if shards.manifest is None \
+            else [counts[c] for c in range(shards.num_classes)]
+        if shards.manifest is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
+            problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
+    if verify:
+        report["verified"] = not problems
+        report["problems"] = problems
+    return report
+
+
+def render(report: dict) -> str:
+    """Human-readable report for stdout (the JSON form is for scripts)."""
+    lines = [f"shard set   {report['path']}"]
+    if report.get("has_manifest"):
+        spec = report["input"]
+        lines.append(f"samples     {report['num_samples']:,} in {report['shards']} shard(s), {'labelled' if report['labeled'] else 'unlabelled'}")
+        lines.append(f"input       {spec['kind']} {spec['encoding']} shape={spec['shape']} dtype={spec['dtype']}")
+        lines.append(f"classes     {len(report['classes'])}")
+        if report.get("class_counts"):
+            width = max(len(c) for c in report["classes"])
+            peak = max(report["class_counts"]) or 1
+            for name, count in zip(report["classes"], report["class_counts"]):
+                lines.append(f"  {name:<{width}} {count:>8,} {'#' * max(1, round(30 * count / peak)) if count else ''}")
+        if report.get("extras"):
+            lines.append(f"extras      {', '.join(report['extras'])}")
+    else:
+        lines.append(f"samples     {report.get('counted_samples', '?'):,} in {report['shards']} shard(s) (no manifest)")
+    if "verified" in report:
+        lines.append("verify      OK: checksums match, every sample decodes" if report["verified"]
+                     else f"verify      FAILED: {len(report['problems'])} problem(s)")
+        lines += [f"  - {p}" for p in report["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,390 @@
+"""The shard-set format (DESIGN §3): WebDataset-compatible tar shards plus `manifest.json`.
+
+A shard set is a folder holding `shard-000000.tar`, `shard-000001.tar`, ... and `manifest.json`.
+A sample is the group of consecutive tar members `<key>.<ext>`: one input (`png`, `jpg` or `npy`),
+`cls` (ASCII integer label; absent in unlabelled sets) and optional extras such as `logits.npy`.
+This module is the only place that knows the manifest's field names.
+
+Reading never uses WebDataset's default decoders (they unpickle `.pyd`/`.pkl` members); inputs are
+decoded explicitly here, and `.npy` members are loaded with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mpltools.errors import MplError
+
+FORMAT = "mpltools.shardset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "shard-%06d.tar"
+INPUT_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class ShardError(MplError):
+    """A shard set is unreadable or inconsistent; the message names the file and key."""
+
+
+def validate_key(key: str) -> None:
+    # Dots would split the key from the extension on read; slashes and '..' escape the archive.
+    if not _KEY_RE.match(key):
+        raise ShardError(
+            f"invalid sample key {key!r}: keys may contain only letters, digits, '_' and '-' "
+            "(no '/', '..' or dots)."
+        )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    kind: str  # "image" or "vector"
+    encoding: str  # "png", "jpg", "npy" or "mixed"
+    shape: tuple[int, ...] | None  # (H, W, C) for images, (D,) for vectors; None if it varies
+    dtype: str = "uint8"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "encoding": self.encoding, "shape": list(self.shape) if self.shape else None, "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(d: dict) -> "InputSpec":
+        shape = d.get("shape")
+        return InputSpec(d["kind"], d["encoding"], tuple(shape) if shape else None, d.get("dtype", "uint8"))
+
+
+@dataclass
+class Sample:
+    key: str
+    ext: str  # extension of the input member
+    data: bytes  # encoded input
+    label: int | None = None
+    extras: dict[str, bytes] = field(default_factory=dict)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    # Fixed metadata so the same samples always give byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Writes samples into shards inside `folder` (which the caller makes atomic) and a manifest."""
+
+    def __init__(self, folder: Path, *, input_spec: InputSpec, classes: list[str], labeled: bool,
+                 provenance: dict, max_per_shard: int = 10_000, extras: tuple[str, ...] = ()):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.input_spec, self.classes, self.labeled = input_spec, list(classes), labeled
+        self.provenance, self.max_per_shard, self.extras = provenance, max_per_shard, tuple(extras)
+        self._keys: set[str] = set()
+        self._shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count_in_shard = 0
+        self.class_counts = [0] * len(self.classes)
+        self.num_samples = 0
+
+    def write(self, sample: Sample) -> None:
+        validate_key(sample.key)
+        if sample.key in self._keys:
+            raise ShardError(f"duplicate sample key {sample.key!r}; every key in a shard set must be unique.")
+        self._keys.add(sample.key)
+        if self.labeled:
+            if sample.label is None:
+                raise ShardError(f"sample {sample.key!r} has no label but the shard set is labelled.")
+            if not 0 <= sample.label < len(self.classes):
+                raise ShardError(f"sample {sample.key!r} has label {sample.label}, outside the class range 0..{len(self.classes) - 1}.")
+            self.class_counts[sample.label] += 1
+        if self._tar is None or self._count_in_shard >= self.max_per_shard:
+            self._open_next_shard()
+        members = [(f"{sample.key}.{sample.ext}", sample.data)]
+        if self.labeled:
+            members.append((f"{sample.key}.cls", str(int(sample.label)).encode()))
+        for ext, payload in sorted(sample.extras.items()):
+            members.append((f"{sample.key}.{ext}", payload))
+        for name, payload in members:
+            self._tar.addfile(_tarinfo(name, len(payload)), io.BytesIO(payload))
+        self._count_in_shard += 1
+        self._shards[-1]["count"] += 1
+        self.num_samples += 1
+
+    def _open_next_shard(self) -> None:
+        self._close_shard()
+        name = SHARD_PATTERN % len(self._shards)
+        self._shards.append({"name": name, "count": 0})
+        self._tar = tarfile.open(self.folder / name, mode="w", format=tarfile.USTAR_FORMAT)
+        self._count_in_shard = 0
+
+    def _close_shard(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+    def close(self) -> dict:
+        """Finish the last shard, checksum every shard, write the manifest; return it."""
+        self._close_shard()
+        for shard in self._shards:
+            path = self.folder / shard["name"]
+            shard["sha256"], shard["bytes"] = sha256_file(path), path.stat().st_size
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "num_samples": self.num_samples,
+            "labeled": self.labeled,
+            "classes": self.classes,
+            "class_counts": self.class_counts if self.labeled else None,
+            "input": self.input_spec.to_json(),
+            "extras": list(self.extras),
+            "shards": self._shards,
+            "provenance": self.provenance,
+        }
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        return manifest
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardSet:
+    """A readable shard set: a manifest folder, or a plain brace pattern of shards (no manifest)."""
+
+    root: Path
+    shard_paths: list[Path]
+    manifest: dict | None
+    manifest_sha256: str | None = None
+
+    # Properties read the manifest; a manifest-less set knows only its shard files.
+    @property
+    def num_samples(self) -> int | None:
+        return self.manifest["num_samples"] if self.manifest else None
+
+    @property
+    def labeled(self) -> bool | None:
+        return self.manifest["labeled"] if self.manifest else None
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.manifest["classes"] if self.manifest else None
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.manifest["classes"]) if self.manifest else None
+
+    @property
+    def input_spec(self) -> InputSpec | None:
+        return InputSpec.from_json(self.manifest["input"]) if self.manifest else None
+
+    @property
+    def shard_counts(self) -> list[int] | None:
+        return [s["count"] for s in self.manifest["shards"]] if self.manifest else None
+
+    @property
+    def shard_checksums(self) -> list[str] | None:
+        return [s["sha256"] for s in self.manifest["shards"]] if self.manifest else None
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        return self.manifest.get("class_counts") if self.manifest else None
+
+    @property
+    def extras(self) -> list[str]:
+        return list(self.manifest.get("extras", [])) if self.manifest else []
+
+    @property
+    def provenance(self) -> dict:
+        return self.manifest.get("provenance", {}) if self.manifest else {}
+
+    def require_manifest(self, why: str) -> None:
+        if self.manifest is None:
+            raise ShardError(f"{self.root}: {why} needs a shard set folder with {MANIFEST}, not a bare shard pattern.")
+
+    def require_labels(self, why: str) -> None:
+        self.require_manifest(why)
+        if not self.labeled:
+            raise ShardError(f"{self.root} is an unlabelled shard set, but {why} needs labels; use a labelled set (e.g. the `labeled/` or `val/` output of `mpl data split`).")
+
+    def samples(self, shard_indices: list[int] | None = None) -> Iterator[Sample]:
+        indices = range(len(self.shard_paths)) if shard_indices is None else shard_indices
+        for i in indices:
+            yield from read_shard(self.shard_paths[i], num_classes=self.num_classes)
+
+
+def open_shard_set(location: str | Path) -> ShardSet:
+    """Open a shard set folder (validating its manifest) or a brace pattern such as `d/shard-{000000..000003}.tar`."""
+    text = str(location)
+    if "{" in text or text.endswith(".tar"):
+        import braceexpand
+
+        paths = [Path(p) for p in braceexpand.braceexpand(text)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ShardError(f"shard file {missing[0]} does not exist (from the pattern {text}).")
+        return ShardSet(root=Path(text), shard_paths=paths, manifest=None)
+    root = Path(location)
+    if not root.exists():
+        raise ShardError(f"{root} does not exist; pass a shard set folder (made by `mpl data import` or `mpl data split`).")
+    if not root.is_dir():
+        raise ShardError(f"{root} is not a shard set: expected a folder with {MANIFEST} and shard-*.tar files.")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ShardError(f"{root} is not a shard set: it has no {MANIFEST}. Create shard sets with `mpl data import`.")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{manifest_path} is not valid JSON ({exc}); re-create the shard set.") from None
+    _check_manifest(manifest, manifest_path)
+    paths = [root / s["name"] for s in manifest["shards"]]
+    for path in paths:
+        if not path.is_file():
+            raise ShardError(f"{path} is listed in {manifest_path} but missing; the shard set is incomplete, re-create it.")
+    return ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _check_manifest(m: object, path: Path) -> None:
+    def bad(what: str) -> ShardError:
+        return ShardError(f"{path} is malformed: {what}. Re-create the shard set with `mpl data import`/`split`.")
+
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise bad(f"'format' must be {FORMAT!r}")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise bad(f"format_version {m.get('format_version')!r} is not supported (this mpltools reads {FORMAT_VERSION})")
+    for key, typ in (("num_samples", int), ("labeled", bool), ("classes", list), ("input", dict), ("shards", list)):
+        if not isinstance(m.get(key), typ):
+            raise bad(f"field {key!r} is missing or not a {typ.__name__}")
+    for s in m["shards"]:
+        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("count"), int)
+                and isinstance(s.get("sha256"), str)) or "/" in s["name"] or s["name"].startswith("."):
+            raise bad(f"shard entry {s!r} needs a plain 'name', a 'count' and a 'sha256'")
+    if sum(s["count"] for s in m["shards"]) != m["num_samples"]:
+        raise bad("the per-shard counts do not add up to num_samples")
+    if m["input"].get("kind") not in ("image", "vector"):
+        raise bad("input.kind must be 'image' or 'vector'")
+
+
+def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
+    """Yield the samples of one shard in order, raising ShardError that names the shard and key."""
+    current: Sample | None = None
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    raise ShardError(f"{path}: member {member.name!r} is not a regular file; shards hold only files.")
+                key, _, ext = member.name.partition(".")
+                if "/" in member.name or not ext:
+                    raise ShardError(f"{path}: member name {member.name!r} is not of the form <key>.<ext>.")
+                payload = tar.extractfile(member).read()
+                if current is None or key != current.key:
+                    if current is not None:
+                        yield _finish(current, path, num_classes)
+                    if key in seen:
+                        raise ShardError(f"{path}: sample key {key!r} appears twice; keys must be unique.")
+                    seen.add(key)
+                    current = Sample(key=key, ext="", data=b"")
+                _add_member(current, ext, payload, path)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        where = f" after sample {current.key!r}" if current else ""
+        raise ShardError(f"{path} is not a readable tar shard{where} ({exc}); it is truncated or corrupt: re-create or re-download it.") from None
+    if current is not None:
+        yield _finish(current, path, num_classes)
+
+
+def _add_member(sample: Sample, ext: str, payload: bytes, path: Path) -> None:
+    if ext in INPUT_EXTENSIONS:
+        if sample.ext:
+            raise ShardError(f"{path}: sample {sample.key!r} has two inputs ({sample.ext}, {ext}).")
+        sample.ext, sample.data = ext, payload
+    elif ext == "cls":
+        try:
+            sample.label = int(payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise ShardError(f"{path}: sample {sample.key!r} has a label that is not an integer: {payload[:20]!r}.") from None
+    elif ext in sample.extras:
+        raise ShardError(f"{path}: sample {sample.key!r} has {ext!r} twice.")
+    else:
+        sample.extras[ext] = payload
+
+
+def _finish(sample: Sample, path: Path, num_classes: int | None) -> Sample:
+    if not sample.ext:
+        raise ShardError(f"{path}: sample {sample.key!r} has no input member (png/jpg/npy).")
+    if sample.label is not None and num_classes is not None and not 0 <= sample.label < num_classes:
+        raise ShardError(f"{path}: sample {sample.key!r} has label {sample.label}, outside 0..{num_classes - 1}.")
+    return sample
+
+
+def decode_input(sample: Sample, where: Path | str = "") -> np.ndarray:
+    """Fully decode an input: images to uint8 HxWxC, vectors to float32 (D,). Errors name the key."""
+    try:
+        if sample.ext == "npy":
+            return np.load(io.BytesIO(sample.data), allow_pickle=False).astype(np.float32, copy=False)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(sample.data)) as img:
+            img.load()  # a full decode: verify() lets truncated JPEGs through
+            # Grayscale stays one channel (digits, MNIST-like data); everything else becomes RGB.
+            array = np.asarray(img.convert("L") if img.mode in ("L", "1", "I;16") else img.convert("RGB"))
+        return array[:, :, None] if array.ndim == 2 else array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt sample
+        raise ShardError(f"{where}: sample {sample.key!r} cannot be decoded as {sample.ext} ({exc}); the file is corrupt.") from None
+
+
+def decode_extra(sample: Sample, name: str, where: Path | str = "") -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(sample.extras[name]), allow_pickle=False)
+    except KeyError:
+        raise ShardError(f"{where}: sample {sample.key!r} has no {name!r} member.") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ShardError(f"{where}: sample {sample.key!r} member {name!r} is not a valid .npy array ({exc}).") from None
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def read_keys_and_labels(path: Path) -> list[tuple[str, int | None]]:
+    """(key, label) of every sample of a shard, reading tar headers and labels only (inputs are skipped).
+
+    `mpl data split` uses this for its first pass so that choosing a split costs almost no I/O.
+    """
+    out: list[tuple[str, int | None]] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if not out or out[-1][0] != key:
+                    out.append((key, None))
+                if ext == "cls":
+                    out[-1] = (key, int(tar.extractfile(member).read().decode("ascii").strip()))
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{path} is not a readable tar shard ({exc}); it is truncated or corrupt: re-create it.") from None
+    return out
