@@ -207,7 +207,9 @@ def build_efficientnet(
         depth_coefficient: override the variant's depth.
     """
     if len(input_shape) != 3:
-        raise ValueError(f"efficientnet needs image input (C, H, W), got input_shape {input_shape}.")
+        raise ValueError(
+            f"efficientnet needs image input (C, H, W), got input_shape {input_shape}."
+        )
     params = EFFICIENTNET_PARAMS[variant]
     return EfficientNet(
         in_channels=input_shape[0],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +116,15 @@ def validate_model_args(name: str, kwargs: dict[str, Any]) -> None:
             trip through a checkpoint.
     """
     valid = model_kwargs(name)
+    fixed = _REGISTRY[name][1]
     for key, value in kwargs.items():
+        if key in fixed:
+            builder = _REGISTRY[name][0]
+            related = [n for n, (b, _) in _REGISTRY.items() if b is builder and n != name]
+            raise ValueError(
+                f"Model {name!r} fixes {key}={fixed[key]!r} by its name; pick another name to "
+                f"change it (same family: {', '.join(related)})."
+            )
         if key not in valid:
             close = difflib.get_close_matches(key, list(valid), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -156,12 +165,17 @@ def build_model(
     """
     builder, fixed = _lookup(name)
     validate_model_args(name, kwargs)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    # Shapes arrive as JSON lists or numpy ints from manifests; normalise to a tuple of ints.
     shape = tuple(input_shape)
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+    if not shape or not all(_is_positive_int(d) for d in shape):
         raise ValueError(f"input_shape must be positive integers, got {input_shape!r}.")
-    return builder(num_classes, shape, **fixed, **kwargs)
+    return builder(int(num_classes), tuple(int(d) for d in shape), **fixed, **kwargs)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def count_parameters(model: nn.Module) -> int:
