@@ -187,6 +187,37 @@ def data_info(
         raise typer.Exit(1)
 
 
+def _load_recipe(recipe: Optional[Path], overrides: List[str], seed: Optional[int]):
+    from mpltools.config import load_recipe
+
+    return _execute(lambda: load_recipe(recipe, overrides, seed=seed))
+
+
+@app.command("train")
+def train(
+    recipe: Path = typer.Argument(..., help="TOML recipe (see recipes/)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
+    seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe (TOML) and exit."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
+) -> None:
+    """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, pseudo-label)."""
+    resolved = _load_recipe(recipe, overrides, seed)
+    if print_config:
+        from mpltools.config import to_toml
+
+        typer.echo(to_toml(resolved))
+        return
+    from mpltools.commands import train as command
+
+    run_dir = out or Path("runs") / recipe.stem
+    report = _execute(lambda: command.run(resolved, run_dir, force=force, command=_command_line()))
+    if report.get("student"):  # only the main process prints
+        _emit(report, as_json, [report["student"]])
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     app(args=argv, prog_name="mpl")
 

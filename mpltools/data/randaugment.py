@@ -109,23 +109,22 @@ def _fill(img: Image.Image, value: int) -> int | tuple[int, ...]:
     return value if img.mode == "L" else (value,) * len(img.getbands())
 
 
-def _hwc(img: Image.Image) -> np.ndarray:
-    a = np.asarray(img)
-    return a[:, :, None] if a.ndim == 2 else a
+# Below this many pixels numpy LUTs win (PIL's Image.point rounds a Python list of 256 * bands
+# entries on every call, ~50 us); above it PIL's C loops win.
+_SMALL_IMAGE = 64 * 64
 
 
-def _point(img: Image.Image, lut: np.ndarray) -> Image.Image:
-    """Look-up table op: `lut` is (256,) for every band or (bands, 256) per band.
-
-    Done in numpy: PIL's Image.point rounds a 768-entry Python list per call (~50 us on 32x32)."""
-    a = np.asarray(img)
-    if lut.ndim == 2:
-        bands = lut.shape[0]
-        if bands == 1:
-            lut = lut[0]
-        else:
-            return Image.fromarray(np.take(lut.ravel(), a + _band_offsets(bands)))
-    return Image.fromarray(np.take(lut, a))
+def _point(img: Image.Image, lut: np.ndarray, a: np.ndarray | None = None) -> Image.Image:
+    """Look-up table op: `lut` is (256,) for every band or (bands, 256) per band; `a` is
+    `np.asarray(img)` when the caller already has it."""
+    bands = len(img.getbands())
+    if img.size[0] * img.size[1] > _SMALL_IMAGE:
+        flat = np.broadcast_to(lut, (bands, 256)) if lut.ndim == 1 else lut
+        return img.point(flat.ravel().tolist())
+    a = np.asarray(img) if a is None else a
+    if lut.ndim == 2 and bands > 1:
+        return Image.fromarray(np.take(lut.ravel(), a + _band_offsets(bands)))
+    return Image.fromarray(np.take(lut.reshape(-1), a))
 
 
 @lru_cache(maxsize=None)
@@ -135,10 +134,10 @@ def _band_offsets(bands: int) -> np.ndarray:
 
 def _autocontrast(img: Image.Image) -> Image.Image:
     # Per channel, stretch [min, max] to [0, 255]; channels with max == min are left unchanged.
-    a = _hwc(img)
-    flat = a.reshape(-1, a.shape[2])
-    lo = flat.min(axis=0).astype(np.float32)
-    hi = flat.max(axis=0).astype(np.float32)
+    ext = img.getextrema()
+    ext = (ext,) if img.mode == "L" else ext
+    lo = np.array([e[0] for e in ext], np.float32)
+    hi = np.array([e[1] for e in ext], np.float32)
     if np.all(hi <= lo):
         return img
     ramp = np.arange(256, dtype=np.float32)[None, :]
@@ -150,20 +149,25 @@ def _autocontrast(img: Image.Image) -> Image.Image:
 
 def _equalize(img: Image.Image) -> Image.Image:
     # PIL/TF equalize, per channel: lut = (cumsum shifted by one + step//2) // step.
-    a = _hwc(img)
-    bands = a.shape[2]
-    hist = np.bincount((a + _band_offsets(bands)).ravel(), minlength=256 * bands).reshape(bands, 256)
-    luts = np.empty((bands, 256), np.uint8)
-    for c, h in enumerate(hist):
-        nonzero = h[h != 0]
-        step = (int(nonzero.sum()) - int(nonzero[-1])) // 255 if nonzero.size else 0
-        if step == 0:
-            luts[c] = np.arange(256)
-            continue
-        lut = (np.cumsum(h) + step // 2) // step
-        luts[c, 0] = 0
-        luts[c, 1:] = np.clip(lut[:-1], 0, 255)
-    return _point(img, luts)
+    bands = len(img.getbands())
+    a = None
+    if img.size[0] * img.size[1] > _SMALL_IMAGE:
+        hist = np.asarray(img.histogram(), dtype=np.int64).reshape(bands, 256)
+    else:
+        a = np.asarray(img)
+        idx = a.reshape(-1, bands) + _band_offsets(bands)
+        hist = np.bincount(idx.ravel(), minlength=256 * bands).reshape(bands, 256)
+    # step = (pixels - count of the last non-empty bin) // 255; step == 0 -> channel unchanged.
+    last_bin = 255 - np.argmax(hist[:, ::-1] != 0, axis=1)
+    step = (hist.sum(axis=1) - hist[np.arange(bands), last_bin]) // 255
+    if not step.any():
+        return img
+    safe = np.maximum(step, 1)[:, None]
+    luts = np.empty((bands, 256), np.int64)
+    luts[:, 0] = 0
+    luts[:, 1:] = (np.cumsum(hist, axis=1)[:, :-1] + safe // 2) // safe
+    luts = np.where(step[:, None] == 0, np.arange(256), np.clip(luts, 0, 255))
+    return _point(img, luts.astype(np.uint8), a)
 
 
 def _blend(degenerate: Image.Image, img: Image.Image, factor: float) -> Image.Image:

@@ -1,0 +1,297 @@
+"""Recipes: TOML files mapped onto typed sections, with `--set section.key=value` overrides.
+
+Precedence: command line (`--set`) > recipe > the defaults below. Unknown sections or keys and
+values of the wrong type are rejected before anything runs, naming the nearest valid key. The
+resolved recipe is saved in the run folder and in every checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mpltools.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    labeled: str = ""  # labelled shard set (paths are relative to the working directory)
+    unlabeled: str = ""  # unlabelled shard set (not needed by `supervised`)
+    val: str = ""  # validation shard set for periodic evaluation ("" = none)
+    batch_size: int = 64  # labelled batch B, global over all processes
+    unlabeled_ratio: int = 7  # mu: the unlabelled batch is mu * B images per view
+    workers: int = 2  # DataLoader workers per process for streamed sets
+    in_memory: Literal["auto", "yes", "no"] = "auto"  # decode small sets once into RAM
+    in_memory_max_mb: int = 2048
+    shuffle_buffer: int = 2000  # streamed sets: samples in the shuffle buffer per worker
+
+
+@dataclass
+class AugmentConfig:
+    kind: Literal["cifar", "imagenet", "none"] = "cifar"
+    image_size: int = 0  # 0 = the data's own size
+    num_layers: int = 2  # RandAugment N
+    magnitude: float = 16.0  # RandAugment M (nominal max 10; the authors extrapolate to 16/17)
+    cutout: bool = True
+    flip: bool = True
+    normalisation: Literal["cifar10", "cifar100", "svhn", "imagenet", "none"] = "none"  # none = x/255
+
+
+@dataclass
+class ModelConfig:
+    name: str = "wrn28_2"
+    kwargs: dict = field(default_factory=dict)  # architecture options (e.g. dropout), stored in checkpoints
+    teacher_name: str = ""  # "" = same as name
+    teacher_kwargs: dict = field(default_factory=dict)  # "" name and {} = same as the student
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["mpl", "released", "supervised", "uda", "pseudo-label"] = "mpl"
+    pseudo_labels: Literal["sample", "argmax", "soft"] = "sample"
+    pseudo_label_view: Literal["strong", "weak"] = "strong"
+    feedback: Literal["taylor", "dot", "cosine"] = "taylor"
+    feedback_bn: Literal["batch", "eval"] = "batch"
+    baseline: bool = True
+    baseline_decay: float = 0.99
+    mpl_weight: float = 1.0
+    label_smoothing: float = 0.0
+    uda_temperature: float = 0.7
+    uda_threshold: float = 0.6
+    uda_weight: float = 8.0
+    uda_ramp_steps: int = 5000
+    teacher_supervised_weight: float = 1.0
+    teacher_weak_no_grad: bool = False
+    teacher_checkpoint: str = ""  # pseudo-label: the fixed teacher
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.05  # effective learning rate (the authors' base lr x B/256)
+    warmup_steps: int = 0
+    wait_steps: int = 0  # student only: lr 0 for this many steps first
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    ema_decay: float = 0.0  # student only; 0 = no EMA
+
+
+@dataclass
+class ScheduleConfig:
+    steps: int = 1000
+    lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # commit a resume state every N steps (and at the end / on Ctrl-C)
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # evaluate on data.val every N steps (0 = only at the end, if data.val is set)
+    batch_size: int = 256
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 0
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 on CUDA with bf16 support, else fp32
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 50
+    threads: int = 0  # torch threads per process on CPU (0 = leave as is)
+    tensorboard: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 1000
+    lr: float = 1e-5
+    batch_size: int = 512
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    warmup_steps: int = 0
+    lr_schedule: Literal["cosine", "constant", "linear"] = "constant"
+    label_smoothing: float = 0.0
+    augment: bool = True  # weak augmentation of the labelled images
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    teacher: OptimConfig = field(default_factory=OptimConfig)
+    student: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
+
+
+def _nearest(name: str, options: typing.Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {near[0]!r}?" if near else ""
+
+
+def _section_types(section: str) -> dict[str, Any]:
+    cls = typing.get_type_hints(Recipe)[section]
+    return typing.get_type_hints(cls)
+
+
+def _coerce(where: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise UsageError(f"{where} = {value!r} is not valid; choose one of {choices}.{_nearest(str(value), map(str, typing.get_args(hint)))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} must be true or false, not {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{where} must be an integer, not {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where} must be a number, not {value!r}.")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UsageError(f"{where} must be a finite number, not {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{where} must be a string, not {value!r}.")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a table, e.g. {{ dropout = 0.2 }}, not {value!r}.")
+        return dict(value)
+    raise UsageError(f"{where}: unsupported type {hint}")
+
+
+def from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    recipe = Recipe()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise UsageError(f"{source}: unknown section [{section}].{_nearest(section, SECTIONS)} Valid sections: {', '.join(SECTIONS)}.")
+        if not isinstance(values, dict):
+            raise UsageError(f"{source}: [{section}] must be a table of keys.")
+        types = _section_types(section)
+        target = getattr(recipe, section)
+        for key, value in values.items():
+            if key not in types:
+                raise UsageError(f"{source}: unknown key {section}.{key}.{_nearest(key, types)} Valid keys of [{section}]: {', '.join(types)}.")
+            setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
+    return recipe
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` (value in TOML syntax; a bare word is a string) -> (path, value)."""
+    if "=" not in text:
+        raise UsageError(f"--set {text!r} must look like section.key=value (e.g. --set method.name=uda).")
+    path, _, raw_value = text.partition("=")
+    parts = [p.strip() for p in path.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise UsageError(f"--set {text!r}: the name must be section.key (e.g. schedule.steps).")
+    try:
+        value = tomllib.loads(f"v = {raw_value}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()  # bare words such as `uda` or a path
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {text!r}: {part} is not a table.")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int | None = None) -> Recipe:
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"recipe {path} does not exist; the shipped recipes are in recipes/.")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path} is not valid TOML: {exc}.") from None
+        source = str(path)
+    raw = apply_overrides(raw, list(overrides))
+    if seed is not None:
+        raw.setdefault("runtime", {})["seed"] = seed
+    recipe = from_dict(raw, source)
+    validate(recipe, source)
+    return recipe
+
+
+def validate(r: Recipe, source: str) -> None:
+    """Cross-field checks that the type system cannot express."""
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"{source}: {msg}")
+
+    if r.data.batch_size < 1 or r.data.unlabeled_ratio < 1:
+        raise bad("data.batch_size and data.unlabeled_ratio must be at least 1.")
+    if r.schedule.steps < 1:
+        raise bad("schedule.steps must be at least 1.")
+    if r.method.name == "pseudo-label" and not r.method.teacher_checkpoint:
+        raise bad("method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run).")
+    if not 0 <= r.method.label_smoothing < 1 or not 0 <= r.method.baseline_decay < 1:
+        raise bad("method.label_smoothing and method.baseline_decay must be in [0, 1).")
+    if r.checkpoint.every < 1 or r.checkpoint.keep_last < 1:
+        raise bad("checkpoint.every and checkpoint.keep_last must be at least 1.")
+    for name in ("teacher", "student"):
+        o: OptimConfig = getattr(r, name)
+        if o.lr < 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.max_grad_norm < 0 or not 0 <= o.ema_decay < 1:
+            raise bad(f"[{name}] lr, weight_decay and max_grad_norm must be >= 0; momentum and ema_decay in [0, 1).")
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (for --print-config and the run folder)."""
+    lines = []
+    for section, values in recipe.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")

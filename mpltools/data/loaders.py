@@ -1,0 +1,271 @@
+"""Data streams for training and evaluation.
+
+Training uses two endless streams, labelled (batch B) and unlabelled (mu*B, weak + strong view of
+the same images). Both are deterministic functions of (seed, stream, rank, world size, position),
+so a run resumes exactly by skipping to the saved position.
+
+* In-memory mode (small sets: TwoMoon, digits, CIFAR on a big box): every sample is decoded once;
+  global batch b takes positions [b*G, (b+1)*G) of a per-epoch permutation, and process r takes its
+  slice. Augmentation randomness is keyed by the global position, so 1 process and N processes see
+  exactly the same global batch (the multi-process agreement test relies on this).
+* Streaming mode (large sets): shards are split across processes and DataLoader workers (or
+  samples, when there are fewer shards than slots), read sequentially through a seeded shuffle
+  buffer, and decoded only after the buffer, so skipping to a resume position costs I/O only.
+  Sample order then depends on the number of processes and workers (statistically equivalent).
+
+WebDataset loaders are never passed through `accelerator.prepare` (it silently drops samples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from mpltools.data import transforms
+from mpltools.data.shards import ShardError, ShardSet, decode_input, read_shard
+from mpltools.errors import MplError
+
+LABELED, UNLABELED = 0, 1  # stream ids, part of every seed
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    views: str  # "labeled" (weak view + label) or "unlabeled" (weak + strong view)
+    global_batch: int
+    seed: int
+    stream_id: int
+    rank: int = 0
+    world: int = 1
+    workers: int = 0
+    shuffle_buffer: int = 2000
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world
+
+
+def _decode(sample, where) -> np.ndarray:
+    return decode_input(sample, where)
+
+
+def load_in_memory(shards: ShardSet) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Decode a whole shard set: inputs (N, ...) uint8 images or float32 vectors, labels, keys."""
+    inputs, labels, keys = [], [], []
+    for path in shards.shard_paths:
+        for sample in read_shard(path, num_classes=shards.num_classes):
+            inputs.append(_decode(sample, path))
+            labels.append(sample.label if sample.label is not None else -1)
+            keys.append(sample.key)
+    if not inputs:
+        raise ShardError(f"{shards.root} holds no samples.")
+    shapes = {x.shape for x in inputs}
+    if len(shapes) != 1:
+        raise ShardError(f"{shards.root}: inputs have different shapes {sorted(shapes)[:3]}; use streaming mode (data.in_memory = \"no\").")
+    lab = np.asarray(labels, np.int64)
+    return np.stack(inputs), (lab if (lab >= 0).all() else None), keys
+
+
+def estimated_bytes(shards: ShardSet) -> int:
+    spec = shards.input_spec
+    if spec is None or spec.shape is None:
+        return 1 << 62  # unknown sizes: never in memory
+    per = int(np.prod(spec.shape)) * (4 if spec.kind == "vector" else 1)
+    return per * (shards.num_samples or 0)
+
+
+def _views(x: np.ndarray, cfg: StreamConfig, aug: transforms.AugmentSpec, rng: np.random.Generator):
+    if cfg.views == "labeled":
+        return (transforms.weak(x, aug, rng),)
+    return transforms.weak_and_strong(x, aug, rng)
+
+
+def _collate(views: list[tuple], labels: list[int] | None) -> dict[str, torch.Tensor]:
+    names = ("x",) if len(views[0]) == 1 else ("weak", "strong")
+    out = {name: torch.from_numpy(np.stack([v[i] for v in views])) for i, name in enumerate(names)}
+    if labels is not None:
+        out["y"] = torch.as_tensor(labels, dtype=torch.int64)
+    return out
+
+
+class InMemoryStream(torch.utils.data.IterableDataset):
+    """Endless batches of this process's slice of each global batch; position = global batch index."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray | None, cfg: StreamConfig, aug: transforms.AugmentSpec):
+        if cfg.global_batch % cfg.world:
+            raise MplError(f"the batch size {cfg.global_batch} is not divisible by the {cfg.world} processes.")
+        self.inputs, self.labels, self.cfg, self.aug = inputs, labels, cfg, aug
+        self.start = 0
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, self.cfg.stream_id, epoch]).permutation(len(self.inputs))
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, len(self.inputs)
+        first = index * cfg.global_batch + cfg.rank * cfg.local_batch
+        positions = np.arange(first, first + cfg.local_batch)
+        views, labels, perm_epoch, perm = [], [], -1, None
+        for p in positions:
+            epoch = int(p // n)
+            if epoch != perm_epoch:
+                perm, perm_epoch = self._permutation(epoch), epoch
+            i = perm[p % n]
+            views.append(_views(self.inputs[i], cfg, self.aug, np.random.default_rng([cfg.seed, cfg.stream_id, int(p)])))
+            if self.labels is not None:
+                labels.append(int(self.labels[i]))
+        return _collate(views, labels if self.labels is not None and cfg.views == "labeled" else None)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        index = self.start + worker
+        while True:
+            yield self.batch(index)
+            index += num_workers
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless local batches streamed from shards; position = batches this process consumed."""
+
+    def __init__(self, shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec):
+        self.shards, self.cfg, self.aug = shards, cfg, aug
+        self.start = 0
+
+    def _samples(self, slot: int, slots: int, epoch: int):
+        cfg, paths = self.cfg, self.shards.shard_paths
+        order = np.random.default_rng([cfg.seed, cfg.stream_id, epoch]).permutation(len(paths))
+        if len(paths) >= slots:
+            for i in order[slot::slots]:
+                yield from read_shard(paths[i], self.shards.num_classes)
+        else:  # fewer shards than slots: every slot reads everything and keeps its share of samples
+            counter = 0
+            for i in order:
+                for sample in read_shard(paths[i], self.shards.num_classes):
+                    if counter % slots == slot:
+                        yield sample
+                    counter += 1
+
+    def _raw_batches(self, slot: int, slots: int):
+        """Batches of undecoded samples after a seeded shuffle buffer, endlessly over epochs."""
+        cfg = self.cfg
+        batch, epoch = [], 0
+        while True:
+            rng = np.random.default_rng([cfg.seed, cfg.stream_id, slot, slots, epoch])
+            buffer, seen = [], 0
+            for sample in self._samples(slot, slots, epoch):
+                seen += 1
+                if len(buffer) < cfg.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], sample = sample, buffer[j]
+                batch.append(sample)
+                if len(batch) == cfg.local_batch:
+                    yield batch
+                    batch = []
+            if seen == 0:
+                raise ShardError(f"{self.shards.root}: no samples for data slot {slot} of {slots}; use fewer workers or processes.")
+            for j in rng.permutation(len(buffer)):
+                batch.append(buffer[j])
+                if len(batch) == cfg.local_batch:
+                    yield batch
+                    batch = []
+            epoch += 1
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader takes batches from workers round-robin; on resume at position P the first
+        # batch must come from the role that would have produced batch P, hence the rotation.
+        role = (worker + self.start) % num_workers
+        done = (self.start - role + num_workers - 1) // num_workers  # batches this role produced already
+        slot, slots = cfg.rank * num_workers + role, cfg.world * num_workers
+        for k, raw in enumerate(self._raw_batches(slot, slots)):
+            if k < done:
+                continue
+            views, labels = [], []
+            for j, sample in enumerate(raw):
+                rng = np.random.default_rng([cfg.seed, cfg.stream_id, slot, slots, k, j])
+                views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, rng))
+                labels.append(sample.label)
+            yield _collate(views, labels if cfg.views == "labeled" else None)
+
+
+class Batches:
+    """An endless iterator of batches that knows its position (for resume)."""
+
+    def __init__(self, dataset, workers: int, position: int = 0):
+        dataset.start = position
+        self.position = position
+        if workers > 0:
+            self._it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                                        persistent_workers=False, prefetch_factor=4))
+        else:
+            self._it = iter(dataset)
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = next(self._it)
+        self.position += 1
+        return batch
+
+    def __iter__(self):
+        return self
+
+
+def make_stream(shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec, in_memory: bool,
+                position: int = 0, cache: dict | None = None) -> Batches:
+    if in_memory:
+        key = str(shards.root)
+        if cache is not None and key in cache:
+            inputs, labels = cache[key]
+        else:
+            inputs, labels, _ = load_in_memory(shards)
+            if cache is not None:
+                cache[key] = (inputs, labels)
+        if cfg.views == "labeled" and labels is None:
+            raise MplError(f"{shards.root} has no labels but is used as the labelled set.")
+        dataset = InMemoryStream(inputs, labels, cfg, aug)
+        workers = cfg.workers if aug.kind != "none" else 0  # no augmentation: workers only add overhead
+    else:
+        if cfg.global_batch % cfg.world:
+            raise MplError(f"the batch size {cfg.global_batch} is not divisible by the {cfg.world} processes.")
+        dataset, workers = ShardStream(shards, cfg, aug), cfg.workers
+    return Batches(dataset, workers, position)
+
+
+def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, rank: int = 0, world: int = 1,
+                 ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+    """Each sample exactly once across processes (no padding): (keys, inputs uint8/float, labels)."""
+    index = 0
+    keys, xs, ys = [], [], []
+    for path in shards.shard_paths:
+        for sample in read_shard(path, shards.num_classes):
+            mine = index % world == rank
+            index += 1
+            if not mine:
+                continue
+            keys.append(sample.key)
+            xs.append(transforms.eval_view(_decode(sample, path), aug))
+            ys.append(sample.label)
+            if len(keys) == batch_size:
+                yield _eval_batch(keys, xs, ys)
+                keys, xs, ys = [], [], []
+    if keys:
+        yield _eval_batch(keys, xs, ys)
+
+
+def _eval_batch(keys, xs, ys):
+    labels = None if any(y is None for y in ys) else torch.as_tensor(ys, dtype=torch.int64)
+    return keys, torch.from_numpy(np.stack(xs)), labels
+
+
+def to_model_input(x: torch.Tensor, normalisation: tuple, device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NHWC images -> normalised float NCHW on the device; float vectors pass through."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x.float()
+    x = transforms.to_float_batch(x, *normalisation)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

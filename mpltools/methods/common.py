@@ -1,0 +1,311 @@
+"""What every training step shares: hyper-parameters, networks, batches, cross-process means,
+the finiteness guard, BN/dropout modes for measurements, and pseudo-label drawing.
+
+Pure torch; no I/O. References are to `reference/mpl-algorithm.md`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------- reduction
+
+
+class Reducer:
+    """Averages tensors over training processes. This base class is the single-process no-op.
+
+    Every process holds an equal-size local batch, so the global mean of a loss is the mean of
+    the local means, and the gradient of the global mean loss is the mean of local gradients.
+    """
+
+    world_size: int = 1
+
+    def mean(self, t: Tensor) -> Tensor:
+        """Returns the cross-process mean of `t` (detached; `t` itself is left untouched)."""
+        return t.detach()
+
+    def mean_grads(self, params: Iterable[Tensor]) -> None:
+        """Replaces each ``p.grad`` by its cross-process mean, in place."""
+
+
+LOCAL = Reducer()
+
+
+class TorchDistributedReducer(Reducer):
+    """`Reducer` over an initialised `torch.distributed` process group (SUM, then / world size).
+
+    Gradients travel as one flat bucket per (device, dtype) so a step costs one collective per
+    network, not one per parameter.
+    """
+
+    def __init__(self, group=None):
+        import torch.distributed as dist  # lazily: single-process users never touch it
+
+        self._dist = dist
+        self.group = group
+        self.world_size = dist.get_world_size(group)
+
+    def mean(self, t: Tensor) -> Tensor:
+        out = t.detach().clone()
+        self._dist.all_reduce(out, op=self._dist.ReduceOp.SUM, group=self.group)
+        return out.div_(self.world_size)
+
+    def mean_grads(self, params: Iterable[Tensor]) -> None:
+        buckets: dict[tuple, list[Tensor]] = {}
+        for p in params:
+            if p.grad is None:
+                raise ValueError("mean_grads: a parameter has no .grad; call zero_missing_grads first")
+            buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for grads in buckets.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self._dist.all_reduce(flat, op=self._dist.ReduceOp.SUM, group=self.group)
+            flat.div_(self.world_size)
+            for g, r in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(r.view_as(g))
+
+
+def zero_missing_grads(params: Iterable[Tensor]) -> None:
+    """Gives every parameter without a gradient a zero one.
+
+    The authors add weight decay even to variables without a gradient (`add_weight_decay`,
+    reference §1.4), and every process must reduce the same bucket layout.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    """Concatenates tensors into one new 1-D tensor (a copy)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+# ----------------------------------------------------------------------------- finiteness
+
+
+class NonFiniteError(Exception):
+    """A loss term or gradient norm was NaN/inf; the optimiser update was NOT applied.
+
+    Attributes:
+        step: the global step at which it happened.
+        term: which quantity, e.g. "teacher supervised loss", "student gradient norm", "h".
+        value: the offending value.
+    """
+
+    def __init__(self, step: int, term: str, value: float = math.nan):
+        self.step, self.term, self.value = step, term, value
+        super().__init__(
+            f"step {step}: {term} is {value} (not finite); the update was not applied. "
+            "Check the input batch, the learning rates and the loss weights, then resume from the "
+            "last saved state (BatchNorm running statistics may have absorbed the bad batch)."
+        )
+
+
+def check_finite(step: int, terms: dict[str, Tensor]) -> None:
+    """Raises `NonFiniteError` naming the first non-finite term. One host sync when all is well.
+
+    Call it with globally reduced values only, so that every process takes the same decision.
+    """
+    values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in terms.values()])
+    if bool(torch.isfinite(values).all()):
+        return
+    for name, v in zip(terms, values.tolist()):
+        if not math.isfinite(v):
+            raise NonFiniteError(step, name, v)
+
+
+# ----------------------------------------------------------------------------- BN / dropout modes
+
+
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """BatchNorm layers keep their mode but do not update running statistics.
+
+    Setting ``track_running_stats = False`` makes a training-mode BN use batch statistics and
+    pass no running buffers to the kernel, so neither the running mean/var nor
+    ``num_batches_tracked`` can change (not even through NaN * 0).
+    """
+    bns = _batch_norms(model)
+    saved = [m.track_running_stats for m in bns]
+    try:
+        for m in bns:
+            if m.training:
+                m.track_running_stats = False
+        yield model
+    finally:
+        for m, t in zip(bns, saved):
+            m.track_running_stats = t
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module, feedback_bn: str) -> Iterator[nn.Module]:
+    """Deterministic mode for the student's labelled-loss measurements CE_old and CE_new.
+
+    Every module is put in eval mode (dropout and any other `self.training`-dependent noise
+    off). BatchNorm then uses either its running statistics (``"eval"``) or the batch
+    statistics of the measured batch (``"batch"``) without updating the running buffers. Both
+    measurements of one step therefore see identical conditions, so h is exactly 0 when the
+    student's parameters did not change (DESIGN §5; reference §7 item 5). All flags are
+    restored on exit.
+    """
+    if feedback_bn not in ("eval", "batch"):
+        raise ValueError(f"feedback_bn must be 'eval' or 'batch', got {feedback_bn!r}")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        if feedback_bn == "batch":
+            for m in _batch_norms(model):
+                m.train()
+        with frozen_bn_stats(model):
+            yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# ----------------------------------------------------------------------------- pseudo labels
+
+
+def draw_pseudo_labels(
+    logits: Tensor, kind: str, generator: torch.Generator | None = None
+) -> Tensor:
+    """The student's target from the teacher's logits (detached), temperature 1, no threshold.
+
+    "sample": y ~ Categorical(softmax) (the paper; unbiased REINFORCE, reference §7 item 16);
+    "argmax": the most likely class; "soft": the probabilities themselves (N, K).
+    `generator` must live on the logits' device (a CUDA generator for CUDA logits).
+    """
+    probs = torch.softmax(logits.detach(), dim=-1)
+    if kind == "sample":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if kind == "argmax":
+        return probs.argmax(dim=-1)
+    if kind == "soft":
+        return probs
+    raise ValueError(f"pseudo_labels must be 'sample', 'argmax' or 'soft', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------- data classes
+
+_CHOICES = {
+    "lr_schedule": ("cosine", "constant", "linear"),
+    "pseudo_labels": ("sample", "argmax", "soft"),
+    "pseudo_label_view": ("strong", "weak"),
+    "feedback": ("taylor", "dot", "cosine"),
+    "feedback_bn": ("batch", "eval"),
+}
+
+
+@dataclass(frozen=True)
+class MPLHyper:
+    """Hyper-parameters of every training step. Defaults = the authors' CIFAR-10-4K README
+    command (reference §2.1) where one exists, else the paper's choice.
+
+    Learning rates are *effective* values (the authors' ``base_lr * B / 256`` already applied).
+    Steps are global steps; only the teacher's update advances them (reference §7 item 8).
+    """
+
+    total_steps: int = 300_000  # N; cosine/linear schedules reach 0 here
+    teacher_lr: float = 0.05
+    teacher_warmup: int = 5_000  # linear warm-up steps of the teacher
+    student_lr: float = 0.05  # also the lr of the single network of the baselines
+    student_warmup: int = 5_000
+    student_wait: int = 3_000  # student lr is 0 for this many steps (MPL only)
+    lr_schedule: str = "cosine"  # "cosine" | "constant" | "linear" after warm-up
+    momentum: float = 0.9
+    nesterov: bool = True
+    teacher_weight_decay: float = 5e-4  # coupled L2 added to the gradient, before clipping
+    student_weight_decay: float = 5e-4
+    max_grad_norm: float | None = None  # global-norm clipping for both networks; None = off
+    label_smoothing: float = 0.15  # teacher supervised CE and student pseudo-label CE only
+    uda_temperature: float = 0.7
+    uda_threshold: float = 0.6  # on the sharpened weak-view distribution
+    uda_weight: float = 8.0
+    uda_ramp_steps: int = 5_000  # linear ramp of the UDA weight from 0
+    teacher_supervised_weight: float = 1.0
+    pseudo_labels: str = "sample"  # "sample" (paper) | "argmax" | "soft" (exact meta-gradient)
+    pseudo_label_view: str = "strong"  # teacher view whose prediction labels the student
+    feedback: str = "taylor"  # h = "taylor" CE_old - CE_new | "dot" <g_l', d> | "cosine"
+    baseline: bool = True  # subtract a moving average of h (REINFORCE baseline)
+    baseline_decay: float = 0.99
+    feedback_bn: str = "batch"  # student BN during CE_old/CE_new: "batch" stats of x_l | "eval"
+    ema_decay: float = 0.995  # student EMA; 0 = off (the trainer builds `EMA` from this)
+    teacher_weak_no_grad: bool = False  # weak view in a separate no-grad teacher forward
+    mpl_weight: float = 1.0  # multiplier of the feedback term; 0 = UDA teacher + distillation
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {v!r}")
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.baseline_decay <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("baseline_decay must be in [0, 1] and ema_decay in [0, 1)")
+        if self.uda_temperature <= 0:
+            raise ValueError(f"uda_temperature must be > 0, got {self.uda_temperature}")
+        if self.teacher_weak_no_grad and self.pseudo_label_view == "weak" and self.mpl_weight:
+            raise ValueError(
+                "teacher_weak_no_grad=true leaves the weak view without gradient, so the MPL "
+                "term cannot use pseudo_label_view='weak'; use 'strong' or mpl_weight=0"
+            )
+
+
+@dataclass
+class Networks:
+    """The trained state a step mutates in place.
+
+    `teacher`/`teacher_opt` are None for the supervised and UDA baselines; the pseudo-label
+    baseline has a teacher but no `teacher_opt`. `baseline` is the moving average of h, a 0-dim
+    tensor on the student's device started at 0 (TF drew it from U(-1.73, 1.73) by accident,
+    reference §1.5, §7 item 3). The no-decay name sets record which parameters the optimisers
+    (built by `build_sgd`) exclude from weight decay; the steps read the decay from the
+    optimisers' param groups.
+    """
+
+    teacher: nn.Module | None
+    student: nn.Module
+    teacher_opt: torch.optim.Optimizer | None
+    student_opt: torch.optim.Optimizer
+    ema: object | None = None  # optim.EMA of the student
+    baseline: Tensor | None = None
+    teacher_no_decay: frozenset[str] = field(default_factory=frozenset)
+    student_no_decay: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.baseline is None:
+            p = next(self.student.parameters())
+            self.baseline = torch.zeros((), device=p.device, dtype=p.dtype)
+
+
+@dataclass
+class Batch:
+    """One step's local batch. Unlabelled views may be None for the supervised baseline.
+
+    `unlabeled_weak[i]` and `unlabeled_strong[i]` are two views of the same image.
+    """
+
+    labeled_x: Tensor
+    labeled_y: Tensor  # int64 class indices
+    unlabeled_weak: Tensor | None = None
+    unlabeled_strong: Tensor | None = None
+
+
+def trainable(model: nn.Module) -> list[Tensor]:
+    """The parameters a step updates (those with ``requires_grad``)."""
+    return [p for p in model.parameters() if p.requires_grad]

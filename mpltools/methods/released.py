@@ -1,0 +1,148 @@
+"""The authors' released MPL step (`MPL.step_fn` in google-research `meta_pseudo_labels/
+training_utils.py`), reproduced for comparison. Not Meta Pseudo Labels: read on.
+
+Reads one `Batch`, updates `Networks` in place, returns metrics. References are to
+`reference/mpl-algorithm.md` §1.2-§1.7.
+
+What it computes, line by line like the code:
+
+* teacher: one train-mode forward on ``[x_l; x_u_weak; x_u_strong]``; supervised CE (smoothed)
+  and UDA (§1.3). The code never runs the teacher's BN update ops (§1.6), so the teacher's
+  running statistics are frozen here too;
+* student: one train-mode forward on ``[x_u_strong; x_l]``; loss = CE against the teacher's
+  *soft* strong-view prediction, label-smoothed (§1.4); CE_old = unsmoothed CE of the labelled
+  rows of that same mixed batch (BN statistics over strong + labelled, the update's dropout
+  mask);
+* student update (coupled weight decay, clipping, momentum), EMA;
+* CE_new from a second train-mode forward on x_l alone (dropout on, batch statistics of x_l;
+  this pass's BN update ops are not run by the code, so running statistics stay frozen);
+* ``d = CE_new - CE_old`` (the code's sign, the opposite of the paper's, §1.9); baseline
+  ``b <- b - (1 - decay) * (b - d)`` updated first; ``d_c = stop_grad(d - b)``. The baseline
+  starts at 0 here; TF's default initialiser drew it from U(-sqrt 3, sqrt 3) (§1.5);
+* teacher loss ``CE_sup + w_uda * UDA + d_c * CE(stop_grad(softmax(t_strong)), t_strong)``.
+
+The last factor's gradient with respect to t_strong is ``softmax - stop_grad(softmax) = 0``:
+the "feedback" term contributes exactly zero gradient (up to rounding) whatever d_c is (§1.7).
+As released, a step is a UDA-trained teacher plus a student distilled from its soft strong-view
+predictions; ``d`` is logged but inert. Because CE_old and CE_new are measured under
+different BN batches and dropout masks, d is non-zero noise even when the student does not
+move.
+
+Hyper-parameters read: the schedules, optimiser settings, label_smoothing, the UDA settings,
+baseline_decay, teacher_supervised_weight and mpl_weight (both 1 in the code). Ignored:
+pseudo_labels, pseudo_label_view, feedback, feedback_bn, baseline (always on) and
+teacher_weak_no_grad.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mpltools.losses import smoothed_cross_entropy
+from mpltools.methods.common import (
+    LOCAL,
+    Batch,
+    MPLHyper,
+    Networks,
+    Reducer,
+    check_finite,
+    frozen_bn_stats,
+    trainable,
+    zero_missing_grads,
+)
+from mpltools.methods.mpl import auxiliary_losses, learning_rates, teacher_forward
+from mpltools.methods.optim import apply_weight_decay_and_clip, set_lr
+
+
+def released_step(
+    nets: Networks,
+    batch: Batch,
+    step: int,
+    hp: MPLHyper,
+    reducer: Reducer = LOCAL,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """One step of the authors' released code; same signature and metrics as `mpl_step`.
+
+    `feedback/h` is the code's ``d = CE_new - CE_old`` and `feedback/h_centered` is ``d - b``.
+    `generator` is unused (soft labels need no sampling).
+    """
+    del generator
+    teacher, student = nets.teacher, nets.student
+    t_params, s_params = trainable(teacher), trainable(student)
+    t_lr, s_lr = learning_rates(step, hp)
+    set_lr(nets.teacher_opt, t_lr)
+    set_lr(nets.student_opt, s_lr)
+    nets.teacher_opt.zero_grad(set_to_none=True)
+    nets.student_opt.zero_grad(set_to_none=True)
+    teacher.train()
+    student.train()
+    x_l, y_l, x_s = batch.labeled_x, batch.labeled_y, batch.unlabeled_strong
+
+    with frozen_bn_stats(teacher):
+        t_l, t_weak, t_strong = teacher_forward(teacher, batch, weak_no_grad=False)
+    sup, uda, mask, w_uda = auxiliary_losses(t_l, t_weak, t_strong, y_l, step, hp)
+    p_teacher = torch.softmax(t_strong.detach(), dim=-1)
+
+    s_strong, s_l_old = student(torch.cat([x_s, x_l])).split([x_s.shape[0], x_l.shape[0]])
+    s_loss = smoothed_cross_entropy(s_strong, p_teacher, hp.label_smoothing)
+    ce_old = F.cross_entropy(s_l_old.detach(), y_l)
+    s_loss.backward()
+    zero_missing_grads(s_params)
+    reducer.mean_grads(s_params)
+    s_norm = apply_weight_decay_and_clip(nets.student_opt, hp.max_grad_norm)
+    m = reducer.mean(torch.stack([sup.detach(), uda.detach(), mask, s_loss.detach()]))
+    check_finite(
+        step,
+        {"teacher supervised loss": m[0], "teacher UDA loss": m[1], "student loss": m[3],
+         "student gradient norm": s_norm},
+    )
+    nets.student_opt.step()
+    if nets.ema is not None:
+        nets.ema.update(student, step)
+
+    with torch.no_grad(), frozen_bn_stats(student):
+        ce_new = F.cross_entropy(student(x_l), y_l)
+    # The "MPL" cross-entropy: its target is the teacher's own detached prediction (zero grad).
+    mpl_ce = smoothed_cross_entropy(t_strong, p_teacher)
+    ce_old, ce_new, mpl_mean = reducer.mean(torch.stack([ce_old, ce_new, mpl_ce.detach()]))
+
+    d = ce_new - ce_old
+    b = nets.baseline
+    new_b = b - (1.0 - hp.baseline_decay) * (b - d)
+    d_c = (d - new_b).detach()
+
+    t_loss = hp.teacher_supervised_weight * sup + w_uda * uda + hp.mpl_weight * d_c * mpl_ce
+    t_loss.backward()
+    zero_missing_grads(t_params)
+    reducer.mean_grads(t_params)
+    t_norm = apply_weight_decay_and_clip(nets.teacher_opt, hp.max_grad_norm)
+    check_finite(
+        step,
+        {"student CE_old": ce_old, "student CE_new": ce_new, "h": d, "teacher MPL term": mpl_mean,
+         "teacher gradient norm": t_norm},
+    )
+    nets.teacher_opt.step()
+    b.copy_(new_b)
+
+    return {
+        "teacher/sup": m[0],
+        "teacher/uda": m[1],
+        "teacher/uda_weight": torch.tensor(w_uda),
+        "teacher/uda_mask": m[2],
+        "teacher/mpl": mpl_mean,
+        "teacher/loss": hp.teacher_supervised_weight * m[0] + w_uda * m[1]
+        + hp.mpl_weight * d_c * mpl_mean,
+        "student/loss": m[3],
+        "student/ce_old": ce_old,
+        "student/ce_new": ce_new,
+        "feedback/h": d,
+        "feedback/baseline": b.detach().clone(),
+        "feedback/h_centered": d_c,
+        "lr/teacher": torch.tensor(t_lr),
+        "lr/student": torch.tensor(s_lr),
+        "grad_norm/teacher": t_norm,
+        "grad_norm/student": s_norm,
+    }

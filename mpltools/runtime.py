@@ -1,0 +1,110 @@
+"""Where a command runs: the Accelerator, process guards, seeding, autocast and signals."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+
+from mpltools.errors import MplError
+
+
+@dataclass
+class Runtime:
+    accelerator: object
+    device: torch.device
+    rank: int
+    world: int
+    is_main: bool
+    mixed_precision: str  # "no" | "bf16"
+    reducer: object
+
+    def autocast(self):
+        if self.mixed_precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
+
+def resolve_mixed_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MplError("runtime.mixed_precision = \"bf16\" but this GPU does not support bfloat16; use \"no\".", exit_code=2)
+    return requested
+
+
+def start(mixed_precision: str = "auto", threads: int = 0, seed: int = 0) -> Runtime:
+    from accelerate import Accelerator
+
+    # Without CUDA, `accelerate launch --multi_gpu` starts N processes that do not talk to each
+    # other unless the Accelerator is told to use the CPU (gloo); we always tell it.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env != accelerator.num_processes:
+        raise MplError(
+            f"this process was launched as one of {world_env} (WORLD_SIZE) but Accelerate set up {accelerator.num_processes} "
+            "process(es), so the processes would train unsynchronised. On CPU launch with "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N mpl train ...`.")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    from mpltools.methods.common import LOCAL, TorchDistributedReducer
+
+    world = accelerator.num_processes
+    reducer = TorchDistributedReducer() if world > 1 else LOCAL
+    device = accelerator.device
+    seed_everything(seed, accelerator.process_index)
+    return Runtime(accelerator, device, accelerator.process_index, world, accelerator.is_main_process,
+                   resolve_mixed_precision(mixed_precision, device), reducer)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Dropout masks differ across processes (as with independent replicas); everything else that
+    # must agree across processes (data order, augmentation) is seeded without the rank.
+    torch.manual_seed(seed * 1000 + rank)
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag the training loop checks after each step, so it can save a state
+    and exit 130; a second signal interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handler
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False

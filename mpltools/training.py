@@ -1,0 +1,168 @@
+"""What the training commands (`train`, `finetune`, `reduced`) share: data setup from a recipe,
+building networks and their checkpoint metadata, batches on the device, and the run folder.
+
+Commands never import each other; they import this.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mpltools import log
+from mpltools.checkpoint import CheckpointMeta, latest_state
+from mpltools.config import Recipe, to_toml
+from mpltools.data import transforms
+from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, estimated_bytes, make_stream, to_model_input
+from mpltools.data.shards import InputSpec, ShardSet, open_shard_set
+from mpltools.errors import MplError, UsageError
+from mpltools.methods.common import Batch
+
+
+@dataclass
+class DataSetup:
+    labeled: ShardSet
+    unlabeled: ShardSet | None
+    val: ShardSet | None
+    classes: list[str]
+    input_spec: InputSpec
+    model_input_shape: tuple[int, ...]
+    augment: transforms.AugmentSpec
+    normalisation: dict  # {"name", "mean", "std"}
+    in_memory: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def norm_tuple(self) -> tuple:
+        return (self.normalisation["mean"], self.normalisation["std"])
+
+
+def _open(location: str, what: str, recipe_key: str) -> ShardSet:
+    if not location:
+        raise UsageError(f"{recipe_key} is empty: the recipe must name the {what} shard set (or pass --set {recipe_key}=PATH).")
+    return open_shard_set(location)
+
+
+def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None = None) -> DataSetup:
+    d, a = recipe.data, recipe.augment
+    labeled = _open(labeled_override or d.labeled, "labelled", "data.labeled")
+    labeled.require_labels("training")
+    unlabeled = _open(d.unlabeled, "unlabelled", "data.unlabeled") if need_unlabeled else None
+    val = open_shard_set(d.val) if d.val else None
+    if val is not None:
+        val.require_labels("validation")
+    for other in (unlabeled, val):
+        if other is None:
+            continue
+        other.require_manifest("training")
+        if other.classes != labeled.classes:
+            raise MplError(f"{other.root} has classes {other.classes[:5]}... but {labeled.root} has {labeled.classes[:5]}...; all sets of a run must share one label set.")
+        if other.input_spec.kind != labeled.input_spec.kind or (other.input_spec.shape != labeled.input_spec.shape and a.kind != "imagenet"):
+            raise MplError(f"{other.root} holds inputs {other.input_spec.shape} but {labeled.root} holds {labeled.input_spec.shape}.")
+    spec = labeled.input_spec
+    if spec.kind == "vector":
+        augment = transforms.AugmentSpec(kind="none", image_size=1)
+        model_shape = tuple(spec.shape)
+    else:
+        if spec.shape is None and not a.image_size:
+            raise UsageError("the images have different sizes: set augment.image_size (and augment.kind = \"imagenet\").")
+        size = a.image_size or spec.shape[0]
+        channels = spec.shape[2] if spec.shape else 3
+        augment = transforms.AugmentSpec(kind=a.kind, image_size=size, num_layers=a.num_layers, magnitude=a.magnitude,
+                                         cutout=a.cutout, flip=a.flip)
+        model_shape = (channels, size, size)
+    mean, std = transforms.NORMALISATION[a.normalisation]
+    sets = [s for s in (labeled, unlabeled, val) if s is not None]
+    if d.in_memory == "auto":
+        in_memory = sum(estimated_bytes(s) for s in sets) <= d.in_memory_max_mb * (1 << 20)
+    else:
+        in_memory = d.in_memory == "yes"
+    return DataSetup(labeled, unlabeled, val, labeled.classes, spec, model_shape, augment,
+                     {"name": a.normalisation, "mean": list(mean), "std": list(std)}, in_memory)
+
+
+def build_network(name: str, kwargs: dict, data: DataSetup) -> torch.nn.Module:
+    from mpltools.models import build_model
+
+    try:
+        return build_model(name, data.num_classes, data.model_input_shape, **kwargs)
+    except ValueError as exc:
+        raise UsageError(f"model {name}: {exc}") from None
+
+
+def checkpoint_meta(role: str, name: str, kwargs: dict, data: DataSetup, recipe: Recipe, step: int,
+                    parent: str = "", extra: dict | None = None) -> CheckpointMeta:
+    return CheckpointMeta(role=role, architecture=name, architecture_kwargs=dict(kwargs), num_classes=data.num_classes,
+                          input_shape=list(data.model_input_shape), input_spec=data.input_spec.to_json(),
+                          normalisation=data.normalisation, augment={"kind": data.augment.kind, "image_size": data.augment.image_size},
+                          classes=data.classes, step=step, recipe=recipe.to_dict(), parent_sha256=parent, extra=extra or {})
+
+
+def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool):
+    d = recipe.data
+    for batch, what in ((d.batch_size, "data.batch_size"), (d.batch_size * d.unlabeled_ratio, "the unlabelled batch")):
+        if batch % world:
+            raise UsageError(f"{what} ({batch}) must be divisible by the number of processes ({world}).")
+    cache: dict = {}
+    common = dict(seed=recipe.runtime.seed, rank=rank, world=world, workers=d.workers, shuffle_buffer=d.shuffle_buffer)
+    labeled = make_stream(data.labeled, StreamConfig("labeled", d.batch_size, stream_id=LABELED, **common),
+                          data.augment, data.in_memory, position, cache)
+    unlabeled = None
+    if need_unlabeled:
+        unlabeled = make_stream(data.unlabeled, StreamConfig("unlabeled", d.batch_size * d.unlabeled_ratio, stream_id=UNLABELED, **common),
+                                data.augment, data.in_memory, position, cache)
+    return labeled, unlabeled
+
+
+def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_last: bool) -> Batch:
+    norm = data.norm_tuple()
+    prep = lambda x: to_model_input(x, norm, device, channels_last)  # noqa: E731
+    return Batch(labeled_x=prep(lab["x"]), labeled_y=lab["y"].to(device),
+                 unlabeled_weak=prep(unl["weak"]) if unl else None, unlabeled_strong=prep(unl["strong"]) if unl else None)
+
+
+# ---------------------------------------------------------------- run folder
+
+# Settings that may change between a run and its resumption (they do not change the maths).
+_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("runtime", "tensorboard"),
+                          ("checkpoint", "every"), ("checkpoint", "keep_last"), ("eval", "every"), ("eval", "batch_size")}
+
+
+def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
+    """Create or re-open a run folder; return the state to resume from (None = fresh start)."""
+    out = Path(out)
+    saved = out / "recipe.toml"
+    if out.exists() and force and is_main:
+        import shutil
+
+        shutil.rmtree(out)
+    if out.exists() and saved.is_file():
+        import tomllib
+
+        old = tomllib.loads(saved.read_text(encoding="utf-8"))
+        new = recipe.to_dict()
+        diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, values in new.items() for k, v in values.items()
+                 if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES]
+        if diffs:
+            raise UsageError(f"{out} holds a run with a different recipe ({'; '.join(diffs[:4])}); "
+                             "use another --out, or --force to start that run over.")
+        return latest_state(out)
+    if out.exists() and any(out.iterdir()) and not saved.is_file():
+        raise MplError(f"{out} exists and is not a run folder; choose another --out or pass --force.")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.toml").write_text(to_toml(recipe), encoding="utf-8")
+    return None
+
+
+def write_run_info(out: Path, info: dict) -> None:
+    path = Path(out) / "run.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append(info)
+    path.write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+    log.info(f"run folder {out}")
