@@ -218,6 +218,50 @@ def train(
         _emit(report, as_json, [report["student"]])
 
 
+@app.command("finetune")
+def finetune(
+    checkpoint: str = typer.Argument(..., help="Checkpoint to finetune (usually RUN/student.safetensors), or - for stdin."),
+    labeled: str = typer.Option(..., "--labeled", help="Labelled shard set."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a setting, e.g. finetune.steps=500 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/finetune)."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing output folder and start over."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+) -> None:
+    """Finetune a checkpoint on labelled data (the paper's final phase); prints the new checkpoint's path."""
+    from mpltools.commands import finetune as command
+
+    report = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), labeled, out, recipe, overrides,
+                                          force=force, command=_command_line()))
+    if report.get("finetuned"):
+        _emit(report, as_json, [report["finetuned"]])
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint, or - to read its path from stdin."),
+    data: str = typer.Option(..., "--data", help="Labelled shard set to evaluate on."),
+    real: Optional[Path] = typer.Option(None, "--real", help="JSON file {sample key: [class, ...]} for ReaL-style precision@1."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write per-sample probabilities as a shard set here."),
+    batch_size: int = typer.Option(256, min=1, help="Evaluation batch size per process."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --predictions if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Top-1/top-5, per-class accuracy, loss and calibration of a checkpoint on labelled shards."""
+    from mpltools.commands import eval as command
+
+    result = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), data, real=real, predictions=predictions,
+                                          batch_size=batch_size, force=force, command=_command_line()))
+    if result.get("world_size", 1) == 1 or _is_main_process():
+        _emit(result, as_json, [command.render(result)])
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     app(args=argv, prog_name="mpl")
 

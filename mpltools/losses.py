@@ -58,8 +58,9 @@ def uda_consistency(
         (loss, mask_ratio): 0-dim tensors; mask_ratio is the fraction of kept examples.
     """
     q = torch.softmax(logits_weak.detach() / temperature, dim=-1)
-    mask = (q.max(dim=-1).values >= threshold).to(logits_strong.dtype)
     per_example = -(q * F.log_softmax(logits_strong, dim=-1)).sum(dim=-1)
+    # Mask in the loss's dtype (float32 under autocast) so the logged ratio is not bf16-rounded.
+    mask = (q.max(dim=-1).values >= threshold).to(per_example.dtype)
     return (mask * per_example).mean(), mask.mean()
 
 

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mpltools.errors import MplError
+from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
 
 FORMAT = "mpltools.shardset"
 FORMAT_VERSION = 1
@@ -30,10 +30,6 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
 INPUT_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class ShardError(MplError):
-    """A shard set is unreadable or inconsistent; the message names the file and key."""
 
 
 def validate_key(key: str) -> None:
@@ -70,17 +66,12 @@ class Sample:
     extras: dict[str, bytes] = field(default_factory=dict)
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    # Fixed metadata so the same samples always give byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 class ShardWriter:
-    """Writes samples into shards inside `folder` (which the caller makes atomic) and a manifest."""
+    """Writes samples into shards inside `folder` (which the caller makes atomic) and a manifest.
+
+    The tar bytes are the ones `tarfile` writes in USTAR format, with fixed metadata (mtime 0, ...),
+    so the same samples always give byte-identical shards; checksums are computed while writing.
+    """
 
     def __init__(self, folder: Path, *, input_spec: InputSpec, classes: list[str], labeled: bool,
                  provenance: dict, max_per_shard: int = 10_000, extras: tuple[str, ...] = ()):
@@ -90,31 +81,46 @@ class ShardWriter:
         self.provenance, self.max_per_shard, self.extras = provenance, max_per_shard, tuple(extras)
         self._keys: set[str] = set()
         self._shards: list[dict] = []
-        self._tar: tarfile.TarFile | None = None
+        self._fh = None
+        self._digest = hashlib.sha256()
+        self._offset = 0
         self._count_in_shard = 0
         self.class_counts = [0] * len(self.classes)
         self.num_samples = 0
 
     def write(self, sample: Sample) -> None:
-        validate_key(sample.key)
-        if sample.key in self._keys:
-            raise ShardError(f"duplicate sample key {sample.key!r}; every key in a shard set must be unique.")
-        self._keys.add(sample.key)
-        if self.labeled:
-            if sample.label is None:
-                raise ShardError(f"sample {sample.key!r} has no label but the shard set is labelled.")
-            if not 0 <= sample.label < len(self.classes):
-                raise ShardError(f"sample {sample.key!r} has label {sample.label}, outside the class range 0..{len(self.classes) - 1}.")
-            self.class_counts[sample.label] += 1
-        if self._tar is None or self._count_in_shard >= self.max_per_shard:
-            self._open_next_shard()
+        self._check(sample.key, sample.label)
         members = [(f"{sample.key}.{sample.ext}", sample.data)]
         if self.labeled:
             members.append((f"{sample.key}.cls", str(int(sample.label)).encode()))
         for ext, payload in sorted(sample.extras.items()):
             members.append((f"{sample.key}.{ext}", payload))
-        for name, payload in members:
-            self._tar.addfile(_tarinfo(name, len(payload)), io.BytesIO(payload))
+        self._append(b"".join(member_bytes(name, payload) for name, payload in members))
+
+    def write_raw(self, key: str, label: int | None, raw: bytes) -> None:
+        """Append a sample's tar members as read from another shard (see `index_shard`): its input and extras,
+        and its `cls` member (holding `label`) exactly when this set is labelled. Nothing is decoded."""
+        self._check(key, label)
+        self._append(raw)
+
+    def _check(self, key: str, label: int | None) -> None:
+        validate_key(key)
+        if key in self._keys:
+            raise ShardError(f"duplicate sample key {key!r}; every key in a shard set must be unique.")
+        self._keys.add(key)
+        if self.labeled:
+            if label is None:
+                raise ShardError(f"sample {key!r} has no label but the shard set is labelled.")
+            if not 0 <= label < len(self.classes):
+                raise ShardError(f"sample {key!r} has label {label}, outside the class range 0..{len(self.classes) - 1}.")
+            self.class_counts[label] += 1
+
+    def _append(self, data: bytes) -> None:
+        if self._fh is None or self._count_in_shard >= self.max_per_shard:
+            self._open_next_shard()
+        self._fh.write(data)
+        self._digest.update(data)
+        self._offset += len(data)
         self._count_in_shard += 1
         self._shards[-1]["count"] += 1
         self.num_samples += 1
@@ -123,20 +129,21 @@ class ShardWriter:
         self._close_shard()
         name = SHARD_PATTERN % len(self._shards)
         self._shards.append({"name": name, "count": 0})
-        self._tar = tarfile.open(self.folder / name, mode="w", format=tarfile.USTAR_FORMAT)
-        self._count_in_shard = 0
+        self._fh = open(self.folder / name, "wb", buffering=1 << 20)
+        self._digest, self._offset, self._count_in_shard = hashlib.sha256(), 0, 0
 
     def _close_shard(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+        if self._fh is not None:
+            tail = end_of_archive(self._offset)
+            self._fh.write(tail)
+            self._digest.update(tail)
+            self._fh.close()
+            self._fh = None
+            self._shards[-1]["sha256"], self._shards[-1]["bytes"] = self._digest.hexdigest(), self._offset + len(tail)
 
     def close(self) -> dict:
-        """Finish the last shard, checksum every shard, write the manifest; return it."""
+        """Finish the last shard and write the manifest; return it."""
         self._close_shard()
-        for shard in self._shards:
-            path = self.folder / shard["name"]
-            shard["sha256"], shard["bytes"] = sha256_file(path), path.stat().st_size
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -284,7 +291,7 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
     current: Sample | None = None
     seen: set[str] = set()
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     raise ShardError(f"{path}: member {member.name!r} is not a regular file; shards hold only files.")
@@ -300,6 +307,7 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
                     seen.add(key)
                     current = Sample(key=key, ext="", data=b"")
                 _add_member(current, ext, payload, path)
+            check_end(fh, tar.offset, path)  # tarfile ends silently at a truncated or corrupt header
     except (tarfile.TarError, EOFError, OSError) as exc:
         where = f" after sample {current.key!r}" if current else ""
         raise ShardError(f"{path} is not a readable tar shard{where} ({exc}); it is truncated or corrupt: re-create or re-download it.") from None
@@ -378,13 +386,77 @@ def read_keys_and_labels(path: Path) -> list[tuple[str, int | None]]:
     """
     out: list[tuple[str, int | None]] = []
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if not out or out[-1][0] != key:
                     out.append((key, None))
                 if ext == "cls":
                     out[-1] = (key, int(tar.extractfile(member).read().decode("ascii").strip()))
+            check_end(fh, tar.offset, path)
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise ShardError(f"{path} is not a readable tar shard ({exc}); it is truncated or corrupt: re-create it.") from None
     return out
+
+
+@dataclass
+class ShardIndex:
+    """Where each sample of a shard lies, from its tar headers alone: `mpl data split` copies these bytes."""
+
+    keys: list[str]
+    labels: np.ndarray  # int64, -1 where a sample has no cls member
+    bounds: np.ndarray  # int64 (n, 4): start, end, cls_start, cls_end (the cls_* are -1 without a label)
+
+
+def index_shard(path: Path, num_classes: int | None = None) -> ShardIndex | None:
+    """Index a shard of plain ustar members, checking it like `read_shard` does; None if it needs `tarfile`.
+
+    A sample's members are consecutive, so they are the bytes `start:end` of the file, and each
+    sample starts where the previous one ends.
+    """
+    keys: list[str] = []
+    flat: list[int] = []  # label, start, end, cls_start, cls_end per sample
+    seen: set[str] = set()
+    has_input, exts = False, set()
+
+    def finish() -> None:
+        if keys and not has_input:
+            raise ShardError(f"{path}: sample {keys[-1]!r} has no input member (png/jpg/npy).")
+
+    try:
+        with open(path, "rb", buffering=1 << 20) as fh:
+            for name, start, end, payload in scan_members(fh, path, read=lambda n: n.endswith(".cls")):
+                key, _, ext = name.partition(".")
+                if "/" in name or not ext:
+                    raise ShardError(f"{path}: member name {name!r} is not of the form <key>.<ext>.")
+                if not keys or key != keys[-1]:
+                    finish()
+                    if key in seen:
+                        raise ShardError(f"{path}: sample key {key!r} appears twice; keys must be unique.")
+                    seen.add(key)
+                    keys.append(key)
+                    flat += [-1, start, end, -1, -1]
+                    has_input, exts = False, set()
+                flat[-3] = end
+                if ext in exts:
+                    raise ShardError(f"{path}: sample {key!r} has {ext!r} twice.")
+                exts.add(ext)
+                if ext in INPUT_EXTENSIONS:
+                    if has_input:
+                        raise ShardError(f"{path}: sample {key!r} has two inputs.")
+                    has_input = True
+                elif ext == "cls":
+                    try:
+                        label = int(payload.decode("ascii").strip())
+                    except (UnicodeDecodeError, ValueError):
+                        raise ShardError(f"{path}: sample {key!r} has a label that is not an integer: {payload[:20]!r}.") from None
+                    if num_classes is not None and not 0 <= label < num_classes:
+                        raise ShardError(f"{path}: sample {key!r} has label {label}, outside 0..{num_classes - 1}.")
+                    flat[-5], flat[-2], flat[-1] = label, start, end
+            finish()
+    except NotPlain:
+        return None
+    except OSError as exc:
+        raise ShardError(f"{path} cannot be read ({exc}).") from None
+    table = np.asarray(flat, np.int64).reshape(-1, 5)
+    return ShardIndex(keys, table[:, 0].copy(), table[:, 1:].copy())

@@ -40,7 +40,6 @@ from PIL import Image
 
 from mpltools.data.randaugment import (
     RANDAUGMENT_OPS,
-    UNIFORMS_PER_LAYER,
     _cutout,
     apply_op,
     op_level,
@@ -92,7 +91,8 @@ class AugmentSpec:
 
     @property
     def effective_translate_const(self) -> float:
-        # The authors' constants, unscaled: ImageNet's 100 px was set for 224x224 inputs.
+        # The authors' constants, unscaled: ImageNet's 100 px (cutout 40) were set for 224x224
+        # inputs; set translate_const/cutout_const explicitly for small imagenet-kind images.
         if self.translate_const is not None:
             return float(self.translate_const)
         return float(self.image_size // 8) if self.kind != "imagenet" else 100.0
@@ -150,7 +150,9 @@ def _owned(a: np.ndarray) -> np.ndarray:
 
 
 def _resize(im: Image.Image, size: int, box=None) -> Image.Image:
-    return im.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    if box is not None:  # crop first: resize(box=...) would blend in pixels outside the crop
+        im = im.crop(box)
+    return im.resize((size, size), Image.Resampling.BICUBIC)
 
 
 # ---------------------------------------------------------------------------------------------

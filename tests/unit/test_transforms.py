@@ -115,16 +115,17 @@ def test_weak_and_strong_equals_separate_calls(kind):
 
 @pytest.mark.parametrize("kind", ("cifar", "imagenet"))
 def test_fixed_number_of_draws_per_image(kind):
-    """The generator advances by the same amount whatever the image/ops: streams are resumable."""
+    """The generator advances by a fixed count whatever the image and the ops: resumable streams."""
     spec = AugmentSpec(kind=kind, image_size=32)
-    after = set()
-    for i in range(20):
-        rng = np.random.default_rng(7)
-        weak_and_strong(_img((32, 32, 3), seed=i), spec, rng)
-        rng2 = np.random.default_rng(7 + i)  # rng position differs per seed; compare the *count*
-        after.add(rng.bit_generator.state["state"]["state"])
-        del rng2
-    assert len(after) == 1
+    ra_draws = 1 + ra.UNIFORMS_PER_LAYER * spec.num_layers
+    # cifar: jitter (3) + RandAugment + cutout (2) + jitter (3); imagenet: crop (41) + flip + RandAugment
+    expected = {"cifar": (3, 3 + ra_draws + 5), "imagenet": (41, 41 + 1 + ra_draws)}[kind]
+    for seed in range(20):
+        for view, n in ((weak, expected[0]), (strong, expected[1])):
+            rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+            view(_img((32, 40, 3), seed=seed), spec, rng)
+            ref.random(n)
+            assert rng.bit_generator.state == ref.bit_generator.state, (view.__name__, seed)
 
 
 def test_cifar_strong_is_built_on_the_weak_view():
@@ -334,7 +335,6 @@ def test_weak_cifar_constant_image():
         out = weak(x, AugmentSpec(), rng)
         assert set(np.unique(out).tolist()) <= {7, 128}
         border = (out == 128).all(axis=2)
-        assert border.sum(axis=0).max() <= 4 or border.sum(axis=1).max() <= 4 or True
         assert (out[4:28, 4:28] == 7).all()  # at most 4 px of padding on any side
         saw_padding |= bool(border.any())
     assert saw_padding
@@ -376,7 +376,7 @@ def test_imagenet_crop_box_statistics():
             assert 0.70 <= (r - l) / (b - t) <= 1.40
         fracs.append((r - l) * (b - t) / (W * H))
     assert min(fracs) < 0.2 and max(fracs) > 0.8
-    assert centre == (63, 24, 63 + 328, 24 + 328)  # int(0.875 * 375) = 328
+    assert centre == (86, 24, 86 + 328, 24 + 328)  # int(0.875 * 375) = 328, offsets (d + 1) // 2
 
 
 # --------------------------------------------------------------------------- eval and none
@@ -450,3 +450,12 @@ def test_normalisation_table():
         assert all(0.0 <= m <= 1.0 for m in mean) and all(0.0 < s <= 1.0 for s in std), name
     assert NORMALISATION["cifar10"][0][0] == pytest.approx(0.4914, abs=1e-4)
     assert NORMALISATION["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_float_batch_on_cuda():
+    x = torch.from_numpy(_img((2, 4, 4, 3)))
+    mean, std = NORMALISATION["imagenet"]
+    out = to_float_batch(x.cuda(), mean, std)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), to_float_batch(x, mean, std))

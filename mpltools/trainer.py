@@ -1,0 +1,276 @@
+"""The training loop behind `mpl train` and `mpl finetune`: MPL or a baseline, with resume
+states, metrics, periodic evaluation, signals and checkpoint export.
+
+`fit` reads top to bottom: runtime -> data -> networks -> (resume) -> loop -> export.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mpltools import __version__, log, runtime as rt
+from mpltools.checkpoint import (file_sha256, load_model, load_optimizer_tensors, load_state, optimizer_tensors,
+                                 save_model, save_state)
+from mpltools.config import Recipe
+from mpltools.data.loaders import eval_batches, to_model_input
+from mpltools.errors import Interrupted, MplError, UsageError
+from mpltools.evaluation import evaluate
+from mpltools.methods import STEPS
+from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
+from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
+from mpltools.training import (build_network, checkpoint_meta, device_batch, make_streams, open_data,
+                               prepare_run_folder, write_run_info)
+
+TWO_NETWORKS = ("mpl", "released")
+
+
+def hyper_from(recipe: Recipe) -> MPLHyper:
+    m, t, s = recipe.method, recipe.teacher, recipe.student
+    if m.name in TWO_NETWORKS and (t.momentum, t.nesterov, t.max_grad_norm) != (s.momentum, s.nesterov, s.max_grad_norm):
+        raise UsageError("[teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do).")
+    return MPLHyper(
+        total_steps=recipe.schedule.steps, lr_schedule=recipe.schedule.lr_schedule,
+        teacher_lr=t.lr, teacher_warmup=t.warmup_steps, teacher_weight_decay=t.weight_decay,
+        student_lr=s.lr, student_warmup=s.warmup_steps, student_wait=s.wait_steps, student_weight_decay=s.weight_decay,
+        momentum=s.momentum, nesterov=s.nesterov, max_grad_norm=s.max_grad_norm or None, ema_decay=s.ema_decay,
+        label_smoothing=m.label_smoothing, uda_temperature=m.uda_temperature, uda_threshold=m.uda_threshold,
+        uda_weight=m.uda_weight, uda_ramp_steps=m.uda_ramp_steps, teacher_supervised_weight=m.teacher_supervised_weight,
+        pseudo_labels=m.pseudo_labels, pseudo_label_view=m.pseudo_label_view, feedback=m.feedback, baseline=m.baseline,
+        baseline_decay=m.baseline_decay, feedback_bn=m.feedback_bn, teacher_weak_no_grad=m.teacher_weak_no_grad,
+        mpl_weight=m.mpl_weight)
+
+
+@dataclass
+class Export:
+    """What `fit` writes at the end: file names and roles (finetune writes one `finetuned` file)."""
+
+    student_file: str = "student.safetensors"
+    student_role: str = ""  # "" = student for MPL/pseudo-label, supervised for the baselines
+    teacher_file: str = "teacher.safetensors"
+    init_student: Path | None = None  # start the student from this checkpoint (finetuning)
+    parent_sha256: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export | None = None) -> dict:
+    export = export or Export()
+    runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
+    method = recipe.method.name
+    data = open_data(recipe, need_unlabeled=method != "supervised")
+    resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
+    runtime.barrier()
+    hp = hyper_from(recipe)
+
+    # Networks. Baselines train one network, called the student; pseudo-label adds a fixed teacher.
+    device = runtime.device
+    student = build_network(recipe.model.name, recipe.model.kwargs, data).to(device)
+    if export.init_student is not None:
+        student.load_state_dict(load_model(export.init_student)[0].state_dict())
+    teacher_name = recipe.model.teacher_name or recipe.model.name
+    teacher_kwargs = recipe.model.teacher_kwargs or (recipe.model.kwargs if not recipe.model.teacher_name else {})
+    teacher, teacher_opt = None, None
+    if method in TWO_NETWORKS:
+        teacher = build_network(teacher_name, teacher_kwargs, data).to(device)
+    elif method == "pseudo-label":
+        teacher, teacher_meta = load_model(recipe.method.teacher_checkpoint, device)
+        teacher_name, teacher_kwargs = teacher_meta.architecture, teacher_meta.architecture_kwargs
+        if teacher_meta.num_classes != data.num_classes:
+            raise MplError(f"{recipe.method.teacher_checkpoint} predicts {teacher_meta.num_classes} classes, the data has {data.num_classes}.")
+        teacher.eval().requires_grad_(False)
+    if recipe.runtime.channels_last and data.input_spec.kind == "image":
+        for net in (student, teacher):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+    s_no_decay = norm_parameter_names(student)
+    student_opt = build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay, s_no_decay)
+    t_no_decay = frozenset()
+    if method in TWO_NETWORKS:
+        t_no_decay = norm_parameter_names(teacher)
+        teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
+    ema = EMA(student, hp.ema_decay) if hp.ema_decay > 0 else None
+    nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(recipe.runtime.seed * 7919 + runtime.rank)
+
+    step = 0
+    if resume_from is not None:
+        step = _restore(resume_from, nets, generator, runtime)
+        log.info(f"resuming {out} from step {step} ({resume_from.name})")
+    if runtime.is_main:
+        write_run_info(out, {"command": command, "start_step": step, "world_size": runtime.world, "device": str(device),
+                             "mixed_precision": runtime.mixed_precision, "mpltools": __version__, "torch": torch.__version__,
+                             "python": platform.python_version(), "seed": recipe.runtime.seed})
+        log.truncate_metrics(out / "metrics.jsonl", step)
+    metrics_file = log.MetricsWriter(out / "metrics.jsonl") if runtime.is_main else None
+    tracker = _tensorboard(out, runtime) if recipe.runtime.tensorboard and runtime.is_main else None
+
+    labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised")
+    step_fn = STEPS[method]
+    total, every = recipe.schedule.steps, recipe.runtime.log_every
+    images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
+    wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
+    with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main) as bar:
+        bar.advance(step)
+        while step < total:
+            t0 = time.perf_counter()
+            lab = next(labeled_stream)
+            unl = next(unlabeled_stream) if unlabeled_stream else None
+            wait_time += time.perf_counter() - t0
+            batch = device_batch(lab, unl, data, device, recipe.runtime.channels_last)
+            try:
+                with runtime.autocast():
+                    metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator)
+            except NonFiniteError as exc:
+                raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); no update "
+                               f"was applied and nothing of this step was saved. The last good state is in {out}/state/. "
+                               "Lower the learning rates, check the data, or resume with different settings.") from None
+            step += 1
+            window_steps += 1
+            if step % every == 0 or step == total:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, **{k: float(v) for k, v in metrics.items()},
+                          "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
+                          "data/wait_fraction": wait_time / max(elapsed, 1e-9)}
+                if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:
+                    record.update(_validate(nets, data, recipe, runtime))
+                if metrics_file:
+                    metrics_file.write(record)
+                    if tracker:
+                        tracker.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
+                bar.advance(window_steps, items=None, extra=_summary(record))
+                wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
+            if step % recipe.checkpoint.every == 0 and step != total:
+                _save(out, step, nets, generator, runtime, recipe)
+            if stop.requested:
+                _save(out, step, nets, generator, runtime, recipe)
+                raise Interrupted(f"stopped at step {step}; state saved in {out}/state/. Re-run the same command to resume.")
+
+    _save(out, step, nets, generator, runtime, recipe)
+    final = _validate(nets, data, recipe, runtime) if data.val is not None else {}
+    paths = {}
+    if runtime.is_main:
+        if final:
+            metrics_file.write({"step": step, "final": True, **final})
+        metrics_file.close()
+        paths = _export(out, nets, data, recipe, step, method, teacher_name, teacher_kwargs, export)
+    runtime.barrier()
+    if tracker:
+        tracker.finish()
+    return {"run": str(out), "step": step, **paths, **final}
+
+
+def _summary(record: dict) -> str:
+    keys = (("throughput/images_per_s", "img/s"), ("teacher/loss", "T"), ("student/loss", "S"), ("feedback/h", "h"), ("val/student_top1", "val"))
+    return " ".join(f"{short}={record[k]:.4g}" for k, short in keys if k in record)
+
+
+def _student_for_eval(nets: Networks) -> torch.nn.Module:
+    if nets.ema is None:
+        return nets.student
+    import copy
+
+    model = copy.deepcopy(nets.student)
+    nets.ema.copy_to(model)
+    return model
+
+
+def _validate(nets: Networks, data, recipe: Recipe, runtime) -> dict:
+    def batches():
+        return eval_batches(data.val, data.augment, recipe.eval.batch_size, runtime.rank, runtime.world)
+
+    prep = lambda x: to_model_input(x, data.norm_tuple(), runtime.device, recipe.runtime.channels_last)  # noqa: E731
+    out = {}
+    for role, model in (("student", _student_for_eval(nets)), ("teacher", nets.teacher)):
+        if model is None:
+            continue
+        result = evaluate(model, batches(), prep, data.num_classes, runtime.reducer, runtime.autocast)
+        out.update({f"val/{role}_top1": result["top1"], f"val/{role}_loss": result["loss"]})
+    return out
+
+
+def _groups(nets: Networks, generator, runtime) -> dict:
+    groups = {"student": nets.student.state_dict(), "student_opt": optimizer_tensors(nets.student_opt),
+              "baseline": {"baseline": nets.baseline.reshape(1)}}
+    if nets.teacher is not None:
+        groups["teacher"] = nets.teacher.state_dict()
+    if nets.teacher_opt is not None:
+        groups["teacher_opt"] = optimizer_tensors(nets.teacher_opt)
+    if nets.ema is not None:
+        groups["ema"] = nets.ema.state_dict()
+    return groups
+
+
+def _rng_group(generator, runtime) -> dict:
+    return {**rt.rng_state(runtime.device), "generator": generator.get_state()}
+
+
+def _save(out: Path, step: int, nets: Networks, generator, runtime, recipe: Recipe) -> None:
+    """Every process saves its RNG state; the main process writes and commits the state folder."""
+    pending = Path(out) / "state" / ".pending_rng"
+    if runtime.world > 1:
+        from safetensors.torch import save_file
+
+        if runtime.is_main:
+            pending.mkdir(parents=True, exist_ok=True)
+        runtime.barrier()
+        save_file({k: v.cpu().contiguous() for k, v in _rng_group(generator, runtime).items()}, pending / f"rank_{runtime.rank}.safetensors")
+        runtime.barrier()
+    if runtime.is_main:
+        groups = _groups(nets, generator, runtime)
+        groups["rng_rank_0"] = _rng_group(generator, runtime)
+        extra = {f"rng_rank_{r}.safetensors": pending / f"rank_{r}.safetensors" for r in range(1, runtime.world)}
+        save_state(out, step, groups, {"step": step, "world_size": runtime.world, "positions": {"labeled": step, "unlabeled": step}},
+                   recipe.checkpoint.keep_last, extra_files=extra)
+    runtime.barrier()
+
+
+def _restore(folder: Path, nets: Networks, generator, runtime) -> int:
+    groups, scalars = load_state(folder)
+    if scalars.get("world_size", 1) != runtime.world:
+        log.warn(f"{folder} was saved by {scalars.get('world_size')} process(es), this run has {runtime.world}: "
+                 "it resumes, but not bitwise like the uninterrupted run.")
+    nets.student.load_state_dict(groups["student"])
+    load_optimizer_tensors(nets.student_opt, groups["student_opt"])
+    nets.baseline.copy_(groups["baseline"]["baseline"].reshape(()))
+    if nets.teacher_opt is not None:
+        nets.teacher.load_state_dict(groups["teacher"])
+        load_optimizer_tensors(nets.teacher_opt, groups["teacher_opt"])
+    if nets.ema is not None:
+        nets.ema.load_state_dict(groups["ema"])
+    rng = groups.get(f"rng_rank_{runtime.rank}")
+    if rng is not None:
+        rt.set_rng_state(rng, runtime.device)
+        generator.set_state(rng["generator"])
+    return int(scalars["step"])
+
+
+def _export(out: Path, nets: Networks, data, recipe: Recipe, step: int, method: str, teacher_name: str,
+            teacher_kwargs: dict, export: Export) -> dict:
+    student = _student_for_eval(nets)
+    role = export.student_role or ("student" if method in TWO_NETWORKS + ("pseudo-label",) else "supervised")
+    meta = checkpoint_meta(role, recipe.model.name, recipe.model.kwargs, data, recipe, step, parent=export.parent_sha256,
+                           extra={"method": method, "ema": nets.ema is not None, **export.extra})
+    paths = {"student": str(save_model(Path(out) / export.student_file, student, meta))}
+    if nets.teacher is not None and method != "pseudo-label":
+        tmeta = checkpoint_meta("teacher", teacher_name, teacher_kwargs, data, recipe, step, extra={"method": method})
+        paths["teacher"] = str(save_model(Path(out) / export.teacher_file, nets.teacher, tmeta))
+    log.info("wrote " + ", ".join(paths.values()))
+    paths["student_sha256"] = file_sha256(Path(paths["student"]))
+    return paths
+
+
+def _tensorboard(out: Path, runtime):
+    """TensorBoard through Accelerate's trackers (needs the `tensorboard` package)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        log.warn("runtime.tensorboard = true but tensorboard is not installed (pip install 'mpltools[tensorboard]'); skipping.")
+        return None
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker("tensorboard", logging_dir=str(out))
