@@ -25,6 +25,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_can_write(out: Path, force: bool) -> None:
     out = Path(out)
     if out.exists() and not force:
@@ -45,6 +51,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     check_can_write(out, force)
     _remove_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
     try:
         yield tmp
         for root, _dirs, files in os.walk(tmp):
@@ -75,6 +82,7 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -32,6 +32,12 @@ class Runtime:
             self.accelerator.wait_for_everyone()
 
 
+_UNSYNCHRONISED = (
+    "this process was launched as one of {world} (WORLD_SIZE) but found {got}, so the processes would train "
+    "unsynchronised; refusing to start. Launch with `accelerate launch --multi_gpu --num_processes N mpl train ...` "
+    "(on CPU add ACCELERATE_USE_CPU=1) or `torchrun --nproc_per_node N -m mpltools train ...`.")
+
+
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
@@ -45,13 +51,12 @@ def start(mixed_precision: str = "auto", threads: int = 0, seed: int = 0) -> Run
 
     # Without CUDA, `accelerate launch --multi_gpu` starts N processes that do not talk to each
     # other unless the Accelerator is told to use the CPU (gloo); we always tell it.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env > 1 and not os.environ.get("MASTER_ADDR"):
+        raise MplError(_UNSYNCHRONISED.format(world=world_env, got="no process group (MASTER_ADDR is not set)"))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if world_env != accelerator.num_processes:
-        raise MplError(
-            f"this process was launched as one of {world_env} (WORLD_SIZE) but Accelerate set up {accelerator.num_processes} "
-            "process(es), so the processes would train unsynchronised. On CPU launch with "
-            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N mpl train ...`.")
+        raise MplError(_UNSYNCHRONISED.format(world=world_env, got=f"{accelerator.num_processes} process(es) in Accelerate"))
     if threads > 0:
         torch.set_num_threads(threads)
     from mpltools.methods.common import LOCAL, TorchDistributedReducer

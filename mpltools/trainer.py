@@ -126,8 +126,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 with runtime.autocast():
                     metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator)
             except NonFiniteError as exc:
-                raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); no update "
-                               f"was applied and nothing of this step was saved. The last good state is in {out}/state/. "
+                raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
+                               f"it would have caused was not applied and nothing of this step was saved. The last good state is in {out}/state/. "
                                "Lower the learning rates, check the data, or resume with different settings.") from None
             step += 1
             window_steps += 1

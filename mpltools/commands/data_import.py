@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpltools import __version__, log
-from mpltools.atomic import atomic_dir
+from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.data.shards import ShardWriter
 from mpltools.data.sources import SourceOptions, load_source
 
 
 def run(source: str, path: Path | None, out: Path, options: SourceOptions, *, max_per_shard: int,
         force: bool, command: str) -> dict:
+    check_can_write(out, force)  # before loading (which can take long)
     src = load_source(source, path, options)
     log.info(f"importing {src.count:,} samples of {source} ({len(src.classes)} classes) into {out}")
     provenance = {

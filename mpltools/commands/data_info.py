@@ -25,6 +25,7 @@ def run(location: str, verify: bool) -> dict:
     problems: list[str] = []
     counts: Counter = Counter()
     total, label_seen = 0, False
+    first_seen: dict[str, object] = {}  # key -> shard, to find keys repeated across shards
     with log.progress("verify" if verify else "count", total=len(shards.shard_paths), unit="shards") as bar:
         for i, path in enumerate(shards.shard_paths):
             if verify and shards.manifest is not None:
@@ -34,6 +35,11 @@ def run(location: str, verify: bool) -> dict:
             try:
                 for sample in read_shard(path, num_classes=shards.num_classes):
                     in_shard += 1
+                    if verify:
+                        if sample.key in first_seen:
+                            problems.append(f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique")
+                        else:
+                            first_seen[sample.key] = path
                     if sample.label is not None:
                         counts[sample.label] += 1
                         label_seen = True

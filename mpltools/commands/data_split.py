@@ -1,20 +1,25 @@
 """`mpl data split SRC --out DIR`: a seeded, class-balanced split into labeled/, unlabeled/ and val/.
 
-Streaming, in two passes: the first reads only tar headers and labels to choose the split, the
-second copies each sample's encoded bytes to its destination. Images are never decoded and never
-all held in memory, so this scales to ImageNet-size sets.
+Streaming, in two passes: the first reads only tar headers and labels to choose the split (and
+where each sample's bytes lie), the second copies each sample's tar members unchanged to its
+destination, checking every source shard's sha256 against the manifest on the way. Images are never
+decoded and never all held in memory, so this scales to ImageNet-size sets. Shards with tar features
+beyond plain ustar headers (e.g. written by `webdataset.TarWriter`) take a slower path through
+`tarfile` that re-writes the members.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mpltools import __version__, log
-from mpltools.atomic import atomic_dir
-from mpltools.data.shards import Sample, ShardError, ShardWriter, open_shard_set, read_keys_and_labels, read_shard
+from mpltools.atomic import atomic_dir, check_can_write
+from mpltools.data.shards import (MANIFEST, Sample, ShardError, ShardIndex, ShardWriter, index_shard, open_shard_set,
+                                  read_keys_and_labels, read_shard, sha256_file)
 from mpltools.errors import MplError, UsageError
 
 LABELED, VAL, UNLABELED = 1, 2, 4
@@ -85,23 +90,36 @@ def choose(labels: np.ndarray, num_classes: int, sizes: SplitSizes, seed: int, c
 
 def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None, max_per_shard: int,
         force: bool, command: str) -> dict:
+    check_can_write(out, force)  # before reading anything
     shards = open_shard_set(src)
     shards.require_labels("splitting")
+    manifest = shards.root / MANIFEST
+    indexes: list[ShardIndex | None] = []
     keys: list[str] = []
-    labels: list[int] = []
+    labels: list[np.ndarray] = []
     with log.progress("split: read labels", total=len(shards.shard_paths), unit="shards") as bar:
-        for path in shards.shard_paths:
-            for key, label in read_keys_and_labels(path):
-                if label is None:
-                    raise ShardError(f"{path}: sample {key!r} has no label in a labelled shard set.")
-                if not 0 <= label < shards.num_classes:
-                    raise ShardError(f"{path}: sample {key!r} has label {label}, outside 0..{shards.num_classes - 1}.")
-                keys.append(key)
-                labels.append(label)
+        for path, expected in zip(shards.shard_paths, shards.shard_counts):
+            index = index_shard(path, num_classes=shards.num_classes)
+            if index is None:  # tar features beyond plain ustar: read it with tarfile
+                pairs = read_keys_and_labels(path)
+                shard_keys = [k for k, _ in pairs]
+                shard_labels = np.asarray([-1 if v is None else v for _, v in pairs], np.int64)
+            else:
+                shard_keys, shard_labels = index.keys, index.labels
+            if len(shard_keys) != expected:
+                raise ShardError(f"{path} holds {len(shard_keys)} samples but {manifest} says {expected}; "
+                                 "the shard is truncated or the manifest is wrong: re-create the shard set.")
+            bad = np.flatnonzero((shard_labels < 0) | (shard_labels >= shards.num_classes))
+            if bad.size:
+                key, label = shard_keys[bad[0]], shard_labels[bad[0]]
+                raise ShardError(f"{path}: sample {key!r} has no label in a labelled shard set." if label < 0 else
+                                 f"{path}: sample {key!r} has label {label}, outside 0..{shards.num_classes - 1}.")
+            indexes.append(index)
+            keys += shard_keys
+            labels.append(shard_labels)
             bar.advance()
-    if len(keys) != shards.num_samples:
-        raise ShardError(f"{shards.root}: the shards hold {len(keys)} samples but manifest.json says {shards.num_samples}; re-create the shard set.")
-    dest = choose(np.asarray(labels, np.int64), shards.num_classes, sizes, seed, shards.classes)
+    _check_unique(keys, shards)
+    dest = choose(np.concatenate(labels) if labels else np.zeros(0, np.int64), shards.num_classes, sizes, seed, shards.classes)
     provenance = {
         "command": command, "source_manifest_sha256": shards.manifest_sha256, "source": str(src), "seed": seed,
         "preset": preset, "sizes": {k: v for k, v in vars(sizes).items() if v not in (None, False)},
@@ -114,20 +132,71 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
             VAL: ShardWriter(tmp / "val", labeled=True, provenance={**provenance, "part": "val"}, **common),
             UNLABELED: ShardWriter(tmp / "unlabeled", labeled=False, provenance={**provenance, "part": "unlabeled"}, **common),
         }
-        index = 0
+        first = 0
         with log.progress("split: copy", total=len(keys), unit="samples") as bar:
-            for path in shards.shard_paths:
-                for sample in read_shard(path, num_classes=shards.num_classes):
-                    if index >= len(keys) or sample.key != keys[index]:
-                        raise ShardError(f"{path}: sample {sample.key!r} changed between the two passes; is another process writing the shard set?")
-                    for flag, writer in writers.items():
-                        if dest[index] & flag:
-                            kept = sample if flag != UNLABELED else Sample(sample.key, sample.ext, sample.data, None, sample.extras)
-                            writer.write(kept)
-                    index += 1
-                    bar.advance()
+            for path, index, count, sha256 in zip(shards.shard_paths, indexes, shards.shard_counts, shards.shard_checksums):
+                flags = dest[first: first + count].tolist()
+                if index is not None:
+                    _copy_raw(path, index, flags, writers, sha256, manifest)
+                else:
+                    _copy_decoded(path, keys[first: first + count], flags, writers, sha256, manifest, shards.num_classes)
+                first += count
+                bar.advance(count)
         manifests = {name: writers[flag].close() for name, flag in (("labeled", LABELED), ("unlabeled", UNLABELED), ("val", VAL))}
     report = {"out": str(out), "seed": seed}
     for name, m in manifests.items():
         report[name] = {"path": str(out / name), "num_samples": m["num_samples"], "class_counts": m["class_counts"]}
     return report
+
+
+def _check_unique(keys: list[str], shards) -> None:
+    if len(set(keys)) == len(keys):
+        return
+    where: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in where:
+            shard_of = np.cumsum(shards.shard_counts)
+            a, b = (shards.shard_paths[int(np.searchsorted(shard_of, j, side="right"))] for j in (where[key], i))
+            raise ShardError(f"sample key {key!r} appears twice in {shards.root} (in {a} and {b}); keys must be unique.")
+        where[key] = i
+
+
+def _mismatch(path: Path, manifest: Path) -> ShardError:
+    return ShardError(f"{path}: sha256 does not match {manifest}; the shard changed or is corrupt "
+                      "(`mpl data info --verify` lists what is wrong). Nothing was written.")
+
+
+def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sha256: str, manifest: Path) -> None:
+    """Copy each sample's tar members unchanged (minus `cls` for unlabeled/), hashing the whole shard on the way."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=1 << 20) as fh:
+        for key, label, (start, end, cls_start, cls_end), flag in zip(index.keys, index.labels.tolist(), index.bounds.tolist(), flags):
+            raw = fh.read(end - start)
+            digest.update(raw)
+            if flag & LABELED:
+                writers[LABELED].write_raw(key, label, raw)
+            if flag & VAL:
+                writers[VAL].write_raw(key, label, raw)
+            if flag & UNLABELED:
+                writers[UNLABELED].write_raw(key, None, raw[: cls_start - start] + raw[cls_end - start:])
+        while block := fh.read(1 << 20):  # the end-of-archive marker and padding
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise _mismatch(path, manifest)
+
+
+def _copy_decoded(path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path,
+                  num_classes: int) -> None:
+    """The path through tarfile, for shards `index_shard` leaves to it: members are re-written by ShardWriter."""
+    if sha256_file(path) != sha256:
+        raise _mismatch(path, manifest)
+    count = 0
+    for sample in read_shard(path, num_classes=num_classes):
+        if count >= len(keys) or sample.key != keys[count]:
+            raise ShardError(f"{path}: sample {sample.key!r} changed between the two passes; is another process writing the shard set?")
+        for flag, writer in writers.items():
+            if flags[count] & flag:
+                writer.write(sample if flag != UNLABELED else Sample(sample.key, sample.ext, sample.data, None, sample.extras))
+        count += 1
+    if count != len(keys):
+        raise ShardError(f"{path}: the shard changed between the two passes; is another process writing the shard set?")

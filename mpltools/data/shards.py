@@ -425,7 +425,7 @@ def index_shard(path: Path, num_classes: int | None = None) -> ShardIndex | None
 
     try:
         with open(path, "rb", buffering=1 << 20) as fh:
-            for name, start, end, payload in scan_members(fh, path, read=lambda n: n.endswith(".cls")):
+            for name, start, end, payload in scan_members(fh, path, read_suffix=".cls"):
                 key, _, ext = name.partition(".")
                 if "/" in name or not ext:
                     raise ShardError(f"{path}: member name {name!r} is not of the form <key>.<ext>.")

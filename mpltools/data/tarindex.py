@@ -13,7 +13,7 @@ headers, as `webdataset.TarWriter` writes; links; folders; the ustar prefix fiel
 from __future__ import annotations
 
 import tarfile
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -65,55 +65,74 @@ def _octal(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
-def _verify_checksums(headers: list[bytes], stored: list[int], first_offset: list[int], path: object) -> None:
+_POWERS = 8 ** np.arange(5, -1, -1, dtype=np.int64)
+
+
+def _verify_checksums(headers: list[bytes], offsets: list[int], path: object) -> None:
     rows = np.frombuffer(b"".join(headers), np.uint8).reshape(-1, BLOCK)
+    field = rows[:, 148:156]
     # The checksum counts its own 8-byte field as spaces (8 * 32).
-    computed = rows.sum(1, dtype=np.int64) - rows[:, 148:156].sum(1, dtype=np.int64) + 256
-    bad = np.flatnonzero(computed != np.asarray(stored, np.int64))
+    computed = rows.sum(1, dtype=np.int64) - field.sum(1, dtype=np.int64) + 256
+    # Stored as six octal digits and NUL or space (tarfile, GNU tar); anything else is parsed one by one.
+    digits = field[:, :6].astype(np.int64) - 48
+    plain = ((digits >= 0) & (digits < 8)).all(1) & np.isin(field[:, 6], (0, 32))
+    stored = (digits * _POWERS).sum(1)
+    for i in np.flatnonzero(~plain):
+        try:
+            stored[i] = _octal(headers[i][148:156])
+        except ValueError:
+            stored[i] = -1
+    bad = np.flatnonzero(computed != stored)
     if bad.size:
-        raise ShardError(f"{path}: the tar header at byte {first_offset[bad[0]]:,} has a wrong checksum; "
+        raise ShardError(f"{path}: the tar header at byte {offsets[bad[0]]:,} has a wrong checksum; "
                          "the shard is corrupt, re-create or re-download it.")
 
 
-def scan_members(fh: BinaryIO, path: object, read: Callable[[str], bool]) -> Iterator[tuple[str, int, int, bytes | None]]:
-    """Yield (name, start, end, payload) per member from the start of `fh`; the payload only where read(name).
+def scan_members(fh: BinaryIO, path: object, read_suffix: str) -> list[tuple[str, int, int, bytes | None]]:
+    """(name, start, end, payload) of every member from the start of `fh`; the payload only for names
+    ending with `read_suffix`.
 
     `start` is the offset of the member's header and `end` the offset after its padded data. Raises
-    ShardError for a truncated or corrupt archive, NotPlain for headers left to `tarfile`.
+    ShardError for a truncated or corrupt archive (every header checksum is verified before this
+    returns), NotPlain for headers left to `tarfile`.
     """
+    members: list[tuple[str, int, int, bytes | None]] = []
     offset = 0
     headers: list[bytes] = []
-    stored: list[int] = []
     offsets: list[int] = []
+    read, seek = fh.read, fh.seek
     while True:
-        header = fh.read(BLOCK)
-        if len(header) == BLOCK and header.count(0) == BLOCK:
-            break
+        header = read(BLOCK)
         if len(header) < BLOCK:
+            if offset == 0:
+                raise ShardError(f"{path} is not a tar shard: it is empty or shorter than one tar header.")
             raise ShardError(f"{path} is truncated at byte {offset:,} (it ends inside or right after a member, "
                              "without the end-of-archive marker); re-create or re-download the shard.")
         if header[156] not in (0x30, 0) or header[257:262] != b"ustar" or header[345] or header[124] & 0x80:
+            if header.count(0) == BLOCK:
+                break  # the end-of-archive marker
             raise NotPlain(path)
         try:
             name = header[:100].split(b"\0", 1)[0].decode("utf-8")
             size = _octal(header[124:136])
-            stored.append(_octal(header[148:156]))
         except (UnicodeDecodeError, ValueError):
             raise ShardError(f"{path}: the tar header at byte {offset:,} is corrupt; re-create or re-download the shard.") from None
         headers.append(header)
         offsets.append(offset)
         if len(headers) >= _CHECK_EVERY:
-            _verify_checksums(headers, stored, offsets, path)
-            headers, stored, offsets = [], [], []
+            _verify_checksums(headers, offsets, path)
+            headers, offsets = [], []
         padded = size + (-size % BLOCK)
         payload = None
-        if read(name):
-            payload = fh.read(padded)[:size]
+        if name.endswith(read_suffix):
+            payload = read(padded)[:size]
             if len(payload) < size:
                 raise ShardError(f"{path} is truncated inside member {name!r}; re-create or re-download the shard.")
         else:
-            fh.seek(padded, 1)  # a seek past the end shows up as a short read of the next header
-        yield name, offset, offset + BLOCK + padded, payload
-        offset += BLOCK + padded
+            seek(padded, 1)  # a seek past the end shows up as a short read of the next header
+        end = offset + BLOCK + padded
+        members.append((name, offset, end, payload))
+        offset = end
     if headers:
-        _verify_checksums(headers, stored, offsets, path)
+        _verify_checksums(headers, offsets, path)
+    return members

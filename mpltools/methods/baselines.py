@@ -20,11 +20,11 @@ from mpltools.methods.common import (
     Reducer,
     check_finite,
     draw_pseudo_labels,
+    finish_gradients,
     trainable,
-    zero_missing_grads,
 )
 from mpltools.methods.mpl import auxiliary_losses, teacher_forward
-from mpltools.methods.optim import apply_weight_decay_and_clip, learning_rate, set_lr
+from mpltools.methods.optim import learning_rate, set_lr
 
 
 def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:
@@ -45,9 +45,7 @@ def _update(
     """
     params = trainable(nets.student)
     loss.backward()
-    zero_missing_grads(params)
-    reducer.mean_grads(params)
-    norm = apply_weight_decay_and_clip(nets.student_opt, hp.max_grad_norm)
+    norm = finish_gradients(nets.student_opt, params, reducer, hp.max_grad_norm)
     values = reducer.mean(torch.stack([loss.detach(), *(v.detach() for v in extra.values())]))
     check_finite(step, {"student loss": values[0], "student gradient norm": norm})
     nets.student_opt.step()

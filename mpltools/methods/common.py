@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
+from mpltools.methods.optim import apply_weight_decay_and_clip
+
 # ----------------------------------------------------------------------------- reduction
 
 
@@ -81,6 +83,18 @@ def zero_missing_grads(params: Iterable[Tensor]) -> None:
             p.grad = torch.zeros_like(p)
 
 
+def finish_gradients(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], reducer: Reducer, max_grad_norm: float | None
+) -> Tensor:
+    """After backward: zero-fill, cross-process mean, coupled weight decay, clipping.
+
+    Returns the global gradient norm (before clipping), identical on every process.
+    """
+    zero_missing_grads(params)
+    reducer.mean_grads(params)
+    return apply_weight_decay_and_clip(optimizer, max_grad_norm)
+
+
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
     """Concatenates tensors into one new 1-D tensor (a copy)."""
     return torch.cat([t.detach().reshape(-1) for t in tensors])
@@ -112,7 +126,7 @@ def check_finite(step: int, terms: dict[str, Tensor]) -> None:
 
     Call it with globally reduced values only, so that every process takes the same decision.
     """
-    values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in terms.values()])
+    values = torch.stack([t.detach().reshape(()) for t in terms.values()])  # promotes dtypes
     if bool(torch.isfinite(values).all()):
         return
     for name, v in zip(terms, values.tolist()):
@@ -209,7 +223,9 @@ _CHOICES = {
 @dataclass(frozen=True)
 class MPLHyper:
     """Hyper-parameters of every training step. Defaults = the authors' CIFAR-10-4K README
-    command (reference §2.1) where one exists, else the paper's choice.
+    command (reference §2.1) where one exists; pseudo_labels/feedback follow the paper
+    (sampled hard labels, loss-difference feedback), feedback_bn and the baseline's 0 start
+    are our choices (DESIGN §5).
 
     Learning rates are *effective* values (the authors' ``base_lr * B / 256`` already applied).
     Steps are global steps; only the teacher's update advances them (reference §7 item 8).

@@ -46,13 +46,13 @@ from mpltools.methods.common import (
     Networks,
     Reducer,
     check_finite,
+    finish_gradients,
     draw_pseudo_labels,
     flatten,
     measurement_mode,
     trainable,
-    zero_missing_grads,
 )
-from mpltools.methods.optim import apply_weight_decay_and_clip, clip_scale, learning_rate, set_lr
+from mpltools.methods.optim import clip_scale, learning_rate, set_lr
 
 
 def teacher_forward(model: nn.Module, batch: Batch, weak_no_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,9 +214,7 @@ def mpl_step(
         s_loss = smoothed_cross_entropy(student(x_s), target, hp.label_smoothing)
         s_loss.backward()
         mpl_value = F.cross_entropy(t_view, target)  # REINFORCE surrogate CE, unsmoothed
-    zero_missing_grads(s_params)
-    reducer.mean_grads(s_params)
-    s_norm = apply_weight_decay_and_clip(nets.student_opt, hp.max_grad_norm)
+    s_norm = finish_gradients(nets.student_opt, s_params, reducer, hp.max_grad_norm)
     m = reducer.mean(torch.stack([sup.detach(), uda.detach(), mask, s_loss.detach()]))
     check_finite(
         step,
@@ -243,6 +241,7 @@ def mpl_step(
     ce_old, ce_new, mpl_mean = reducer.mean(torch.stack([ce_old, ce_new.detach(), mpl_value.detach()]))
 
     # 6. Feedback with the paper's sign; baseline updated first, committed after the check.
+    # (Soft labels: h and the baseline are only logged; the teacher gets the meta-gradient.)
     if hp.feedback == "taylor":
         h = ce_old - ce_new
     else:
@@ -256,9 +255,7 @@ def mpl_step(
     mpl_term = mpl_value if soft else h_c * mpl_value
     t_loss = hp.teacher_supervised_weight * sup + w_uda * uda + hp.mpl_weight * mpl_term
     t_loss.backward()
-    zero_missing_grads(t_params)
-    reducer.mean_grads(t_params)
-    t_norm = apply_weight_decay_and_clip(nets.teacher_opt, hp.max_grad_norm)
+    t_norm = finish_gradients(nets.teacher_opt, t_params, reducer, hp.max_grad_norm)
     check_finite(
         step,
         {"student CE_old": ce_old, "student CE_new": ce_new, "h": h, "teacher MPL term": mpl_mean,

@@ -152,7 +152,10 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # Contiguous copies (even of channels-last weights) so safetensors can save them as is.
+        self.shadow = {
+            k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:

@@ -48,12 +48,12 @@ from mpltools.methods.common import (
     Networks,
     Reducer,
     check_finite,
+    finish_gradients,
     frozen_bn_stats,
     trainable,
-    zero_missing_grads,
 )
 from mpltools.methods.mpl import auxiliary_losses, learning_rates, teacher_forward
-from mpltools.methods.optim import apply_weight_decay_and_clip, set_lr
+from mpltools.methods.optim import set_lr
 
 
 def released_step(
@@ -90,9 +90,7 @@ def released_step(
     s_loss = smoothed_cross_entropy(s_strong, p_teacher, hp.label_smoothing)
     ce_old = F.cross_entropy(s_l_old.detach(), y_l)
     s_loss.backward()
-    zero_missing_grads(s_params)
-    reducer.mean_grads(s_params)
-    s_norm = apply_weight_decay_and_clip(nets.student_opt, hp.max_grad_norm)
+    s_norm = finish_gradients(nets.student_opt, s_params, reducer, hp.max_grad_norm)
     m = reducer.mean(torch.stack([sup.detach(), uda.detach(), mask, s_loss.detach()]))
     check_finite(
         step,
@@ -116,9 +114,7 @@ def released_step(
 
     t_loss = hp.teacher_supervised_weight * sup + w_uda * uda + hp.mpl_weight * d_c * mpl_ce
     t_loss.backward()
-    zero_missing_grads(t_params)
-    reducer.mean_grads(t_params)
-    t_norm = apply_weight_decay_and_clip(nets.teacher_opt, hp.max_grad_norm)
+    t_norm = finish_gradients(nets.teacher_opt, t_params, reducer, hp.max_grad_norm)
     check_finite(
         step,
         {"student CE_old": ce_old, "student CE_new": ce_new, "h": d, "teacher MPL term": mpl_mean,

@@ -156,7 +156,7 @@ def test_student_ema_is_updated_after_the_student_step():
 
 
 def test_released_feedback_term_has_zero_gradient_and_new_minus_old_sign():
-    hp = hp_(teacher_lr=0.0, baseline_decay=0.99, label_smoothing=0.1)
+    hp = hp_(teacher_lr=0.0, student_lr=1.0, baseline_decay=0.99, label_smoothing=0.1)
     teacher, student = bn_dropout_net(0), mlp(1)
     batch = make_batch()
     grads = {}
@@ -214,7 +214,8 @@ def _two_runs(hp, reducer):
 @pytest.mark.parametrize("feedback", ["taylor", "dot"])
 def test_h_and_the_teacher_gradient_use_the_reduced_values(feedback):
     hp = hp_(feedback=feedback, momentum=0.0, nesterov=False, teacher_lr=0.0, baseline=False,
-             teacher_supervised_weight=0.0, uda_weight=0.0, student_weight_decay=0.0)
+             teacher_supervised_weight=0.0, uda_weight=0.0, student_weight_decay=0.0,
+             teacher_weight_decay=0.0)
     rec = RecordingReducer(mean_scale=2.0)
     ((local, n_local), (reduced, n_red)), _ = _two_runs(hp, rec)
     assert same(params_of(n_local.student), params_of(n_red.student))
@@ -278,10 +279,10 @@ def test_non_finite_feedback_stops_the_teacher_update_and_the_baseline():
 
 def test_supervised_step_nan_raises_without_update():
     hp = hp_()
-    nets = Networks(None, mlp(1), None, build_sgd(mlp(1), 0.1))
-    nets.student_opt = build_sgd(nets.student, 0.1)
+    student = mlp(1)
+    nets = Networks(None, student, None, build_sgd(student, 0.1))
     batch = make_batch()
-    batch.labeled_x[3, 1] = float("inf")
+    batch.labeled_x[3, 1] = float("nan")
     before = params_of(nets.student)
     with pytest.raises(NonFiniteError, match="student loss"):
         supervised_step(nets, batch, 0, hp)

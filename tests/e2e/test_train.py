@@ -1,0 +1,244 @@
+"""`mpl train` through the CLI: recipes, overrides, baselines, h during the wait, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from mpltools.cli import app
+from tests.e2e.helpers import REPO, env, metrics, mpl, replay
+
+DIGITS = "recipes/tiny/digits.toml"
+TWOMOON = "recipes/tiny/twomoon.toml"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A working folder with the recipes and the tiny digits and twomoon data prepared."""
+    root = tmp_path_factory.mktemp("train")
+    replay(DIGITS, root)  # import, split, train, finetune, eval: the whole chain once
+    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
+        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    return root
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(path, framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+def test_tiny_digits_chain_writes_checkpoints_with_metadata(work):
+    run = work / "runs/tiny/digits"
+    for name, role in (("student.safetensors", "student"), ("teacher.safetensors", "teacher")):
+        with safe_open(run / name, framework="pt") as fh:
+            meta = fh.metadata()
+        assert meta["role"] == role and meta["architecture"] == "small_cnn"
+        assert json.loads(meta["recipe"])["method"]["name"] == "mpl"
+        assert json.loads(meta["input_shape"]) == [1, 8, 8]
+    assert (run / "recipe.toml").is_file() and tomllib.loads((run / "recipe.toml").read_text())["schedule"]["steps"] == 20
+    with safe_open(run / "finetune/finetuned.safetensors", framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["role"] == "finetuned" and len(meta["parent_sha256"]) == 64
+    records = metrics(run)
+    assert [r["step"] for r in records if "final" not in r] == [5, 10, 15, 20]
+    assert any(r.get("final") and "val/student_top1" in r for r in records)
+
+
+def test_print_config_applies_overrides_and_seed():
+    r = CliRunner().invoke(app, ["train", str(REPO / DIGITS), "--set", "method.name=uda", "--set",
+                                 "model.kwargs.dropout=0.5", "--seed", "7", "--print-config"])
+    assert r.exit_code == 0, r.stderr
+    resolved = tomllib.loads(r.stdout)
+    assert resolved["method"]["name"] == "uda" and resolved["runtime"]["seed"] == 7
+    assert resolved["model"]["kwargs"] == {"width": 8, "dropout": 0.5}
+    assert resolved["schedule"]["steps"] == 20  # from the recipe, not the default
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("method.feedbak=dot", "Did you mean 'feedback'"),
+    ("metod.name=uda", "Did you mean 'method'"),
+    ("method.feedback=dto", "Did you mean 'dot'"),
+    ("schedule.steps=ten", "must be an integer"),
+])
+def test_bad_recipe_keys_exit_2_with_nearest_name(override, needle):
+    r = CliRunner().invoke(app, ["train", str(REPO / DIGITS), "--set", override, "--print-config"])
+    assert r.exit_code == 2
+    assert needle in r.stderr
+
+
+def test_every_shipped_recipe_validates_and_documents_its_commands():
+    from mpltools.config import load_recipe
+
+    recipes = sorted((REPO / "recipes").rglob("*.toml"))
+    assert len(recipes) >= 16
+    for path in recipes:
+        load_recipe(path)
+        text = path.read_text()
+        commands = [l for l in text.splitlines() if l.startswith("# $ ")]
+        assert any(" train " in c for c in commands), path
+        assert "Reproduces" in text and "Expected" in text, path
+    tiny = {p.name for p in (REPO / "recipes/tiny").glob("*.toml")}
+    full = {p.name for p in (REPO / "recipes").glob("*.toml")}
+    assert full <= tiny | {"reduced_b7_yfcc.toml"} or full - tiny == set(), full - tiny
+
+
+def test_twomoon_recipe_encodes_the_paper_setting():
+    from mpltools.config import load_recipe
+
+    r = load_recipe(REPO / "recipes/twomoon.toml")
+    assert r.model.name == "mlp" and r.model.kwargs == {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1}
+    for opt in (r.teacher, r.student):
+        assert (opt.lr, opt.momentum, opt.weight_decay, opt.ema_decay) == (0.1, 0.0, 0.0, 0.0)
+    assert r.method.label_smoothing == 0 and r.method.uda_weight == 0 and r.data.batch_size == 6
+    text = (REPO / "recipes/twomoon.toml").read_text()
+    assert "--labeled-per-class 3" in text and "twomoon" in text
+
+
+def test_h_is_exactly_zero_while_the_student_waits(work):
+    out = work / "runs/wait"
+    mpl("train", DIGITS, "--out", out, "--set", "student.wait_steps=6", "--set", "runtime.log_every=1",
+        "--set", "schedule.steps=10", "--set", "student.warmup_steps=0", cwd=work)
+    records = [r for r in metrics(out) if "feedback/h" in r]
+    waiting = [r for r in records if r["step"] <= 6]
+    moving = [r for r in records if r["step"] > 6]
+    assert len(waiting) == 6 and all(r["feedback/h"] == 0.0 and r["lr/student"] == 0.0 for r in waiting)
+    assert all(r["student/ce_old"] == r["student/ce_new"] for r in waiting)
+    assert any(r["feedback/h"] != 0.0 for r in moving)
+
+
+def test_short_mpl_run_on_digits_lowers_held_out_loss_and_h_is_alive(work):
+    common = ["--set", "eval.every=0", "--set", "student.wait_steps=10", "--set", "runtime.log_every=10"]
+    # The same seed builds the same initial student; one step inside the wait leaves it untrained.
+    mpl("train", DIGITS, "--out", work / "runs/untrained", "--set", "schedule.steps=1", *common, cwd=work)
+    before = [r for r in metrics(work / "runs/untrained") if r.get("final")][0]["val/student_loss"]
+    out = work / "runs/learn"
+    mpl("train", DIGITS, "--out", out, "--set", "schedule.steps=200", *common, cwd=work)
+    records = metrics(out)
+    after = [r for r in records if r.get("final")][0]["val/student_loss"]
+    assert after < before - 0.1, (before, after)
+    hs = [r["feedback/h"] for r in records if "feedback/h" in r and r["step"] > 10]
+    assert len({round(h, 9) for h in hs}) > 3 and all(math.isfinite(h) for h in hs) and any(abs(h) > 1e-6 for h in hs)
+
+
+@pytest.mark.parametrize("method", ["supervised", "uda", "released"])
+def test_baselines_and_released_variant_run_through_the_same_trainer(work, method):
+    out = work / f"runs/{method}"
+    r = mpl("train", DIGITS, "--out", out, "--set", f"method.name={method}", "--set", "schedule.steps=6", cwd=work)
+    assert Path(r.stdout.strip()) == out / "student.safetensors"
+    assert (out / "teacher.safetensors").exists() == (method == "released")
+
+
+def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
+    teacher = work / "runs/tiny/digits/teacher.safetensors"
+    out = work / "runs/pl"
+    mpl("train", DIGITS, "--out", out, "--set", "method.name=pseudo-label", "--set",
+        f'method.teacher_checkpoint="{teacher}"', "--set", "schedule.steps=6", cwd=work)
+    assert (out / "student.safetensors").exists()
+    bad = mpl("train", DIGITS, "--out", work / "runs/pl2", "--set", "method.name=pseudo-label", cwd=work, check=False)
+    assert bad.returncode == 2 and "teacher_checkpoint" in bad.stderr
+
+
+def test_same_seed_same_metrics_and_keep_last_prunes(work):
+    args = ["--set", "schedule.steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep_last=2"]
+    mpl("train", DIGITS, "--out", work / "runs/s1", *args, cwd=work)
+    mpl("train", DIGITS, "--out", work / "runs/s2", *args, cwd=work)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(("throughput", "data/"))} for r in rs]  # noqa: E731
+    assert strip(metrics(work / "runs/s1")) == strip(metrics(work / "runs/s2"))
+    states = sorted(p.name for p in (work / "runs/s1/state").iterdir())
+    assert states == ["step_000000009", "step_000000012"]
+
+
+def _interrupt_and_resume(work: Path, out: Path, sig: int, extra: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mpltools", "train", TWOMOON, "--out", str(out), *extra]
+    proc = subprocess.Popen(cmd, cwd=work, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the first committed state, then interrupt mid-run
+        if any((p / "COMMITTED").exists() for p in (out / "state").glob("step_*")) if (out / "state").exists() else False:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_bitwise_identical_weights(work, sig):
+    extra = ["--set", "schedule.steps=1500", "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
+    straight = work / f"runs/straight_{int(sig)}"
+    mpl("train", TWOMOON, "--out", straight, *extra, cwd=work)
+    resumed = work / f"runs/resumed_{int(sig)}"
+    proc = _interrupt_and_resume(work, resumed, sig, extra)
+    if sig == signal.SIGINT and proc.returncode != 0:  # it may also have finished before the signal
+        assert proc.returncode == 130
+    assert not (resumed / "student.safetensors").exists() or proc.returncode == 0
+    r = mpl("train", TWOMOON, "--out", resumed, *extra, cwd=work)
+    assert "resuming" in r.stderr or proc.returncode == 0
+    for name in ("student.safetensors", "teacher.safetensors"):
+        a, b = tensors(straight / name), tensors(resumed / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    steps = [r["step"] for r in metrics(resumed) if not r.get("final")]
+    assert steps == sorted(set(steps)) and steps[-1] == 1500  # no duplicated lines after the resume
+
+
+def test_resume_refuses_a_different_recipe(work):
+    out = work / "runs/refuse"
+    mpl("train", DIGITS, "--out", out, "--set", "schedule.steps=2", cwd=work)
+    r = mpl("train", DIGITS, "--out", out, "--set", "schedule.steps=2", "--set", "method.feedback=dot", cwd=work, check=False)
+    assert r.returncode == 2 and "different recipe" in r.stderr and "method.feedback" in r.stderr
+
+
+def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
+    out = work / "runs/nan"
+    r = mpl("train", DIGITS, "--out", out, "--set", "teacher.lr=1e30", "--set", "student.lr=1e30",
+            "--set", "student.wait_steps=0", "--set", "checkpoint.every=1", "--set", "schedule.steps=20", cwd=work, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "not finite" in r.stderr and "step" in r.stderr
+    assert not (out / "student.safetensors").exists()
+    for state in (out / "state").glob("step_*"):
+        assert all(torch.isfinite(t).all() for t in tensors(state / "student.safetensors").values())
+
+
+def test_unsynchronised_multi_process_launch_is_refused(work):
+    r = mpl("train", DIGITS, "--out", work / "runs/unsync", cwd=work, check=False, WORLD_SIZE="2")
+    assert r.returncode == 1 and "unsynchronised" in r.stderr
+
+
+def _launch(work: Path, *args, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
+    return subprocess.run(cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(work):
+    import shutil
+
+    shutil.copytree(REPO / "mpl", work / "mpl", dirs_exist_ok=True)  # the repo-root launcher, as in a checkout
+    common = ["--set", "schedule.steps=3", "--set", "runtime.log_every=1", "--set", "method.pseudo_labels=argmax",
+              "--set", "checkpoint.every=1"]
+    two = _launch(work, "mpl", "train", TWOMOON, "--out", "runs/two", *common)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.strip().splitlines() == ["runs/two/student.safetensors"]  # printed once, by the main process
+    one = mpl("train", TWOMOON, "--out", work / "runs/one", *common, cwd=work)
+    assert one.returncode == 0
+    m1, m2 = metrics(work / "runs/one"), metrics(work / "runs/two")
+    assert len(m1) == len(m2) == 4 and m1[-1]["final"] and m2[-1]["final"]
+    assert m1[-1]["val/student_top1"] == pytest.approx(m2[-1]["val/student_top1"], abs=1e-9)  # exact counts over 2 processes
+    m1, m2 = m1[:-1], m2[:-1]
+    for a, b in zip(m1, m2):
+        for key in ("teacher/loss", "student/loss", "student/ce_old", "student/ce_new", "feedback/h"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    run_info = json.loads((work / "runs/two/run.json").read_text())
+    assert run_info[-1]["world_size"] == 2
