@@ -515,7 +515,7 @@ def test_version_and_help_do_not_import_torch():
             "assert 'mpltools.commands.data_split' not in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
-    assert "mpl (mpltools) " in r.stdout and "import" in r.stdout and "--labeled-per-class" in r.stdout
+    assert "mpl (mpltools) " in r.stdout and "import" in r.stdout and "--labeled" in r.stdout
 
 
 @pytest.mark.parametrize("launcher", [["mpl"], ["-m", "mpltools"]], ids=["repo-root-mpl", "python-m"])
@@ -560,8 +560,8 @@ def test_split_of_shards_written_by_webdataset(run_cli, synthetic, tmp_path):
     _reseal(theirs)
     assert _sha_tree(theirs)["shard-000000.tar"] != _sha_tree(synthetic)["shard-000000.tar"]
     for name, src in (("ours", synthetic), ("theirs", theirs)):
-        code, _, err = run_cli("data", "split", src, "--labeled-per-class", "2", "--val-per-class", "3", "--seed", "4", "--out", tmp_path / name)
+        code, _, err = run_cli("data", "split", src, "--labeled-per-class", "2", "--val-per-class", "3", "--seed", "4", "--out", tmp_path / f"split-{name}")
         assert code == 0, err
     for part in ("labeled", "unlabeled", "val"):
-        assert _records(tmp_path / "ours" / part) == _records(tmp_path / "theirs" / part)
-        assert _info(run_cli, tmp_path / "theirs" / part)["verified"]
+        assert _records(tmp_path / "split-ours" / part) == _records(tmp_path / "split-theirs" / part)
+        assert _info(run_cli, tmp_path / "split-theirs" / part)["verified"]

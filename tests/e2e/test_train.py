@@ -235,7 +235,8 @@ def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(wo
     assert one.returncode == 0
     m1, m2 = metrics(work / "runs/one"), metrics(work / "runs/two")
     assert len(m1) == len(m2) == 4 and m1[-1]["final"] and m2[-1]["final"]
-    assert m1[-1]["val/student_top1"] == pytest.approx(m2[-1]["val/student_top1"], abs=1e-9)  # exact counts over 2 processes
+    # Validation over 2 processes sees every point once (the untrained nets sit near a tie, so compare the loss).
+    assert m1[-1]["val/student_loss"] == pytest.approx(m2[-1]["val/student_loss"], rel=1e-5)
     m1, m2 = m1[:-1], m2[:-1]
     for a, b in zip(m1, m2):
         for key in ("teacher/loss", "student/loss", "student/ce_old", "student/ce_new", "feedback/h"):
