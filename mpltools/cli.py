@@ -262,6 +262,12 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# --- data filter-unlabeled / reduced commands go here ---
+
+
+# --- plot command goes here ---
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     app(args=argv, prog_name="mpl")
 

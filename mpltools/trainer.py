@@ -68,6 +68,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
 
     # Networks. Baselines train one network, called the student; pseudo-label adds a fixed teacher.
     device = runtime.device
+    torch.manual_seed(recipe.runtime.seed)  # every process builds identical initial networks
     student = build_network(recipe.model.name, recipe.model.kwargs, data).to(device)
     if export.init_student is not None:
         student.load_state_dict(load_model(export.init_student)[0].state_dict())
@@ -94,6 +95,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
         teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
     ema = EMA(student, hp.ema_decay) if hp.ema_decay > 0 else None
     nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay)
+    rt.seed_everything(recipe.runtime.seed, runtime.rank)  # dropout masks: independent per process
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.runtime.seed * 7919 + runtime.rank)
 
