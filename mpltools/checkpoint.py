@@ -143,6 +143,10 @@ def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
 
 def check_compatible(meta: CheckpointMeta, num_classes: int, input_spec: dict | None, path: Path, data: str) -> None:
     """A checkpoint must fit the data it is used with: same number of classes and input shape."""
+    if meta.role == "reduced_teacher":
+        raise MplError(f"{path} is a reduced teacher (Reduced MPL): its input is a large teacher's stored predictions, not "
+                       f"images, so it cannot be applied to {data}. Use the student trained with it "
+                       "(student.safetensors in the same run folder).")
     if meta.num_classes != num_classes:
         raise MplError(f"{path} predicts {meta.num_classes} classes but {data} has {num_classes}; use a checkpoint trained on this label set.")
     if input_spec and input_spec.get("shape") and meta.input_spec.get("shape") and meta.augment.get("kind") != "imagenet":

@@ -222,6 +222,7 @@ def train(
 def finetune(
     checkpoint: str = typer.Argument(..., help="Checkpoint to finetune (usually RUN/student.safetensors), or - for stdin."),
     labeled: str = typer.Option(..., "--labeled", help="Labelled shard set."),
+    val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set to evaluate on at the end (optional)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
     overrides: List[str] = typer.Option([], "--set", help="Override a setting, e.g. finetune.steps=500 (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/finetune)."),
@@ -232,7 +233,7 @@ def finetune(
     from mpltools.commands import finetune as command
 
     report = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), labeled, out, recipe, overrides,
-                                          force=force, command=_command_line()))
+                                          force=force, command=_command_line(), val=val))
     if report.get("finetuned"):
         _emit(report, as_json, [report["finetuned"]])
 
@@ -266,6 +267,46 @@ def _is_main_process() -> bool:
 
 
 # --- plot command goes here ---
+plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves of runs, decision regions of 2-D models (needs matplotlib).")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("curves")
+def plot_curves(
+    runs: List[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl files)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated legend names, one per run (default: the run folders' names)."),
+    smooth: int = typer.Option(1, min=1, help="Moving average over this many logged points (losses and h; not accuracies)."),
+    dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Learning curves from metrics.jsonl: both networks' losses, h and its baseline, validation top-1; one line per run."""
+    from mpltools.commands import plot as command
+
+    for path in _execute(lambda: command.run_curves(runs, out, labels=labels, smooth=smooth, dpi=dpi, force=force)):
+        typer.echo(path)
+
+
+@plot_app.command("regions")
+def plot_regions(
+    checkpoints: List[str] = typer.Argument(..., help="Checkpoints with 2-D inputs (e.g. TwoMoon), one panel each; - reads a path from stdin."),
+    data: str = typer.Option(..., "--data", help="Shard set of 2-D points to draw (labelled: coloured by class; sets the plotted area)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    labeled: Optional[str] = typer.Option(None, "--labeled", help="Labelled shard set; its points are drawn large with a black edge."),
+    titles: Optional[str] = typer.Option(None, "--titles", help="Comma-separated panel titles, one per checkpoint (default: run folder/file name)."),
+    resolution: int = typer.Option(300, min=10, max=2000, help="Grid points per axis."),
+    dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Decision regions of 2-D checkpoints over the data's bounding box, like the paper's Figure 2."""
+    from mpltools.commands import plot as command
+
+    def go():
+        paths = [Path(resolve_path_arg(c)) for c in checkpoints]
+        return command.run_regions(paths, data, out, labeled=labeled, titles=titles, resolution=resolution, dpi=dpi, force=force)
+
+    for path in _execute(go):
+        typer.echo(path)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

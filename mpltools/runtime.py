@@ -31,6 +31,37 @@ class Runtime:
         if self.world > 1:
             self.accelerator.wait_for_everyone()
 
+    def gather_to_main(self, obj) -> list | None:
+        """Every process's `obj` (picklable; it travels inside this job only), in rank order, on the main
+        process; None elsewhere."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def on_main(self, fn):
+        """Run `fn()` on the main process only (e.g. writing the output); then every process returns
+        its result (None off the main process) or raises, so no process waits for a failed one."""
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below after the others are told
+                failure = exc
+        if self.world > 1:
+            import torch.distributed as dist
+
+            box = [None if failure is None else (failure.message if isinstance(failure, MplError) else repr(failure))]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and not self.is_main:
+                raise MplError(f"the main process failed: {box[0]}")
+        if failure is not None:
+            raise failure
+        return result
+
 
 _UNSYNCHRONISED = (
     "this process was launched as one of {world} (WORLD_SIZE) but found {got}, so the processes would train "

@@ -6,6 +6,7 @@ states, metrics, periodic evaluation, signals and checkpoint export.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ class Export:
     init_student: Path | None = None  # start the student from this checkpoint (finetuning)
     parent_sha256: str = ""
     extra: dict = field(default_factory=dict)
+    # Reduced MPL (`mpl reduced train`): the teacher is a `reduced_teacher` that reads this per-sample
+    # extra of the (prediction) shard sets, a large teacher's stored logits, instead of the images.
+    teacher_inputs: str = ""
+    teacher_role: str = "teacher"
+    teacher_extra: dict = field(default_factory=dict)
 
 
 def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export | None = None) -> dict:
@@ -75,8 +81,14 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     teacher_name = recipe.model.teacher_name or recipe.model.name
     teacher_kwargs = recipe.model.teacher_kwargs or (recipe.model.kwargs if not recipe.model.teacher_name else {})
     teacher, teacher_opt = None, None
+    reduced = bool(export.teacher_inputs)
+    if method in TWO_NETWORKS and (teacher_name == "reduced_teacher") != reduced:
+        raise UsageError("model.teacher_name = \"reduced_teacher\" is the teacher of Reduced MPL, which reads a large teacher's "
+                         "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
+                         if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
     if method in TWO_NETWORKS:
-        teacher = build_network(teacher_name, teacher_kwargs, data).to(device)
+        shape = (data.num_classes,) if reduced else None
+        teacher = build_network(teacher_name, teacher_kwargs, data, input_shape=shape).to(device)
     elif method == "pseudo-label":
         teacher, teacher_meta = load_model(recipe.method.teacher_checkpoint, device)
         teacher_name, teacher_kwargs = teacher_meta.architecture, teacher_meta.architecture_kwargs
@@ -111,7 +123,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     metrics_file = log.MetricsWriter(out / "metrics.jsonl") if runtime.is_main else None
     tracker = _tensorboard(out, runtime) if recipe.runtime.tensorboard and runtime.is_main else None
 
-    labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised")
+    labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised",
+                                                    extras=(export.teacher_inputs,) if reduced else ())
     step_fn = STEPS[method]
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
@@ -123,7 +136,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
             lab = next(labeled_stream)
             unl = next(unlabeled_stream) if unlabeled_stream else None
             wait_time += time.perf_counter() - t0
-            batch = device_batch(lab, unl, data, device, recipe.runtime.channels_last)
+            batch = device_batch(lab, unl, data, device, recipe.runtime.channels_last, export.teacher_inputs)
             try:
                 with runtime.autocast():
                     metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator)
@@ -139,7 +152,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                           "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
                           "data/wait_fraction": wait_time / max(elapsed, 1e-9)}
                 if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:
-                    record.update(_validate(nets, data, recipe, runtime))
+                    record.update(_validate(nets, data, recipe, runtime, with_teacher=not reduced))
                 if metrics_file:
                     metrics_file.write(record)
                     if tracker:
@@ -153,7 +166,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 raise Interrupted(f"stopped at step {step}; state saved in {out}/state/. Re-run the same command to resume.")
 
     _save(out, step, nets, generator, runtime, recipe)
-    final = _validate(nets, data, recipe, runtime) if data.val is not None else {}
+    final = _validate(nets, data, recipe, runtime, with_teacher=not reduced) if data.val is not None else {}
     paths = {}
     if runtime.is_main:
         if final:
@@ -181,13 +194,13 @@ def _student_for_eval(nets: Networks) -> torch.nn.Module:
     return model
 
 
-def _validate(nets: Networks, data, recipe: Recipe, runtime) -> dict:
+def _validate(nets: Networks, data, recipe: Recipe, runtime, with_teacher: bool = True) -> dict:
     def batches():
         return eval_batches(data.val, data.augment, recipe.eval.batch_size, runtime.rank, runtime.world)
 
     prep = lambda x: to_model_input(x, data.norm_tuple(), runtime.device, recipe.runtime.channels_last)  # noqa: E731
     out = {}
-    for role, model in (("student", _student_for_eval(nets)), ("teacher", nets.teacher)):
+    for role, model in (("student", _student_for_eval(nets)), ("teacher", nets.teacher if with_teacher else None)):
         if model is None:
             continue
         result = evaluate(model, batches(), prep, data.num_classes, runtime.reducer, runtime.autocast)
@@ -259,7 +272,13 @@ def _export(out: Path, nets: Networks, data, recipe: Recipe, step: int, method: 
                            extra={"method": method, "ema": nets.ema is not None, **export.extra})
     paths = {"student": str(save_model(Path(out) / export.student_file, student, meta))}
     if nets.teacher is not None and method != "pseudo-label":
-        tmeta = checkpoint_meta("teacher", teacher_name, teacher_kwargs, data, recipe, step, extra={"method": method})
+        tmeta = checkpoint_meta(export.teacher_role, teacher_name, teacher_kwargs, data, recipe, step,
+                                extra={"method": method, **export.teacher_extra})
+        if export.teacher_inputs:  # its input is a logit vector, not an image
+            k = data.num_classes
+            tmeta = dataclasses.replace(tmeta, input_shape=[k], input_spec={"kind": "vector", "encoding": export.teacher_inputs,
+                                                                             "shape": [k], "dtype": "float32"},
+                                        normalisation={"name": "none", "mean": [0.0], "std": [1.0]}, augment={"kind": "none", "image_size": 1})
         paths["teacher"] = str(save_model(Path(out) / export.teacher_file, nets.teacher, tmeta))
     log.info("wrote " + ", ".join(paths.values()))
     paths["student_sha256"] = file_sha256(Path(paths["student"]))

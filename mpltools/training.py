@@ -86,11 +86,12 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
                      {"name": a.normalisation, "mean": list(mean), "std": list(std)}, in_memory)
 
 
-def build_network(name: str, kwargs: dict, data: DataSetup) -> torch.nn.Module:
+def build_network(name: str, kwargs: dict, data: DataSetup, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+    """A fresh network for `data`; `input_shape` replaces the data's model input shape (Reduced MPL's teacher)."""
     from mpltools.models import build_model
 
     try:
-        return build_model(name, data.num_classes, data.model_input_shape, **kwargs)
+        return build_model(name, data.num_classes, input_shape or data.model_input_shape, **kwargs)
     except ValueError as exc:
         raise UsageError(f"model {name}: {exc}") from None
 
@@ -103,13 +104,14 @@ def checkpoint_meta(role: str, name: str, kwargs: dict, data: DataSetup, recipe:
                           classes=data.classes, step=step, recipe=recipe.to_dict(), parent_sha256=parent, extra=extra or {})
 
 
-def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool):
+def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool,
+                 extras: tuple[str, ...] = ()):
     d = recipe.data
     for batch, what in ((d.batch_size, "data.batch_size"), (d.batch_size * d.unlabeled_ratio, "the unlabelled batch")):
         if batch % world:
             raise UsageError(f"{what} ({batch}) must be divisible by the number of processes ({world}).")
     cache: dict = {}
-    common = dict(seed=recipe.runtime.seed, rank=rank, world=world, workers=d.workers, shuffle_buffer=d.shuffle_buffer)
+    common = dict(seed=recipe.runtime.seed, rank=rank, world=world, workers=d.workers, shuffle_buffer=d.shuffle_buffer, extras=extras)
     labeled = make_stream(data.labeled, StreamConfig("labeled", d.batch_size, stream_id=LABELED, **common),
                           data.augment, data.in_memory, position, cache)
     unlabeled = None
@@ -119,11 +121,16 @@ def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, positio
     return labeled, unlabeled
 
 
-def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_last: bool) -> Batch:
+def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_last: bool, teacher_inputs: str = "") -> Batch:
+    """The streams' batches on the device; `teacher_inputs` names the extra the (reduced) teacher reads."""
     norm = data.norm_tuple()
     prep = lambda x: to_model_input(x, norm, device, channels_last)  # noqa: E731
-    return Batch(labeled_x=prep(lab["x"]), labeled_y=lab["y"].to(device),
-                 unlabeled_weak=prep(unl["weak"]) if unl else None, unlabeled_strong=prep(unl["strong"]) if unl else None)
+    batch = Batch(labeled_x=prep(lab["x"]), labeled_y=lab["y"].to(device),
+                  unlabeled_weak=prep(unl["weak"]) if unl else None, unlabeled_strong=prep(unl["strong"]) if unl else None)
+    if teacher_inputs:
+        batch.teacher_labeled = lab[teacher_inputs].to(device, non_blocking=True)
+        batch.teacher_unlabeled = unl[teacher_inputs].to(device, non_blocking=True)
+    return batch
 
 
 # ---------------------------------------------------------------- run folder

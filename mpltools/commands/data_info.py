@@ -36,6 +36,9 @@ def run(location: str, verify: bool) -> dict:
                 for sample in read_shard(path, num_classes=shards.num_classes):
                     in_shard += 1
                     if verify:
+                        if shards.manifest is not None and shards.labeled != (sample.label is not None):
+                            problems.append(f"{path}: sample {sample.key!r} " + ("has no label in a labelled shard set" if shards.labeled
+                                                                                else "has a label in an unlabelled shard set"))
                         if sample.key in first_seen:
                             problems.append(f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique")
                         else:

@@ -18,7 +18,7 @@ from mpltools.errors import UsageError
 
 
 def run(checkpoint: Path, labeled: str, out: Path | None, recipe_path: Path | None, overrides: list[str],
-        *, force: bool, command: str) -> dict:
+        *, force: bool, command: str, val: str | None = None) -> dict:
     _, meta = read_checkpoint(checkpoint)
     raw = {section: dict(values) for section, values in meta.recipe.items()}
     if recipe_path is not None:
@@ -32,7 +32,8 @@ def run(checkpoint: Path, labeled: str, out: Path | None, recipe_path: Path | No
     ft = base.finetune
     # Finetuning = the supervised method on the labelled set, starting from the checkpoint.
     raw["model"] = {"name": meta.architecture, "kwargs": meta.architecture_kwargs}
-    raw["data"] = {**raw.get("data", {}), "labeled": str(labeled), "unlabeled": "", "batch_size": ft.batch_size}
+    raw["data"] = {**raw.get("data", {}), "labeled": str(labeled), "unlabeled": "", "val": val or "",
+                   "batch_size": ft.batch_size}
     raw["method"] = {**raw.get("method", {}), "name": "supervised", "label_smoothing": ft.label_smoothing}
     raw["student"] = {"lr": ft.lr, "warmup_steps": ft.warmup_steps, "wait_steps": 0, "weight_decay": ft.weight_decay,
                       "momentum": ft.momentum, "nesterov": ft.nesterov, "max_grad_norm": 0.0, "ema_decay": 0.0}

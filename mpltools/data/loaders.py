@@ -24,8 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mpltools.data import transforms
-from mpltools.data.shards import ShardError, ShardSet, decode_input, read_shard
+from mpltools.data import predictions, transforms
+from mpltools.data.shards import Sample, ShardError, ShardSet, decode_input, read_shard
 from mpltools.errors import MplError
 
 LABELED, UNLABELED = 0, 1  # stream ids, part of every seed
@@ -41,6 +41,10 @@ class StreamConfig:
     world: int = 1
     workers: int = 0
     shuffle_buffer: int = 2000
+    # Stored per-sample predictions (`teacher_logits.npy` / `topk.npy`, see data.predictions) to deliver
+    # with the images, each as float32 logits (B, C) under its own name; they use no randomness, so
+    # the images, augmentations and resume positions are the same with or without them.
+    extras: tuple[str, ...] = ()
 
     @property
     def local_batch(self) -> int:
@@ -68,6 +72,26 @@ def load_in_memory(shards: ShardSet) -> tuple[np.ndarray, np.ndarray | None, lis
     return np.stack(inputs), (lab if (lab >= 0).all() else None), keys
 
 
+def extra_logits(sample: Sample, names: tuple[str, ...], num_classes: int, where) -> list[np.ndarray]:
+    out = []
+    for name in names:
+        if name not in sample.extras:
+            raise ShardError(f"{where}: sample {sample.key!r} has no {name!r} member; the set must be written by "
+                             "`mpl reduced predict` (every sample carries the teacher's prediction).")
+        label = f"{where}: sample {sample.key!r} member {name!r}"
+        out.append(predictions.as_logits(name, predictions.load(sample.extras[name], label), num_classes, label))
+    return out
+
+
+def load_extras_in_memory(shards: ShardSet, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named extras of every sample as float32 logits (N, C), in `load_in_memory`'s order."""
+    rows: list[list[np.ndarray]] = []
+    for path in shards.shard_paths:
+        for sample in read_shard(path, num_classes=shards.num_classes):
+            rows.append(extra_logits(sample, names, shards.num_classes, path))
+    return {name: np.stack([r[j] for r in rows]) for j, name in enumerate(names)}
+
+
 def estimated_bytes(shards: ShardSet) -> int:
     spec = shards.input_spec
     if spec is None or spec.shape is None:
@@ -82,21 +106,26 @@ def _views(x: np.ndarray, cfg: StreamConfig, aug: transforms.AugmentSpec, rng: n
     return transforms.weak_and_strong(x, aug, rng)
 
 
-def _collate(views: list[tuple], labels: list[int] | None) -> dict[str, torch.Tensor]:
+def _collate(views: list[tuple], labels: list[int] | None, extras: dict[str, list[np.ndarray]] | None = None,
+             ) -> dict[str, torch.Tensor]:
     names = ("x",) if len(views[0]) == 1 else ("weak", "strong")
     out = {name: torch.from_numpy(np.stack([v[i] for v in views])) for i, name in enumerate(names)}
     if labels is not None:
         out["y"] = torch.as_tensor(labels, dtype=torch.int64)
+    for name, rows in (extras or {}).items():
+        out[name] = torch.from_numpy(np.stack(rows))
     return out
 
 
 class InMemoryStream(torch.utils.data.IterableDataset):
     """Endless batches of this process's slice of each global batch; position = global batch index."""
 
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray | None, cfg: StreamConfig, aug: transforms.AugmentSpec):
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray | None, cfg: StreamConfig, aug: transforms.AugmentSpec,
+                 extras: dict[str, np.ndarray] | None = None):
         if cfg.global_batch % cfg.world:
             raise MplError(f"the batch size {cfg.global_batch} is not divisible by the {cfg.world} processes.")
         self.inputs, self.labels, self.cfg, self.aug = inputs, labels, cfg, aug
+        self.extras = extras or {}
         self.start = 0
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -106,7 +135,10 @@ class InMemoryStream(torch.utils.data.IterableDataset):
         cfg, n = self.cfg, len(self.inputs)
         first = index * cfg.global_batch + cfg.rank * cfg.local_batch
         positions = np.arange(first, first + cfg.local_batch)
+        if self.aug.kind == "none" and self.inputs.dtype != np.uint8:
+            return self._plain_batch(positions)
         views, labels, perm_epoch, perm = [], [], -1, None
+        extras: dict[str, list[np.ndarray]] = {name: [] for name in self.extras}
         for p in positions:
             epoch = int(p // n)
             if epoch != perm_epoch:
@@ -115,7 +147,28 @@ class InMemoryStream(torch.utils.data.IterableDataset):
             views.append(_views(self.inputs[i], cfg, self.aug, np.random.default_rng([cfg.seed, cfg.stream_id, int(p)])))
             if self.labels is not None:
                 labels.append(int(self.labels[i]))
-        return _collate(views, labels if self.labels is not None and cfg.views == "labeled" else None)
+            for name, rows in extras.items():
+                rows.append(self.extras[name][i])
+        return _collate(views, labels if self.labels is not None and cfg.views == "labeled" else None, extras)
+
+    def _plain_batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """Vectors without augmentation (TwoMoon): the same batch as the per-sample path, gathered at once.
+
+        Augmentation kind "none" draws no random numbers, so skipping the per-sample generators changes
+        nothing but the speed (a 2,000-point full batch costs ~0.1 ms instead of ~27 ms)."""
+        n = len(self.inputs)
+        epochs = positions // n
+        index = np.empty(len(positions), np.int64)
+        for epoch in np.unique(epochs):
+            rows = epochs == epoch
+            index[rows] = self._permutation(int(epoch))[positions[rows] % n]
+        x = self.inputs[index]
+        if self.cfg.views == "labeled":
+            out = {"x": torch.from_numpy(x)}
+            if self.labels is not None:
+                out["y"] = torch.from_numpy(self.labels[index].astype(np.int64))
+            return out
+        return {"weak": torch.from_numpy(x), "strong": torch.from_numpy(x.copy())}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -187,11 +240,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             if k < done:
                 continue
             views, labels = [], []
+            extras: dict[str, list[np.ndarray]] = {name: [] for name in cfg.extras}
             for j, sample in enumerate(raw):
                 rng = np.random.default_rng([cfg.seed, cfg.stream_id, slot, slots, k, j])
                 views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, rng))
                 labels.append(sample.label)
-            yield _collate(views, labels if cfg.views == "labeled" else None)
+                for name, row in zip(cfg.extras, extra_logits(sample, cfg.extras, self.shards.num_classes, self.shards.root)):
+                    extras[name].append(row)
+            yield _collate(views, labels if cfg.views == "labeled" else None, extras)
 
 
 class Batches:
@@ -218,16 +274,17 @@ class Batches:
 def make_stream(shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec, in_memory: bool,
                 position: int = 0, cache: dict | None = None) -> Batches:
     if in_memory:
-        key = str(shards.root)
+        key = (str(shards.root), cfg.extras)
         if cache is not None and key in cache:
-            inputs, labels = cache[key]
+            inputs, labels, extras = cache[key]
         else:
             inputs, labels, _ = load_in_memory(shards)
+            extras = load_extras_in_memory(shards, cfg.extras) if cfg.extras else {}
             if cache is not None:
-                cache[key] = (inputs, labels)
+                cache[key] = (inputs, labels, extras)
         if cfg.views == "labeled" and labels is None:
             raise MplError(f"{shards.root} has no labels but is used as the labelled set.")
-        dataset = InMemoryStream(inputs, labels, cfg, aug)
+        dataset = InMemoryStream(inputs, labels, cfg, aug, extras)
         workers = cfg.workers if aug.kind != "none" else 0  # no augmentation: workers only add overhead
     else:
         if cfg.global_batch % cfg.world:
@@ -255,6 +312,53 @@ def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int,
                 keys, xs, ys = [], [], []
     if keys:
         yield _eval_batch(keys, xs, ys)
+
+
+@dataclass
+class EvalChunk:
+    shard: int  # index of the shard in the set
+    positions: np.ndarray  # int64 positions of the samples in that shard
+    keys: list[str]
+    x: torch.Tensor  # eval views, uint8 NHWC or float vectors (chunks left empty by `accept` are not yielded)
+    labels: list[int | None]
+
+
+def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, rank: int = 0, world: int = 1,
+                shard_indices: list[int] | None = None, accept=None) -> Iterator[EvalChunk]:
+    """Like `eval_batches`, but a batch is a fixed chunk: samples [j*B, (j+1)*B) of shard i, owned by
+    process (i + j) % world. So every batch holds the same samples whatever the number of processes,
+    and batched inference gives bitwise the same outputs per sample under 1 or N processes (kernels
+    may round differently for another batch composition), which lets commands that write per-sample
+    results (`data filter-unlabeled`, `reduced predict`) produce identical files.
+
+    `accept(sample, decoded) -> bool`, if given, sees each owned sample's decoded input first; the
+    rejected ones are left out of the chunk (not of the chunk numbering). Only owned samples are decoded.
+    """
+    for i in range(len(shards.shard_paths)) if shard_indices is None else shard_indices:
+        path = shards.shard_paths[i]
+        positions, keys, xs, ys = [], [], [], []
+        chunk = -1
+        for position, sample in enumerate(read_shard(path, shards.num_classes)):
+            if position // batch_size != chunk:
+                if keys:
+                    yield _chunk(i, positions, keys, xs, ys)
+                positions, keys, xs, ys = [], [], [], []
+                chunk = position // batch_size
+            if (i + chunk) % world != rank:
+                continue
+            decoded = _decode(sample, path)
+            if accept is not None and not accept(sample, decoded):
+                continue
+            positions.append(position)
+            keys.append(sample.key)
+            xs.append(transforms.eval_view(decoded, aug))
+            ys.append(sample.label)
+        if keys:
+            yield _chunk(i, positions, keys, xs, ys)
+
+
+def _chunk(shard, positions, keys, xs, ys) -> EvalChunk:
+    return EvalChunk(shard, np.asarray(positions, np.int64), keys, torch.from_numpy(np.stack(xs)), ys)
 
 
 def _eval_batch(keys, xs, ys):

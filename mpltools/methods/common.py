@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -314,12 +314,23 @@ class Batch:
     """One step's local batch. Unlabelled views may be None for the supervised baseline.
 
     `unlabeled_weak[i]` and `unlabeled_strong[i]` are two views of the same image.
+    Reduced MPL: `teacher_labeled`/`teacher_unlabeled` are what the teacher reads instead of the
+    images (a large teacher's stored logits, row i for image i); the same for both views.
     """
 
     labeled_x: Tensor
     labeled_y: Tensor  # int64 class indices
     unlabeled_weak: Tensor | None = None
     unlabeled_strong: Tensor | None = None
+    teacher_labeled: Tensor | None = None
+    teacher_unlabeled: Tensor | None = None
+
+    def for_teacher(self) -> "Batch":
+        """The batch as the teacher sees it: its own inputs in place of the images, if it has any."""
+        if self.teacher_labeled is None:
+            return self
+        return replace(self, labeled_x=self.teacher_labeled, unlabeled_weak=self.teacher_unlabeled,
+                       unlabeled_strong=self.teacher_unlabeled)
 
 
 def trainable(model: nn.Module) -> list[Tensor]:

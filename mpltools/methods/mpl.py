@@ -202,7 +202,8 @@ def mpl_step(
     soft = hp.pseudo_labels == "soft"
 
     # 1-2. Teacher: one forward, auxiliary losses (graph kept for the teacher's backward).
-    t_l, t_weak, t_strong = teacher_forward(teacher, batch, hp.teacher_weak_no_grad)
+    # (Reduced MPL: the teacher reads stored predictions instead of the images, `Batch.for_teacher`.)
+    t_l, t_weak, t_strong = teacher_forward(teacher, batch.for_teacher(), hp.teacher_weak_no_grad)
     sup, uda, mask, w_uda = auxiliary_losses(t_l, t_weak, t_strong, y_l, step, hp)
     t_view = t_strong if hp.pseudo_label_view == "strong" else t_weak
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from . import efficientnet, mlp, resnet, small_cnn, wide_resnet
+from . import efficientnet, mlp, reduced_teacher, resnet, small_cnn, wide_resnet
 
 # name -> (builder, arguments fixed by the name). A builder is called as
 # ``builder(num_classes, input_shape, **kwargs)``; its keyword-only parameters (minus the fixed
@@ -26,6 +26,7 @@ from . import efficientnet, mlp, resnet, small_cnn, wide_resnet
 # A literal table rather than decorators, so one screen shows every name a recipe may use.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (mlp.build_mlp, {}),
+    "reduced_teacher": (reduced_teacher.build_reduced_teacher, {}),  # Reduced MPL: input = stored logits
     "small_cnn": (small_cnn.build_small_cnn, {}),
     "wide_resnet": (wide_resnet.build_wide_resnet, {}),
     "wrn28_2": (wide_resnet.build_wide_resnet, {"depth": 28, "widen": 2}),

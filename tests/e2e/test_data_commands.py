@@ -173,6 +173,8 @@ def test_stdout_carries_only_results(mpl, synthetic, tmp_path):
     assert report["labeled"]["num_samples"] == 10 and report["unlabeled"]["path"] == str(tmp_path / "s/unlabeled")
     code, out, err = mpl("data", "info", synthetic)
     assert code == 0 and out.startswith(f"shard set   {synthetic}\n") and "200 in 4 shard(s), labelled" in out
+    code, out, err = mpl("data", "info", "-", "--json", input=f"{tmp_path / 's/val'}\n")  # '-': the path comes on stdin
+    assert code == 0 and json.loads(out)["path"] == str(tmp_path / "s/val"), err
 
 
 # --- sizes and presets ----------------------------------------------------------------------------------------
@@ -399,6 +401,14 @@ def _plant_label(d: Path) -> str:
     return members[1][0].split(".")[0]
 
 
+def _drop_label(d: Path) -> str:
+    members = _tar_members(d / "shard-000001.tar")
+    assert members[1][0].endswith(".cls")
+    _tar(d / "shard-000001.tar", members[:1] + members[2:])
+    _reseal(d)
+    return members[0][0].split(".")[0]
+
+
 def _flip_byte(d: Path) -> str:
     path = d / "shard-000001.tar"
     data = bytearray(path.read_bytes())
@@ -428,6 +438,7 @@ DEFECTS = {
     "corrupt-image": (_plant_garbage_png, ("info",)),
     "duplicate-key": (_plant_duplicate, ("split", "info")),
     "label-out-of-range": (_plant_label, ("split", "info")),
+    "label-missing": (_drop_label, ("split", "info")),
 }
 
 
@@ -565,3 +576,9 @@ def test_split_of_shards_written_by_webdataset(run_cli, synthetic, tmp_path):
     for part in ("labeled", "unlabeled", "val"):
         assert _records(tmp_path / "split-ours" / part) == _records(tmp_path / "split-theirs" / part)
         assert _info(run_cli, tmp_path / "split-theirs" / part)["verified"]
+    data = bytearray((theirs / "shard-000001.tar").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (theirs / "shard-000001.tar").write_bytes(bytes(data))
+    code, _, err = run_cli("data", "split", theirs, "--labeled-per-class", "2", "--out", tmp_path / "again")
+    assert code == 1 and "shard-000001.tar" in err
+    _assert_nothing_written(tmp_path / "again")

@@ -32,6 +32,8 @@ def _tiny_config(name: str) -> tuple[tuple[int, ...], dict]:
         kwargs["drop_connect_rate"] = 0.0
     if name == "mlp":
         return (2,), kwargs
+    if name == "reduced_teacher":
+        return (5,), kwargs  # it reads a 5-class logit vector
     if name == "wide_resnet":
         return (1, 8, 8), {**kwargs, "depth": 10, "widen": 1}
     if name == "wrn28_8":
