@@ -264,6 +264,91 @@ def _is_main_process() -> bool:
 
 
 # --- data filter-unlabeled / reduced commands go here ---
+@data_app.command("filter-unlabeled")
+def data_filter_unlabeled(
+    unlabeled: str = typer.Argument(..., help="Shard set to filter (unlabelled; labels of a labelled set are ignored), or - for stdin."),
+    model: str = typer.Option(..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder (unlabelled; classes = the checkpoint's)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep only images whose top probability is >= P (Noisy Student: 0.3)."),
+    balance: bool = typer.Option(False, "--balance", help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN)."),
+    exclude: List[str] = typer.Option([], "--exclude", help="Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set)."),
+    near_duplicates: bool = typer.Option(False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."),
+    phash_distance: int = typer.Option(4, "--phash-distance", help="Largest Hamming distance (bits of 64) that counts as a near-duplicate."),
+    store_topk: int = typer.Option(0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."),
+    seed: int = typer.Option(0, help="Seed of --balance's choice of which images get one copy more."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images scored per batch and process."),
+    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per output tar shard."),
+    ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."),
+) -> None:
+    """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates."""
+    from mpltools.commands import data_filter as command
+
+    rule = command.Rule(top_k=top_k, threshold=threshold, balance=balance, near_duplicates=near_duplicates,
+                        phash_distance=phash_distance, store_topk=store_topk, seed=seed)
+    report = _execute(lambda: command.run(resolve_path_arg(unlabeled), Path(resolve_path_arg(model)), out, rule, exclude=exclude,
+                                          batch_size=batch_size, max_per_shard=max_per_shard,
+                                          ignore_data_classes=ignore_data_classes, force=force, command=_command_line()))
+    if report.get("out"):  # only the main process writes and prints
+        _emit(report, as_json, [report["out"]])
+
+
+reduced_app = typer.Typer(no_args_is_help=True, help="Reduced Meta Pseudo Labels: store a large teacher's predictions once "
+                          "(predict), then train a small reduced teacher with the student (train).")
+app.add_typer(reduced_app, name="reduced")
+
+
+@reduced_app.command("predict")
+def reduced_predict(
+    checkpoint: str = typer.Argument(..., help="The large trained teacher (any exchanged checkpoint), or - for stdin."),
+    data: str = typer.Option(..., "--data", help="Shard set to predict (run it for the unlabelled and for the labelled set)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: a copy of --data with the prediction stored in every sample."),
+    topk: int = typer.Option(0, "--topk", help="Store only the N most likely classes (topk.npy) instead of the full logits."),
+    logits: bool = typer.Option(False, "--logits", help="Store the full logits (teacher_logits.npy); the default."),
+    dtype: str = typer.Option("float16", "--dtype", help="teacher_logits.npy precision: float16 (half the disk) or float32."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per batch and process."),
+    max_per_shard: Optional[int] = typer.Option(None, min=1, help="Samples per output shard (default: as in --data)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the path."),
+) -> None:
+    """Step 1: the large teacher predicts every image once; its outputs are stored beside the images."""
+    from mpltools.commands import reduced as command
+
+    if logits and topk:
+        log.error("--logits and --topk exclude each other: store the full logits or the top N classes.")
+        raise typer.Exit(2)
+    report = _execute(lambda: command.predict(Path(resolve_path_arg(checkpoint)), data, out, topk=topk, dtype=dtype,
+                                              batch_size=batch_size, max_per_shard=max_per_shard, force=force,
+                                              command=_command_line()))
+    if report.get("out"):
+        _emit(report, as_json, [report["out"]])
+
+
+@reduced_app.command("train")
+def reduced_train(
+    recipe: Path = typer.Argument(..., help="TOML recipe whose data.labeled/unlabeled are prediction sets (see recipes/reduced_b7_yfcc.toml)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
+    seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe (TOML) and exit."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
+) -> None:
+    """Step 2: train the reduced teacher (an MLP over the stored predictions) and the student with MPL."""
+    resolved = _load_recipe(recipe, overrides, seed)
+    if print_config:
+        from mpltools.config import to_toml
+
+        typer.echo(to_toml(resolved))
+        return
+    from mpltools.commands import reduced as command
+
+    run_dir = out or Path("runs") / recipe.stem
+    report = _execute(lambda: command.train(resolved, run_dir, force=force, command=_command_line()))
+    if report.get("student"):
+        _emit(report, as_json, [report["student"]])
 
 
 # --- plot command goes here ---

@@ -39,6 +39,8 @@ class AugmentConfig:
     magnitude: float = 16.0  # RandAugment M (nominal max 10; the authors extrapolate to 16/17)
     cutout: bool = True
     flip: bool = True
+    translate_const: float = 0.0  # 0 = the authors' constant (image_size//8 for cifar, 100 px for imagenet)
+    cutout_const: float = 0.0  # 0 = the authors' constant (image_size//8 for cifar, 40 px for imagenet)
     normalisation: Literal["cifar10", "cifar100", "svhn", "imagenet", "none"] = "none"  # none = x/255
 
 

@@ -60,7 +60,18 @@ class Runtime:
                 raise MplError(f"the main process failed: {box[0]}")
         if failure is not None:
             raise failure
+        self.finish()
         return result
+
+    def finish(self) -> None:
+        """Leave the process group together (a process that exits while a peer's gloo threads still talk to
+        it can abort with "terminate called without an active exception")."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
 
 
 _UNSYNCHRONISED = (

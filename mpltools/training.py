@@ -74,7 +74,8 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
         size = a.image_size or spec.shape[0]
         channels = spec.shape[2] if spec.shape else 3
         augment = transforms.AugmentSpec(kind=a.kind, image_size=size, num_layers=a.num_layers, magnitude=a.magnitude,
-                                         cutout=a.cutout, flip=a.flip)
+                                         cutout=a.cutout, flip=a.flip, translate_const=a.translate_const or None,
+                                         cutout_const=a.cutout_const or None)
         model_shape = (channels, size, size)
     mean, std = transforms.NORMALISATION[a.normalisation]
     sets = [s for s in (labeled, unlabeled, val) if s is not None]

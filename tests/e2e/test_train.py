@@ -243,3 +243,13 @@ def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(wo
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     run_info = json.loads((work / "runs/two/run.json").read_text())
     assert run_info[-1]["world_size"] == 2
+
+
+def test_train_in_process_through_the_cli(work, monkeypatch):
+    monkeypatch.chdir(work)
+    r = CliRunner().invoke(app, ["train", TWOMOON, "--out", "runs/inproc", "--set", "schedule.steps=20", "--json"])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["step"] == 20 and report["student"] == "runs/inproc/student.safetensors"
+    assert Path(report["teacher"]).is_file() and "val/student_top1" in report
+    assert "train mpl" in r.stderr  # progress goes to stderr, never stdout
