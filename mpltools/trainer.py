@@ -65,8 +65,13 @@ class Export:
 
 def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export | None = None) -> dict:
     export = export or Export()
-    runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     method = recipe.method.name
+    reduced = bool(export.teacher_inputs)  # Reduced MPL: the teacher reads stored predictions (commands/reduced.py)
+    if method in TWO_NETWORKS and (recipe.model.teacher_name == "reduced_teacher") != reduced:
+        raise UsageError("model.teacher_name = \"reduced_teacher\" is the teacher of Reduced MPL, which reads a large teacher's "
+                         "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
+                         if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
+    runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
     resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
     runtime.barrier()
@@ -81,11 +86,6 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     teacher_name = recipe.model.teacher_name or recipe.model.name
     teacher_kwargs = recipe.model.teacher_kwargs or (recipe.model.kwargs if not recipe.model.teacher_name else {})
     teacher, teacher_opt = None, None
-    reduced = bool(export.teacher_inputs)
-    if method in TWO_NETWORKS and (teacher_name == "reduced_teacher") != reduced:
-        raise UsageError("model.teacher_name = \"reduced_teacher\" is the teacher of Reduced MPL, which reads a large teacher's "
-                         "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
-                         if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
     if method in TWO_NETWORKS:
         shape = (data.num_classes,) if reduced else None
         teacher = build_network(teacher_name, teacher_kwargs, data, input_shape=shape).to(device)
@@ -99,6 +99,11 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
         for net in (student, teacher):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
+    if recipe.runtime.compile:
+        # In-place `Module.compile` keeps parameter names, so checkpoints and resume states are unchanged.
+        for net in (student, teacher):
+            if net is not None:
+                net.compile()
     s_no_decay = norm_parameter_names(student)
     student_opt = build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay, s_no_decay)
     t_no_decay = frozenset()

@@ -160,7 +160,8 @@ def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, r
 
     model.eval()
     log.info(f"scoring {shards.root} with {meta.architecture} ({meta.role}, {meta.num_classes} classes)")
-    with torch.no_grad(), log.progress("filter: score", total=shards.num_samples, unit="images", enabled=runtime.is_main) as bar:
+    total = shards.num_samples if runtime.world == 1 else None  # the bar counts the main process's images
+    with torch.no_grad(), log.progress("filter: score", total=total, unit="images", enabled=runtime.is_main) as bar:
         for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, accept=accept):
             with runtime.autocast():
                 logits = model(to_model_input(chunk.x, norm, runtime.device))
@@ -174,7 +175,7 @@ def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, r
             selection.add(index[keep], pred[keep], score[keep], top_p, top_i)
             stats["scored"] += len(score)
             stats["below_threshold"] += int((~keep).sum())
-            bar.advance(len(score) * runtime.world)
+            bar.advance(len(score))
     return selection, stats
 
 

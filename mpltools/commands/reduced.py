@@ -103,6 +103,7 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
         if writer is not None:
             provenance["keys_sha256"] = keys_digest.hexdigest()
             manifest = writer.close()
+    runtime.finish()
     if not runtime.is_main:
         return {"world_size": runtime.world}
     return {"out": str(out), "num_samples": manifest["num_samples"], "member": member, "teacher_sha256": provenance["teacher_sha256"],

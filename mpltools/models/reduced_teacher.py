@@ -35,7 +35,7 @@ class ReducedTeacher(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.float()
+        z = z.to(self.fc.weight.dtype)  # stored logits may be float16
         feats = torch.softmax(z, dim=-1) if self.features == "probs" else z
         return z + self.fc(self.body(feats))
 

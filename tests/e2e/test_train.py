@@ -253,3 +253,13 @@ def test_train_in_process_through_the_cli(work, monkeypatch):
     assert report["step"] == 20 and report["student"] == "runs/inproc/student.safetensors"
     assert Path(report["teacher"]).is_file() and "val/student_top1" in report
     assert "train mpl" in r.stderr  # progress goes to stderr, never stdout
+
+
+def test_compiled_networks_train_like_eager_ones(work):
+    """runtime.compile (torch.compile via Module.compile) keeps checkpoint names and the maths."""
+    common = ["--set", "schedule.steps=5", "--set", "method.pseudo_labels=argmax"]
+    mpl("train", TWOMOON, "--out", work / "runs/eager", *common, cwd=work)
+    mpl("train", TWOMOON, "--out", work / "runs/compiled", *common, "--set", "runtime.compile=true", cwd=work)
+    a, b = tensors(work / "runs/eager/student.safetensors"), tensors(work / "runs/compiled/student.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
