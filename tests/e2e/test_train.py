@@ -263,3 +263,12 @@ def test_compiled_networks_train_like_eager_ones(work):
     a, b = tensors(work / "runs/eager/student.safetensors"), tensors(work / "runs/compiled/student.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_bf16_autocast_path_trains_on_cpu(work):
+    out = work / "runs/bf16"
+    mpl("train", DIGITS, "--out", out, "--set", "runtime.mixed_precision=bf16", "--set", "schedule.steps=4",
+        "--set", "runtime.channels_last=true", cwd=work)
+    run = json.loads((out / "run.json").read_text())[-1]
+    assert run["mixed_precision"] == "bf16"
+    assert all(math.isfinite(v) for r in metrics(out) for k, v in r.items() if isinstance(v, float))
