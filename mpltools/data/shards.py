@@ -12,7 +12,6 @@ decoded explicitly here, and `.npy` members are loaded with `allow_pickle=False`
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import tarfile
@@ -23,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
+from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
 FORMAT = "mpltools.shardset"
 FORMAT_VERSION = 1
@@ -337,46 +337,6 @@ def _finish(sample: Sample, path: Path, num_classes: int | None) -> Sample:
     if sample.label is not None and num_classes is not None and not 0 <= sample.label < num_classes:
         raise ShardError(f"{path}: sample {sample.key!r} has label {sample.label}, outside 0..{num_classes - 1}.")
     return sample
-
-
-def decode_input(sample: Sample, where: Path | str = "") -> np.ndarray:
-    """Fully decode an input: images to uint8 HxWxC, vectors to float32 (D,). Errors name the key."""
-    try:
-        if sample.ext == "npy":
-            return np.load(io.BytesIO(sample.data), allow_pickle=False).astype(np.float32, copy=False)
-        from PIL import Image
-
-        with Image.open(io.BytesIO(sample.data)) as img:
-            img.load()  # a full decode: verify() lets truncated JPEGs through
-            # Grayscale stays one channel (digits, MNIST-like data); everything else becomes RGB.
-            array = np.asarray(img.convert("L") if img.mode in ("L", "1", "I;16") else img.convert("RGB"))
-        return array[:, :, None] if array.ndim == 2 else array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt sample
-        raise ShardError(f"{where}: sample {sample.key!r} cannot be decoded as {sample.ext} ({exc}); the file is corrupt.") from None
-
-
-def decode_extra(sample: Sample, name: str, where: Path | str = "") -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(sample.extras[name]), allow_pickle=False)
-    except KeyError:
-        raise ShardError(f"{where}: sample {sample.key!r} has no {name!r} member.") from None
-    except Exception as exc:  # noqa: BLE001
-        raise ShardError(f"{where}: sample {sample.key!r} member {name!r} is not a valid .npy array ({exc}).") from None
-
-
-def encode_npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    img = Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def read_keys_and_labels(path: Path) -> list[tuple[str, int | None]]:
