@@ -43,7 +43,8 @@ def _root(
 
 
 def _command_line() -> str:
-    return "mpl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = _state.get("argv")
+    return "mpl " + " ".join(shlex.quote(a) for a in (args if args is not None else sys.argv[1:]))
 
 
 def _execute(fn: Callable[[], object]) -> object:
@@ -395,6 +396,7 @@ def plot_regions(
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    _state["argv"] = list(argv) if argv is not None else None
     app(args=argv, prog_name="mpl")
 
 
