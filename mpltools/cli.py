@@ -279,6 +279,7 @@ def data_filter_unlabeled(
     store_topk: int = typer.Option(0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."),
     seed: int = typer.Option(0, help="Seed of --balance's choice of which images get one copy more."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images scored per batch and process."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per output tar shard."),
     ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -290,7 +291,7 @@ def data_filter_unlabeled(
     rule = command.Rule(top_k=top_k, threshold=threshold, balance=balance, near_duplicates=near_duplicates,
                         phash_distance=phash_distance, store_topk=store_topk, seed=seed)
     report = _execute(lambda: command.run(resolve_path_arg(unlabeled), Path(resolve_path_arg(model)), out, rule, exclude=exclude,
-                                          batch_size=batch_size, max_per_shard=max_per_shard,
+                                          batch_size=batch_size, workers=workers, max_per_shard=max_per_shard,
                                           ignore_data_classes=ignore_data_classes, force=force, command=_command_line()))
     if report.get("out"):  # only the main process writes and prints
         _emit(report, as_json, [report["out"]])
@@ -310,7 +311,9 @@ def reduced_predict(
     logits: bool = typer.Option(False, "--logits", help="Store the full logits (teacher_logits.npy); the default."),
     dtype: str = typer.Option("float16", "--dtype", help="teacher_logits.npy precision: float16 (half the disk) or float32."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch and process."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."),
     max_per_shard: Optional[int] = typer.Option(None, min=1, help="Samples per output shard (default: as in --data)."),
+    ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Unlabelled --data whose class names differ from the teacher's (e.g. an ImageFolder import)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the path."),
 ) -> None:
@@ -321,7 +324,8 @@ def reduced_predict(
         log.error("--logits and --topk exclude each other: store the full logits or the top N classes.")
         raise typer.Exit(2)
     report = _execute(lambda: command.predict(Path(resolve_path_arg(checkpoint)), data, out, topk=topk, dtype=dtype,
-                                              batch_size=batch_size, max_per_shard=max_per_shard, force=force,
+                                              batch_size=batch_size, workers=workers, max_per_shard=max_per_shard,
+                                              ignore_data_classes=ignore_data_classes, force=force,
                                               command=_command_line()))
     if report.get("out"):
         _emit(report, as_json, [report["out"]])

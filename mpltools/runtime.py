@@ -111,6 +111,14 @@ def start(mixed_precision: str = "auto", threads: int = 0, seed: int = 0) -> Run
                    resolve_mixed_precision(mixed_precision, device), reducer)
 
 
+def default_workers(runtime: Runtime) -> int:
+    """Decoding workers for the inference commands: none on CPU (the model needs the cores), else up to
+    8 per process."""
+    if runtime.device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // runtime.world - 1))
+
+
 def seed_everything(seed: int, rank: int) -> None:
     # Dropout masks differ across processes (as with independent replicas); everything else that
     # must agree across processes (data order, augmentation) is seeded without the rank.

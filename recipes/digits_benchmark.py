@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -129,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(pool.map(lambda s: one_seed(s, out, args.sets, methods), args.seeds))
     text, summary = table(rows)
     seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
     command = "python recipes/digits_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = {"command": command.strip(), "recipe": RECIPE, "seeds": args.seeds, "extra_sets": args.sets,
-              "summary": summary, "per_seed": rows, "wall_seconds": seconds, "import": log}
+              "summary": summary, "per_seed": rows, "wall_seconds": seconds, "cpu_seconds": cpu, "import": log}
     target = args.json or out / "results.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, target)
     print(f"Digits, 5 labelled images per class, test top-1 on 300 held-out images ({len(rows)} seeds)")
     print(text)
-    print(f"wall time {seconds:.0f} s; results in {target}")
+    print(f"wall {seconds:.0f} s, CPU {cpu:.0f} s; results in {target}")
     return 0
 
 

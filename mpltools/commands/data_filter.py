@@ -18,9 +18,11 @@ training on, as the paper (§3.3) and Noisy Student did with JFT (reference/mpl-
 
 Memory is bounded by K x classes (the selection, `TopKPerClass`), not by the number of images;
 without --top-k it grows by 16 bytes (plus 8 per --store-topk class) per kept image. Under
-`accelerate launch` every process scores fixed chunks of the set (`eval_chunks`), the main process
-merges the selections (exactly: the selection does not depend on how candidates are grouped) and
-writes the output, byte-identical to a single-process run.
+`accelerate launch` every process scores fixed chunks of the set (`eval_chunks`, whole shards when
+there are enough), the main process merges the selections (exactly: the selection does not depend
+on how candidates are grouped) and writes the output, byte-identical to a single-process run.
+`--workers N` decodes and hashes in N loader processes beside the model (default: none on CPU).
+A killed run leaves nothing but a hidden temporary folder, removed by the next run, which starts over.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import CheckpointMeta, check_compatible, file_sha256, load_model
 from mpltools.data import predictions, transforms
 from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
-from mpltools.data.loaders import eval_chunks, to_model_input
-from mpltools.data.shards import Sample, ShardSet, ShardWriter, decode_input, open_shard_set, read_shard
+from mpltools.data.chunks import eval_chunks, shard_samples
+from mpltools.data.loaders import to_model_input
+from mpltools.data.shards import Sample, ShardSet, ShardWriter, decode_input, open_shard_set
 from mpltools.errors import MplError, UsageError
 
 MAX_PHASH_DISTANCE = 32
-MAX_EXAMPLES = 100  # duplicates listed by key in the manifest (all are counted)
+MAX_EXAMPLES = 100  # duplicates listed in the manifest (the first keys in sort order; all are counted)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class Rule:
 
 
 def run(unlabeled: str, checkpoint: Path, out: Path, rule: Rule, *, exclude: list[str], batch_size: int = 256,
-        max_per_shard: int = 10_000, ignore_data_classes: bool = False, force: bool = False, command: str = "") -> dict:
+        workers: int | None = None, max_per_shard: int = 10_000, ignore_data_classes: bool = False, force: bool = False,
+        command: str = "") -> dict:
     rule.check()
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
@@ -87,7 +91,8 @@ def run(unlabeled: str, checkpoint: Path, out: Path, rule: Rule, *, exclude: lis
         raise UsageError(f"--near-duplicates compares images, but {unlabeled} holds vectors.")
     refs = _references(exclude, rule)
 
-    selection, stats = _score(model, meta, shards, runtime, rule, refs, batch_size)
+    workers = rt.default_workers(runtime) if workers is None else workers
+    selection, stats = _score(model, meta, shards, runtime, rule, refs, batch_size, workers)
     parts = runtime.gather_to_main((selection.arrays(), stats))
     if runtime.is_main and runtime.world > 1:
         selection = TopKPerClass(meta.num_classes, rule.top_k, rule.store_topk)
@@ -102,9 +107,9 @@ def _check_fits(meta: CheckpointMeta, shards: ShardSet, path: Path, data: str, i
     check_compatible(meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(), path, data)
     if not ignore_data_classes and shards.classes != meta.classes:
         first = next(i for i, (a, b) in enumerate(zip(shards.classes, meta.classes)) if a != b)
-        raise MplError(f"{path} was trained on classes {meta.classes[first]!r}... but {data} names class {first} "
-                       f"{shards.classes[first]!r}; the checkpoint must predict this data's label set. If the set's class "
-                       "names mean nothing (e.g. an ImageFolder import of an unlabelled pool), pass --ignore-data-classes.")
+        raise MplError(f"{path} calls class {first} {meta.classes[first]!r} but {data} calls it {shards.classes[first]!r}; "
+                       "the checkpoint must predict this data's label set. If the set's class names mean nothing (e.g. an "
+                       "ImageFolder import of an unlabelled pool), pass --ignore-data-classes.")
 
 
 # ---------------------------------------------------------------- 1. references and scoring
@@ -124,7 +129,7 @@ def _references(locations: list[str], rule: Rule) -> References:
     for location in locations:
         ref = open_shard_set(location)
         for path in ref.shard_paths:
-            for sample in read_shard(path, ref.num_classes):
+            for _, sample in shard_samples(path, ref.num_classes):
                 decoded = decode_input(sample, path)
                 name = f"{location}:{sample.key}"
                 exact.setdefault(pixel_digest(decoded), name)
@@ -139,30 +144,34 @@ def _references(locations: list[str], rule: Rule) -> References:
     return References(exact, near, keys)
 
 
-def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, refs: References, batch_size: int):
+def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, refs: References, batch_size: int, workers: int):
     """This process's chunks: drop excluded images, score the rest, keep the candidates in a TopKPerClass."""
     aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
     norm = (meta.normalisation["mean"], meta.normalisation["std"])
     selection = TopKPerClass(meta.num_classes, rule.top_k, rule.store_topk)
     stats = {"scored": 0, "exact": 0, "near": 0, "below_threshold": 0, "examples": []}
 
-    def accept(sample: Sample, decoded: np.ndarray) -> bool:
+    def duplicate(sample: Sample, decoded: np.ndarray) -> dict | None:  # runs in the loader workers
         match, kind = refs.exact.get(pixel_digest(decoded)), "exact"
         if match is None and refs.near is not None:
             j = refs.near.match(dhash(decoded))
             match, kind = (refs.near_keys[j] if j >= 0 else None), "near"
-        if match is None:
-            return True
-        stats[kind] += 1
-        if len(stats["examples"]) < MAX_EXAMPLES:
-            stats["examples"].append({"key": sample.key, "kind": kind, "matches": match})
-        return False
+        return None if match is None else {"key": sample.key, "kind": kind, "matches": match}
 
     model.eval()
     log.info(f"scoring {shards.root} with {meta.architecture} ({meta.role}, {meta.num_classes} classes)")
     total = shards.num_samples if runtime.world == 1 else None  # the bar counts the main process's images
     with torch.no_grad(), log.progress("filter: score", total=total, unit="images", enabled=runtime.is_main) as bar:
-        for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, accept=accept):
+        chunks = eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, inspect=duplicate if refs.exact else None,
+                             workers=workers)
+        for chunk in chunks:
+            for record in chunk.rejected:
+                stats[record["kind"]] += 1
+                stats["examples"].append(record)
+            if len(stats["examples"]) > 2 * MAX_EXAMPLES:  # keep the first keys only: bounded, and the same for any split
+                stats["examples"] = sorted(stats["examples"], key=lambda e: e["key"])[:MAX_EXAMPLES]
+            if chunk.x is None:
+                continue
             with runtime.autocast():
                 logits = model(to_model_input(chunk.x, norm, runtime.device))
             probs = logits.float().softmax(dim=1)
@@ -176,6 +185,7 @@ def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, r
             stats["scored"] += len(score)
             stats["below_threshold"] += int((~keep).sum())
             bar.advance(len(score))
+    stats["examples"] = sorted(stats["examples"], key=lambda e: e["key"])[:MAX_EXAMPLES]
     return selection, stats
 
 
@@ -229,10 +239,11 @@ def _copy_shard(path: Path, num_classes: int | None, rows: np.ndarray, chosen: d
                 writer: ShardWriter) -> None:
     """Copy the chosen samples of one shard (rows of `chosen`, in position order) with their copies."""
     wanted = (chosen["index"][rows] & 0xFFFFFFFF).tolist()
+    chosen_positions = set(wanted)
     j = 0
-    for position, sample in enumerate(read_shard(path, num_classes)):
+    for position, sample in shard_samples(path, num_classes, chosen_positions.__contains__):
         if position != wanted[j]:
-            continue
+            raise MplError(f"{path} changed while it was being filtered (sample {wanted[j]} is missing); run the command again.")
         row = rows[j]
         extras = {predictions.TOPK: predictions.encode_topk(chosen["top_p"][row], chosen["top_i"][row])} if rule.store_topk else {}
         writer.write(Sample(sample.key, sample.ext, sample.data, None, extras))

@@ -78,6 +78,7 @@ def run(checkpoint: Path, data: str, *, real: Path | None, predictions: Path | N
             raise MplError("--predictions is only supported in a single process; run `mpl eval` without accelerate launch.")
         _write_predictions(predictions, rows, meta, result, command, force)
         result["predictions"] = str(predictions)
+    runtime.finish()  # leave the process group together (gloo can abort a process that exits first)
     return result
 
 

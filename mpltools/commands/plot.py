@@ -39,7 +39,7 @@ CURVE_PANELS = (
 # Two classes: red and green as in the paper's Figure 2.
 CLASS_COLOURS = ("#c62828", "#2e7d32", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e",
                  "#9e9d24", "#37474f")
-PANEL_INCHES = {"curves": (4.6, 3.2), "regions": (4.8, 3.8)}
+PANEL_INCHES = {"curves": (4.6, 3.2), "regions": (4.8, 3.4)}
 
 
 def _figure(width_in: float, height_in: float, dpi: int):
@@ -164,13 +164,12 @@ def run_curves(runs: list[Path], out: Path, *, labels: str | None = None, smooth
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
-    handles, texts = [], []
+    found = {}
     for ax in axes[:len(panels)]:
         for handle, text in zip(*ax.get_legend_handles_labels()):
-            if text not in texts:
-                handles.append(handle)
-                texts.append(text)
-    fig.legend(handles, texts, loc="outside lower center", ncols=min(len(texts), 4), fontsize=9, frameon=False)
+            found.setdefault(text, handle)
+    texts = [name for name in names if name in found]  # legend in the order the runs were given
+    fig.legend([found[t] for t in texts], texts, loc="outside lower center", ncols=min(len(texts), 4), fontsize=9, frameon=False)
     if smooth > 1:
         fig.suptitle(f"training curves (losses and h: moving average over {smooth} logged points)", fontsize=10)
     return [_save(fig, out, force)]

@@ -38,8 +38,9 @@ from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.config import Recipe
 from mpltools.data import predictions, transforms
-from mpltools.data.loaders import eval_chunks, to_model_input
-from mpltools.data.shards import Sample, ShardSet, ShardWriter, open_shard_set, read_shard
+from mpltools.data.chunks import eval_chunks, shard_samples
+from mpltools.data.loaders import to_model_input
+from mpltools.data.shards import Sample, ShardSet, ShardWriter, open_shard_set
 from mpltools.errors import MplError, UsageError
 
 CONTENT = "reduced-mpl teacher predictions"
@@ -50,7 +51,8 @@ DTYPES = ("float16", "float32")
 
 
 def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str = "float16", batch_size: int = 256,
-            max_per_shard: int | None = None, force: bool = False, command: str = "") -> dict:
+            workers: int | None = None, max_per_shard: int | None = None, ignore_data_classes: bool = False,
+            force: bool = False, command: str = "") -> dict:
     if topk < 0 or dtype not in DTYPES or batch_size < 1:
         raise UsageError(f"--topk must be >= 0 (0 = full logits), --dtype one of {', '.join(DTYPES)} and --batch-size >= 1.")
     runtime = rt.start("auto", 0, 0)
@@ -59,10 +61,14 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
     model, meta = load_model(checkpoint, runtime.device)
     shards = open_shard_set(data)
     shards.require_manifest("reduced predict")
-    check_compatible(meta, shards.num_classes, shards.input_spec.to_json(), Path(checkpoint), str(data))
-    if shards.classes != meta.classes:
+    if ignore_data_classes and shards.labeled:
+        raise UsageError(f"--ignore-data-classes is for unlabelled sets whose class names mean nothing; {data} is labelled.")
+    check_compatible(meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(),
+                     Path(checkpoint), str(data))
+    if shards.classes != meta.classes and not ignore_data_classes:
         raise MplError(f"{checkpoint} predicts the classes {meta.classes[:3]}... but {data} has {shards.classes[:3]}...; "
-                       "the large teacher must be trained on this data's label set.")
+                       "the large teacher must be trained on this data's label set (for an unlabelled set whose class "
+                       "names mean nothing, pass --ignore-data-classes).")
     if topk > meta.num_classes:
         raise UsageError(f"--topk {topk} is more than the teacher's {meta.num_classes} classes.")
     member = predictions.TOPK if topk else predictions.LOGITS
@@ -76,6 +82,7 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
         "source": str(data), "source_manifest_sha256": shards.manifest_sha256, "source_num_samples": shards.num_samples,
         "mpltools_version": __version__,
     }
+    workers = rt.default_workers(runtime) if workers is None else workers
     model.eval()
     keys_digest = hashlib.sha256()
     log.info(f"predicting {data} with {checkpoint} ({meta.architecture}); storing {member}")
@@ -83,21 +90,23 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
             log.progress("reduced: predict", total=shards.num_samples, unit="images", enabled=runtime.is_main) as bar:
         writer = None
         if runtime.is_main:
-            writer = ShardWriter(tmp, input_spec=shards.input_spec, classes=shards.classes, labeled=bool(shards.labeled),
+            writer = ShardWriter(tmp, input_spec=shards.input_spec, classes=meta.classes, labeled=bool(shards.labeled),
                                  provenance=provenance, max_per_shard=max_per_shard or max(shards.shard_counts + [1]),
                                  extras=(member,))
         for i, path in enumerate(shards.shard_paths):
             mine = []
-            for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i]):
+            for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers):
                 with runtime.autocast():
                     logits = model(to_model_input(chunk.x, norm, runtime.device)).float()
                 mine.append((chunk.positions, _encode(logits, topk, dtype, path, chunk.keys)))
             parts = runtime.gather_to_main(mine)
             if writer is not None:
                 payloads = {int(p): blob for part in parts for positions, blobs in part for p, blob in zip(positions, blobs)}
-                for position, sample in enumerate(read_shard(path, shards.num_classes)):
+                for position, sample in shard_samples(path, shards.num_classes):
                     keys_digest.update(sample.key.encode() + b"\n")
                     label = sample.label if shards.labeled else None
+                    if position not in payloads:
+                        raise MplError(f"{path} changed while it was being read (sample {sample.key!r}); run the command again.")
                     writer.write(Sample(sample.key, sample.ext, sample.data, label, {member: payloads.pop(position)}))
                 bar.advance(shards.shard_counts[i])
         if writer is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mpltools.data import predictions, transforms
+from mpltools.data.chunks import shard_samples
 from mpltools.data.shards import Sample, ShardError, ShardSet, decode_input, read_shard
 from mpltools.errors import MplError
 
@@ -296,69 +297,34 @@ def make_stream(shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec
 def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, rank: int = 0, world: int = 1,
                  ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
     """Each sample exactly once across processes (no padding): (keys, inputs uint8/float, labels)."""
-    index = 0
     keys, xs, ys = [], [], []
-    for path in shards.shard_paths:
-        for sample in read_shard(path, shards.num_classes):
-            mine = index % world == rank
-            index += 1
-            if not mine:
-                continue
-            keys.append(sample.key)
-            xs.append(transforms.eval_view(_decode(sample, path), aug))
-            ys.append(sample.label)
-            if len(keys) == batch_size:
-                yield _eval_batch(keys, xs, ys)
-                keys, xs, ys = [], [], []
+    for path, sample in _owned_samples(shards, rank, world):
+        keys.append(sample.key)
+        xs.append(transforms.eval_view(_decode(sample, path), aug))
+        ys.append(sample.label)
+        if len(keys) == batch_size:
+            yield _eval_batch(keys, xs, ys)
+            keys, xs, ys = [], [], []
     if keys:
         yield _eval_batch(keys, xs, ys)
 
 
-@dataclass
-class EvalChunk:
-    shard: int  # index of the shard in the set
-    positions: np.ndarray  # int64 positions of the samples in that shard
-    keys: list[str]
-    x: torch.Tensor  # eval views, uint8 NHWC or float vectors (chunks left empty by `accept` are not yielded)
-    labels: list[int | None]
-
-
-def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, rank: int = 0, world: int = 1,
-                shard_indices: list[int] | None = None, accept=None) -> Iterator[EvalChunk]:
-    """Like `eval_batches`, but a batch is a fixed chunk: samples [j*B, (j+1)*B) of shard i, owned by
-    process (i + j) % world. So every batch holds the same samples whatever the number of processes,
-    and batched inference gives bitwise the same outputs per sample under 1 or N processes (kernels
-    may round differently for another batch composition), which lets commands that write per-sample
-    results (`data filter-unlabeled`, `reduced predict`) produce identical files.
-
-    `accept(sample, decoded) -> bool`, if given, sees each owned sample's decoded input first; the
-    rejected ones are left out of the chunk (not of the chunk numbering). Only owned samples are decoded.
-    """
-    for i in range(len(shards.shard_paths)) if shard_indices is None else shard_indices:
-        path = shards.shard_paths[i]
-        positions, keys, xs, ys = [], [], [], []
-        chunk = -1
-        for position, sample in enumerate(read_shard(path, shards.num_classes)):
-            if position // batch_size != chunk:
-                if keys:
-                    yield _chunk(i, positions, keys, xs, ys)
-                positions, keys, xs, ys = [], [], [], []
-                chunk = position // batch_size
-            if (i + chunk) % world != rank:
-                continue
-            decoded = _decode(sample, path)
-            if accept is not None and not accept(sample, decoded):
-                continue
-            positions.append(position)
-            keys.append(sample.key)
-            xs.append(transforms.eval_view(decoded, aug))
-            ys.append(sample.label)
-        if keys:
-            yield _chunk(i, positions, keys, xs, ys)
-
-
-def _chunk(shard, positions, keys, xs, ys) -> EvalChunk:
-    return EvalChunk(shard, np.asarray(positions, np.int64), keys, torch.from_numpy(np.stack(xs)), ys)
+def _owned_samples(shards: ShardSet, rank: int, world: int):
+    """(shard path, sample) for the samples at global positions p with p % world == rank, in order. With a
+    manifest only those are read (through the shards' header index); a bare shard pattern is read whole."""
+    first = 0
+    for i, path in enumerate(shards.shard_paths):
+        if shards.shard_counts is not None:
+            start = first
+            wanted = None if world == 1 else (lambda p: (start + p) % world == rank)
+            for _, sample in shard_samples(path, shards.num_classes, wanted):
+                yield path, sample
+            first += shards.shard_counts[i]
+            continue
+        for sample in read_shard(path, shards.num_classes):
+            if first % world == rank:
+                yield path, sample
+            first += 1
 
 
 def _eval_batch(keys, xs, ys):

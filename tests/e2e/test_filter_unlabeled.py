@@ -210,12 +210,13 @@ def _launch(work: Path, *args) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_write_byte_identical_output(work):
+    # The pool has 3 shards: process 0 scores shards 0 and 2, process 1 shard 1.
     args = ["data", "filter-unlabeled", "pool", "--model", "runs/sup/student.safetensors", "--top-k", "25", "--threshold", "0.3",
             "--balance", "--store-topk", "2", "--exclude", "split/val", "--near-duplicates", "--batch-size", "16", "--force"]
     two = _launch(work, *args, "--out", "two")
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["two"]  # printed once
-    one = mpl(*args, "--out", "one", cwd=work)
+    one = mpl(*args, "--workers", "2", "--out", "one", cwd=work)  # and decoding in 2 worker processes
     assert one.stdout.strip() == "one"
     a, b = (json.loads((work / d / "manifest.json").read_text()) for d in ("one", "two"))
     a["provenance"].pop("command"), b["provenance"].pop("command")

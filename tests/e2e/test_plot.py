@@ -75,7 +75,7 @@ def test_regions_like_figure_2(work):
             "--titles", "MPL student,MPL teacher,Supervised", "--resolution", "80", "--out", "fig2.png", cwd=work)
     assert r.stdout.strip() == "fig2.png"
     width, height = png_size(work / "fig2.png")
-    assert (width, height) == (1440, 430)  # three 4.8 x 3.8 inch panels in one row, plus the legend strip
+    assert (width, height) == (1440, 390)  # three 4.8 x 3.4 inch panels in one row, plus the legend strip
     assert (work / "fig2.png").stat().st_size > 20_000
 
 
@@ -83,7 +83,7 @@ def test_regions_reads_checkpoint_from_stdin_and_unlabelled_data(work):
     r = mpl("plot", "regions", "-", "--data", "data/tiny/twomoon/split/unlabeled", "--out", "one.png", cwd=work,
             stdin="runs/tiny/twomoon/student.safetensors\n")
     assert r.stdout.strip() == "one.png"
-    assert png_size(work / "one.png") == (480, 430)
+    assert png_size(work / "one.png") == (480, 390)
 
 
 def test_regions_refuses_a_checkpoint_that_is_not_2d(work, tmp_path):

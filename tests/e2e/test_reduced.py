@@ -206,6 +206,13 @@ def test_bad_step_1_input_and_refusals(run_cli, work, tmp_path, monkeypatch):
                    "--out", tmp_path / "c5").exit_code == 0
     r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5", "--out", tmp_path / "p")
     assert r.exit_code == 1 and "classes" in r.stderr and not (tmp_path / "p").exists()
+    r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5", "--ignore-data-classes", "--out", tmp_path / "p")
+    assert r.exit_code == 2 and "is labelled" in r.stderr and not (tmp_path / "p").exists()
+    # An unlabelled pool whose class names mean nothing is accepted with the flag; it gets the teacher's classes.
+    assert run_cli("data", "split", tmp_path / "c5", "--labeled-per-class", "1", "--out", tmp_path / "c5split").exit_code == 0
+    r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5split/unlabeled", "--ignore-data-classes", "--out", tmp_path / "ok")
+    assert r.exit_code == 0, r.stderr
+    assert open_shard_set(tmp_path / "ok").classes == open_shard_set(work / f"{D}/split/val").classes
     r = run_cli("reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--topk", "2", "--logits", "--out", tmp_path / "p")
     assert r.exit_code == 2 and not (tmp_path / "p").exists()
     r = run_cli("reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--topk", "11", "--out", tmp_path / "p")

@@ -4,11 +4,10 @@ memory bounded by K x classes), the near-duplicate index, fingerprints, balancin
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
-from mpltools.data.loaders import eval_chunks
+from mpltools.data.chunks import eval_chunks
 from mpltools.data.shards import InputSpec, Sample, ShardWriter, decode_input, encode_png, open_shard_set
 from mpltools.data.transforms import AugmentSpec
 
@@ -149,15 +148,51 @@ def test_eval_chunks_have_the_same_composition_for_any_number_of_processes(tmp_p
     for i in range(40):
         writer.write(Sample(f"k{i}", "png", encode_png(np.full((4, 4, 1), i, np.uint8)), i % 2))
     writer.close()
-    shards = open_shard_set(tmp_path / "s")
+    shards = open_shard_set(tmp_path / "s")  # 4 shards: 13, 13, 13, 1 samples
     aug = AugmentSpec(kind="none", image_size=4)
-    reject = lambda sample, x: sample.key != "k7"  # noqa: E731
+    reject = lambda sample, x: "dup" if sample.key in ("k7", "k30") else None  # noqa: E731
 
-    def chunks(world):
-        return sorted(tuple(c.keys) for r in range(world) for c in eval_chunks(shards, aug, 5, r, world, accept=reject))
+    def chunks(world, workers=0):
+        out = [c for r in range(world) for c in eval_chunks(shards, aug, 5, r, world, inspect=reject, workers=workers)]
+        for c in out:  # the rows are where they say they are
+            assert [f"k{13 * c.shard + p}" for p in c.positions] == c.keys
+            assert c.x is None or [int(v) for v in c.x[:, 0, 0, 0]] == [int(k[1:]) for k in c.keys]
+        return sorted((c.shard, tuple(c.keys), tuple(c.rejected)) for c in out)
 
     one = chunks(1)
-    assert one == chunks(2) == chunks(3)
-    keys = [k for c in one for k in c]
-    assert len(keys) == len(set(keys)) == 39 and "k7" not in keys
-    assert all(len(c) <= 5 for c in one)
+    # by shard (2, 3 processes), by chunk (5 processes: more processes than shards), and with workers
+    assert one == chunks(2) == chunks(3) == chunks(5) == chunks(1, workers=2) == chunks(3, workers=2)
+    keys = [k for c in one for k in c[1]]
+    assert len(keys) == len(set(keys)) == 38 and not {"k7", "k30"} & set(keys)
+    assert sorted(r for c in one for r in c[2]) == ["dup", "dup"]
+    assert all(len(c[1]) <= 5 for c in one)
+
+
+def test_shard_samples_reads_what_read_shard_reads_and_only_the_wanted_samples(tmp_path):
+    import tarfile
+
+    from mpltools.data.chunks import shard_samples
+    from mpltools.data.shards import read_shard
+
+    writer = ShardWriter(tmp_path / "s", input_spec=InputSpec("image", "png", (4, 4, 1)), classes=["a", "b"], labeled=True,
+                         provenance={}, extras=("topk.npy", "note.txt"))
+    for i in range(9):
+        writer.write(Sample(f"k{i}", "png", encode_png(np.full((4, 4, 1), i, np.uint8)), i % 2,
+                            {"topk.npy": bytes([i]) * (700 + i), "note.txt": b"x" * i}))
+    writer.close()
+    path = open_shard_set(tmp_path / "s").shard_paths[0]
+    # A pax shard (a 120-character key): not plain ustar, so the tarfile path reads it.
+    pax = tmp_path / "pax.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, key in enumerate(["a" * 120, "short"]):
+            for ext, payload in (("png", encode_png(np.full((4, 4, 1), i, np.uint8))), ("cls", b"1")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    for p in (path, pax):
+        expected = list(read_shard(p, 2))
+        got = [s for _, s in shard_samples(p, 2)]
+        assert [(s.key, s.ext, s.data, s.label, s.extras) for s in got] == [(s.key, s.ext, s.data, s.label, s.extras) for s in expected]
+        some = list(shard_samples(p, 2, lambda pos: pos % 2 == 1))
+        assert [pos for pos, _ in some] == list(range(1, len(expected), 2))
+        assert [s.key for _, s in some] == [expected[pos].key for pos, _ in some]
