@@ -158,6 +158,29 @@ def summarise(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def feedback_stats(rows: list[dict], out: Path) -> dict:
+    """How strong MPL's feedback is next to the teacher's supervised loss, over all logged steps of all MPL runs."""
+    h, hc_term, sup = [], [], []
+    for r in rows:
+        path = out / "runs" / f"d{r['dataset']:02d}" / "mpl" / "metrics.jsonl"
+        for line in path.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if "feedback/h" in rec:
+                h.append(abs(rec["feedback/h"]))
+                hc_term.append(abs(rec["feedback/h_centered"] * rec["teacher/mpl"]))
+                sup.append(rec["teacher/sup"])
+    if not h:
+        return {}
+
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"logged_steps": len(h), "abs_h_median": pct(h, 0.5), "abs_h_p90": pct(h, 0.9),
+            "mpl_term_median": pct(hc_term, 0.5), "mpl_term_p90": pct(hc_term, 0.9),
+            "teacher_sup_median": pct(sup, 0.5), "teacher_sup_p90": pct(sup, 0.9)}
+
+
 def figures(rows: list[dict], out: Path, k: int | None) -> dict:
     """Figure 2 (decision regions of SL, PL, MPL on one dataset) and the curves of those runs."""
     if k is None:
@@ -185,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-figure", action="store_true", help="skip the PNGs")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for every mpl train (repeatable)")
     p.add_argument("--list", action="store_true", help="list the settings and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: re-read OUT/results.json and the run folders, print the tables again")
     args = p.parse_args(argv)
     if args.list:
         for name, s in SETTINGS.items():
@@ -197,20 +222,27 @@ def main(argv: list[str] | None = None) -> int:
     setting = SETTINGS[args.setting]
     out = args.out or Path("runs/twomoon_study") / args.setting
     out = out if out.is_absolute() else REPO / out
-    start = time.perf_counter()
-    jobs = [(k, args.first_seed + k) for k in range(args.datasets)]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda job: one_dataset(job[0], job[1], setting, out, args.sets), jobs))
-    text, summary = summarise(rows)
-    figure = None if args.no_figure else figures(rows, out, args.figure_dataset)
-    wall = time.perf_counter() - start
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = usage.ru_utime + usage.ru_stime
-    command = "python recipes/twomoon/study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command.strip(), "setting": args.setting, "description": setting.summary, "faithful": setting.faithful,
-              "noise": setting.noise, "scale": setting.scale, "common_sets": list(setting.common), "pl_sets": list(setting.pl),
-              "mpl_sets": list(setting.mpl), "extra_sets": args.sets, "success_threshold": SUCCESS, "summary": summary,
-              "per_dataset": rows, "figure": figure, "wall_seconds": wall, "cpu_seconds": cpu}
+    if args.report_only:
+        report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        rows, figure, wall, cpu = report["per_dataset"], report.get("figure"), report["wall_seconds"], report["cpu_seconds"]
+        text, summary = summarise(rows)
+        feedback = feedback_stats(rows, out)
+    else:
+        start = time.perf_counter()
+        jobs = [(k, args.first_seed + k) for k in range(args.datasets)]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            rows = list(pool.map(lambda job: one_dataset(job[0], job[1], setting, out, args.sets), jobs))
+        text, summary = summarise(rows)
+        feedback = feedback_stats(rows, out)
+        figure = None if args.no_figure else figures(rows, out, args.figure_dataset)
+        wall = time.perf_counter() - start
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime
+        command = "python recipes/twomoon/study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        report = {"command": command.strip(), "setting": args.setting, "description": setting.summary, "faithful": setting.faithful,
+                  "noise": setting.noise, "scale": setting.scale, "common_sets": list(setting.common), "pl_sets": list(setting.pl),
+                  "mpl_sets": list(setting.mpl), "extra_sets": args.sets, "success_threshold": SUCCESS}
+    report.update(summary=summary, feedback=feedback, per_dataset=rows, figure=figure, wall_seconds=wall, cpu_seconds=cpu)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -221,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     if figure:
         print(f"figure 2 (dataset {figure['dataset']}, seed {figure['seed']}; top-1 "
               + ", ".join(f"{m} {v:.3f}" for m, v in figure["top1"].items()) + f"): {figure['figure2']}; curves: {figure['curves']}")
+    if feedback:
+        print(f"MPL feedback over {feedback['logged_steps']} logged steps: |h| median {feedback['abs_h_median']:.1e} "
+              f"(90th pct {feedback['abs_h_p90']:.1e}); teacher's MPL term |h_c * CE(y_hat, T)| median {feedback['mpl_term_median']:.1e} "
+              f"(90th pct {feedback['mpl_term_p90']:.1e}) vs its supervised loss median {feedback['teacher_sup_median']:.1e} "
+              f"(90th pct {feedback['teacher_sup_p90']:.1e})")
     print(f"wall {wall:.0f} s, CPU {cpu:.0f} s; results in {out / 'results.json'}")
     return 0
 
