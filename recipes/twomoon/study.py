@@ -158,8 +158,11 @@ def summarise(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-def feedback_stats(rows: list[dict], out: Path) -> dict:
-    """How strong MPL's feedback is next to the teacher's supervised loss, over all logged steps of all MPL runs."""
+def feedback_stats(rows: list[dict], out: Path, soft: bool) -> dict:
+    """How strong MPL's feedback is next to the teacher's supervised loss, over all logged steps of all MPL runs.
+
+    The teacher's MPL term is |h_c * CE(y_hat, T(x_u))| for hard pseudo labels; with soft ones it is the
+    exact meta-gradient surrogate sum(p * dL/dp), logged as teacher/mpl."""
     h, hc_term, sup = [], [], []
     for r in rows:
         path = out / "runs" / f"d{r['dataset']:02d}" / "mpl" / "metrics.jsonl"
@@ -167,7 +170,7 @@ def feedback_stats(rows: list[dict], out: Path) -> dict:
             rec = json.loads(line) if line.strip() else {}
             if "feedback/h" in rec:
                 h.append(abs(rec["feedback/h"]))
-                hc_term.append(abs(rec["feedback/h_centered"] * rec["teacher/mpl"]))
+                hc_term.append(abs(rec["teacher/mpl"] if soft else rec["feedback/h_centered"] * rec["teacher/mpl"]))
                 sup.append(rec["teacher/sup"])
     if not h:
         return {}
@@ -226,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((out / "results.json").read_text(encoding="utf-8"))
         rows, figure, wall, cpu = report["per_dataset"], report.get("figure"), report["wall_seconds"], report["cpu_seconds"]
         text, summary = summarise(rows)
-        feedback = feedback_stats(rows, out)
+        feedback = feedback_stats(rows, out, soft="method.pseudo_labels=soft" in setting.mpl)
     else:
         start = time.perf_counter()
         jobs = [(k, args.first_seed + k) for k in range(args.datasets)]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda job: one_dataset(job[0], job[1], setting, out, args.sets), jobs))
         text, summary = summarise(rows)
-        feedback = feedback_stats(rows, out)
+        feedback = feedback_stats(rows, out, soft="method.pseudo_labels=soft" in setting.mpl)
         figure = None if args.no_figure else figures(rows, out, args.figure_dataset)
         wall = time.perf_counter() - start
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{m} {v:.3f}" for m, v in figure["top1"].items()) + f"): {figure['figure2']}; curves: {figure['curves']}")
     if feedback:
         print(f"MPL feedback over {feedback['logged_steps']} logged steps: |h| median {feedback['abs_h_median']:.1e} "
-              f"(90th pct {feedback['abs_h_p90']:.1e}); teacher's MPL term |h_c * CE(y_hat, T)| median {feedback['mpl_term_median']:.1e} "
+              f"(90th pct {feedback['abs_h_p90']:.1e}); teacher's MPL term {'sum p*dL/dp' if 'method.pseudo_labels=soft' in setting.mpl else '|h_c * CE(y_hat, T)|'} "
+              f"median {feedback['mpl_term_median']:.1e} "
               f"(90th pct {feedback['mpl_term_p90']:.1e}) vs its supervised loss median {feedback['teacher_sup_median']:.1e} "
               f"(90th pct {feedback['teacher_sup_p90']:.1e})")
     print(f"wall {wall:.0f} s, CPU {cpu:.0f} s; results in {out / 'results.json'}")
