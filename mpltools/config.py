@@ -70,6 +70,7 @@ class MethodConfig:
     teacher_supervised_weight: float = 1.0
     teacher_weak_no_grad: bool = False
     teacher_checkpoint: str = ""  # pseudo-label: the fixed teacher
+    feedback_sign: int = 1  # 1 = the paper's sign; -1 = the sign-flipped ablation (for studies only)
 
 
 @dataclass
@@ -105,7 +106,10 @@ class EvalConfig:
 @dataclass
 class RuntimeConfig:
     seed: int = 0
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto = bf16 on CUDA with bf16 support, else fp32
+    # auto = bf16 on a GPU with native bf16 (compute capability >= 8.0), else fp32; fp16 = with loss scaling
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    loss_scale_init: float = 65536.0  # fp16 only: first dynamic loss scale (halved on overflow)
+    loss_scale_growth_interval: int = 2000  # fp16 only: double the scale after this many steps without overflow
     channels_last: bool = False
     compile: bool = False
     log_every: int = 50
@@ -264,8 +268,12 @@ def validate(r: Recipe, source: str) -> None:
         raise bad("schedule.steps must be at least 1.")
     if r.method.name == "pseudo-label" and not r.method.teacher_checkpoint:
         raise bad("method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run).")
+    if r.method.feedback_sign not in (1, -1):
+        raise bad(f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}.")
     if not 0 <= r.method.label_smoothing < 1 or not 0 <= r.method.baseline_decay < 1:
         raise bad("method.label_smoothing and method.baseline_decay must be in [0, 1).")
+    if r.runtime.loss_scale_init <= 0 or r.runtime.loss_scale_growth_interval < 1:
+        raise bad("runtime.loss_scale_init must be > 0 and runtime.loss_scale_growth_interval at least 1.")
     if r.checkpoint.every < 1 or r.checkpoint.keep_last < 1:
         raise bad("checkpoint.every and checkpoint.keep_last must be at least 1.")
     for name in ("teacher", "student"):

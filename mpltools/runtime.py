@@ -19,13 +19,20 @@ class Runtime:
     rank: int
     world: int
     is_main: bool
-    mixed_precision: str  # "no" | "bf16"
+    mixed_precision: str  # "no" | "bf16" | "fp16"
     reducer: object
 
     def autocast(self):
-        if self.mixed_precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The precision region of one training step or evaluation batch.
+
+        Autocast's weight cache is OFF: inside one region it would keep serving the low-precision
+        copy of a weight made before an in-place update (the MPL step updates the student, then
+        measures it), see `mpltools.methods.precision`.
+        """
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -80,11 +87,23 @@ _UNSYNCHRONISED = (
     "(on CPU add ACCELERATE_USE_CPU=1) or `torchrun --nproc_per_node N -m mpltools train ...`.")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bfloat16 natively (compute capability 8.0+: A100, H100, RTX 30xx...).
+
+    `torch.cuda.is_bf16_supported()` also says yes for emulated bf16 (T4, V100), which is slow."""
+    if device.type != "cuda":
+        return False
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
+    """"auto": bf16 on a GPU with native bf16, else fp32 ("no"; on T4/V100 choose "fp16" yourself).
+    "bf16" and "fp16" are honoured on the CPU too (CPU autocast; slow, but the same code path)."""
     if requested == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise MplError("runtime.mixed_precision = \"bf16\" but this GPU does not support bfloat16; use \"no\".", exit_code=2)
+        return "bf16" if native_bf16(device) else "no"
+    if requested == "bf16" and device.type == "cuda" and not native_bf16(device):
+        raise MplError("runtime.mixed_precision = \"bf16\" but this GPU has no native bfloat16 (compute capability < 8.0); "
+                       "use \"fp16\" (with loss scaling) or \"no\".", exit_code=2)
     return requested
 
 

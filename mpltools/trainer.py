@@ -24,6 +24,7 @@ from mpltools.evaluation import evaluate
 from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
 from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
+from mpltools.methods.precision import LossScaler
 from mpltools.training import (build_network, checkpoint_meta, device_batch, make_streams, open_data,
                                prepare_run_folder, write_run_info)
 
@@ -101,6 +102,11 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 net.to(memory_format=torch.channels_last)
     if recipe.runtime.compile:
         # In-place `Module.compile` keeps parameter names, so checkpoints and resume states are unchanged.
+        # Donated buffers forbid a second backward through one graph, which the diagnostics of logging steps
+        # (separate autograd.grad calls per loss term) and soft labels' double backward need.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
         for net in (student, teacher):
             if net is not None:
                 net.compile()
@@ -111,7 +117,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
         t_no_decay = norm_parameter_names(teacher)
         teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
     ema = EMA(student, hp.ema_decay) if hp.ema_decay > 0 else None
-    nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay)
+    nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay,
+                    *_loss_scalers(recipe, runtime.mixed_precision, teacher_opt is not None))
     rt.seed_everything(recipe.runtime.seed, runtime.rank)  # dropout masks: independent per process
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.runtime.seed * 7919 + runtime.rank)
@@ -142,9 +149,10 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
             unl = next(unlabeled_stream) if unlabeled_stream else None
             wait_time += time.perf_counter() - t0
             batch = device_batch(lab, unl, data, device, recipe.runtime.channels_last, export.teacher_inputs)
+            logging = (step + 1) % every == 0 or step + 1 == total  # diagnostics are computed on logging steps only
             try:
                 with runtime.autocast():
-                    metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator)
+                    metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator, diagnose=logging)
             except NonFiniteError as exc:
                 raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
                                f"it would have caused was not applied and nothing of this step was saved. The last good state is in {out}/state/. "
@@ -153,7 +161,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
             window_steps += 1
             if step % every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: float(v) for k, v in metrics.items()},
+                record = {"step": step, **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
                           "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
                           "data/wait_fraction": wait_time / max(elapsed, 1e-9)}
                 if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:
@@ -182,6 +190,14 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     if tracker:
         tracker.finish()
     return {"run": str(out), "step": step, **paths, **final}
+
+
+def _loss_scalers(recipe: Recipe, mixed_precision: str, teacher_trained: bool) -> tuple:
+    """(teacher scaler, student scaler): fp16 needs loss scaling, one scaler per trained network."""
+    if mixed_precision != "fp16":
+        return None, None
+    make = lambda: LossScaler(recipe.runtime.loss_scale_init, growth_interval=recipe.runtime.loss_scale_growth_interval)  # noqa: E731
+    return (make() if teacher_trained else None), make()
 
 
 def _summary(record: dict) -> str:
@@ -244,8 +260,10 @@ def _save(out: Path, step: int, nets: Networks, generator, runtime, recipe: Reci
         groups = _groups(nets, generator, runtime)
         groups["rng_rank_0"] = _rng_group(generator, runtime)
         extra = {f"rng_rank_{r}.safetensors": pending / f"rank_{r}.safetensors" for r in range(1, runtime.world)}
-        save_state(out, step, groups, {"step": step, "world_size": runtime.world, "positions": {"labeled": step, "unlabeled": step}},
-                   recipe.checkpoint.keep_last, extra_files=extra)
+        scalers = {name: scaler.state_dict() for name, scaler in (("teacher", nets.teacher_scaler), ("student", nets.student_scaler))
+                   if scaler is not None}
+        save_state(out, step, groups, {"step": step, "world_size": runtime.world, "positions": {"labeled": step, "unlabeled": step},
+                                       "loss_scalers": scalers}, recipe.checkpoint.keep_last, extra_files=extra)
     runtime.barrier()
 
 
@@ -262,6 +280,9 @@ def _restore(folder: Path, nets: Networks, generator, runtime) -> int:
         load_optimizer_tensors(nets.teacher_opt, groups["teacher_opt"])
     if nets.ema is not None:
         nets.ema.load_state_dict(groups["ema"])
+    for name, scaler in (("teacher", nets.teacher_scaler), ("student", nets.student_scaler)):
+        if scaler is not None and name in scalars.get("loss_scalers", {}):
+            scaler.load_state_dict(scalars["loss_scalers"][name])
     rng = groups.get(f"rng_rank_{runtime.rank}")
     if rng is not None:
         rt.set_rng_state(rng, runtime.device)

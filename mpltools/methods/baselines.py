@@ -25,6 +25,7 @@ from mpltools.methods.common import (
 )
 from mpltools.methods.mpl import auxiliary_losses, teacher_forward
 from mpltools.methods.optim import learning_rate, set_lr
+from mpltools.methods.precision import apply_update, scaled
 
 
 def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:
@@ -38,18 +39,20 @@ def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:
 def _update(
     nets: Networks, loss: Tensor, extra: dict[str, Tensor], step: int, hp: MPLHyper, reducer: Reducer
 ) -> tuple[Tensor, Tensor]:
-    """Backward, reduce, decay, clip, check, step, EMA.
+    """Backward, reduce, (fp16: unscale,) decay, clip, check, step, EMA.
+
+    Under fp16 a non-finite gradient is an overflow: the update (and the EMA's) is skipped and the
+    loss scale halved, instead of a `NonFiniteError`.
 
     Returns:
         (global means of [loss, *extra values], gradient norm).
     """
-    params = trainable(nets.student)
-    loss.backward()
-    norm = finish_gradients(nets.student_opt, params, reducer, hp.max_grad_norm)
+    params, scaler = trainable(nets.student), nets.student_scaler
+    scaled(loss, scaler).backward()
+    norm = finish_gradients(nets.student_opt, params, reducer, hp.max_grad_norm, scaler)
     values = reducer.mean(torch.stack([loss.detach(), *(v.detach() for v in extra.values())]))
-    check_finite(step, {"student loss": values[0], "student gradient norm": norm})
-    nets.student_opt.step()
-    if nets.ema is not None:
+    check_finite(step, {"student loss": values[0]} if scaler else {"student loss": values[0], "student gradient norm": norm})
+    if not apply_update(nets.student_opt, scaler, norm) and nets.ema is not None:
         nets.ema.update(nets.student, step)
     return values, norm
 
@@ -61,9 +64,10 @@ def supervised_step(
     hp: MPLHyper,
     reducer: Reducer = LOCAL,
     generator: torch.Generator | None = None,
+    diagnose: bool = False,
 ) -> dict[str, Tensor]:
     """Supervised learning on the labelled batch only: label-smoothed CE."""
-    del generator
+    del generator, diagnose
     lr = _begin(nets, step, hp)
     loss = smoothed_cross_entropy(nets.student(batch.labeled_x), batch.labeled_y, hp.label_smoothing)
     values, norm = _update(nets, loss, {}, step, hp, reducer)
@@ -77,13 +81,14 @@ def uda_step(
     hp: MPLHyper,
     reducer: Reducer = LOCAL,
     generator: torch.Generator | None = None,
+    diagnose: bool = False,
 ) -> dict[str, Tensor]:
     """UDA: the network trained exactly like MPL's teacher without the feedback term.
 
     ``teacher_supervised_weight * CE_sup + w_uda(step) * UDA`` from one forward over
     ``[x_l; x_u_weak; x_u_strong]`` (reference §1.3), honouring `teacher_weak_no_grad`.
     """
-    del generator
+    del generator, diagnose
     lr = _begin(nets, step, hp)
     t_l, t_weak, t_strong = teacher_forward(nets.student, batch, hp.teacher_weak_no_grad)
     sup, uda, mask, w_uda = auxiliary_losses(t_l, t_weak, t_strong, batch.labeled_y, step, hp)
@@ -107,6 +112,7 @@ def pseudo_label_step(
     hp: MPLHyper,
     reducer: Reducer = LOCAL,
     generator: torch.Generator | None = None,
+    diagnose: bool = False,
 ) -> dict[str, Tensor]:
     """Pseudo Labels with a FIXED teacher (paper eq. 1): the student never sees labels.
 
@@ -114,6 +120,7 @@ def pseudo_label_step(
     updated (its running statistics included); the student learns its sampled, argmax or soft
     labels on the strong view with label smoothing.
     """
+    del diagnose
     lr = _begin(nets, step, hp)
     teacher = nets.teacher
     teacher.eval()

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor, nn
 
+from mpltools.config import MethodConfig, OptimConfig, ScheduleConfig
 from mpltools.methods.optim import apply_weight_decay_and_clip
+from mpltools.methods.precision import LossScaler
 
 # ----------------------------------------------------------------------------- reduction
 
@@ -83,15 +85,28 @@ def zero_missing_grads(params: Iterable[Tensor]) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def finish_gradients(
-    optimizer: torch.optim.Optimizer, params: list[Tensor], reducer: Reducer, max_grad_norm: float | None
-) -> Tensor:
-    """After backward: zero-fill, cross-process mean, coupled weight decay, clipping.
+def reduce_gradients(params: list[Tensor], reducer: Reducer, scaler: LossScaler | None = None) -> None:
+    """After backward: zero-fill, cross-process mean, then (fp16) unscale.
 
-    Returns the global gradient norm (before clipping), identical on every process.
+    Unscaling after the mean lets every process see the same overflow, so all take the same
+    skip decision.
     """
     zero_missing_grads(params)
     reducer.mean_grads(params)
+    if scaler is not None:
+        scaler.unscale_(params)
+
+
+def finish_gradients(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], reducer: Reducer, max_grad_norm: float | None,
+    scaler: LossScaler | None = None,
+) -> Tensor:
+    """After backward: zero-fill, cross-process mean, unscale (fp16), coupled weight decay, clipping.
+
+    Returns the global gradient norm (before clipping), identical on every process; it is
+    non-finite after an fp16 overflow (see `precision.apply_update`).
+    """
+    reduce_gradients(params, reducer, scaler)
     return apply_weight_decay_and_clip(optimizer, max_grad_norm)
 
 
@@ -219,45 +234,51 @@ _CHOICES = {
     "feedback_bn": ("batch", "eval"),
 }
 
+_M, _O, _S = MethodConfig, OptimConfig, ScheduleConfig  # the recipe's defaults are the only defaults
+
 
 @dataclass(frozen=True)
 class MPLHyper:
-    """Hyper-parameters of every training step. Defaults = the authors' CIFAR-10-4K README
-    command (reference §2.1) where one exists; pseudo_labels/feedback follow the paper
-    (sampled hard labels, loss-difference feedback), feedback_bn and the baseline's 0 start
-    are our choices (DESIGN §5).
+    """Hyper-parameters of every training step.
+
+    The defaults are the recipe's defaults (`mpltools.config`: `[method]`, `[teacher]`/`[student]`
+    and `[schedule]`), so a step built from Python and one built from a recipe agree unless told
+    otherwise; the authors' CIFAR-10-4K values (reference §2.1) are in `recipes/cifar10_4k.toml`.
+    The teacher and the student share `momentum`, `nesterov` and `max_grad_norm` (the recipe's
+    `[student]` values; the trainer refuses different `[teacher]` ones).
 
     Learning rates are *effective* values (the authors' ``base_lr * B / 256`` already applied).
     Steps are global steps; only the teacher's update advances them (reference §7 item 8).
     """
 
-    total_steps: int = 300_000  # N; cosine/linear schedules reach 0 here
-    teacher_lr: float = 0.05
-    teacher_warmup: int = 5_000  # linear warm-up steps of the teacher
-    student_lr: float = 0.05  # also the lr of the single network of the baselines
-    student_warmup: int = 5_000
-    student_wait: int = 3_000  # student lr is 0 for this many steps (MPL only)
-    lr_schedule: str = "cosine"  # "cosine" | "constant" | "linear" after warm-up
-    momentum: float = 0.9
-    nesterov: bool = True
-    teacher_weight_decay: float = 5e-4  # coupled L2 added to the gradient, before clipping
-    student_weight_decay: float = 5e-4
-    max_grad_norm: float | None = None  # global-norm clipping for both networks; None = off
-    label_smoothing: float = 0.15  # teacher supervised CE and student pseudo-label CE only
-    uda_temperature: float = 0.7
-    uda_threshold: float = 0.6  # on the sharpened weak-view distribution
-    uda_weight: float = 8.0
-    uda_ramp_steps: int = 5_000  # linear ramp of the UDA weight from 0
-    teacher_supervised_weight: float = 1.0
-    pseudo_labels: str = "sample"  # "sample" (paper) | "argmax" | "soft" (exact meta-gradient)
-    pseudo_label_view: str = "strong"  # teacher view whose prediction labels the student
-    feedback: str = "taylor"  # h = "taylor" CE_old - CE_new | "dot" <g_l', d> | "cosine"
-    baseline: bool = True  # subtract a moving average of h (REINFORCE baseline)
-    baseline_decay: float = 0.99
-    feedback_bn: str = "batch"  # student BN during CE_old/CE_new: "batch" stats of x_l | "eval"
-    ema_decay: float = 0.995  # student EMA; 0 = off (the trainer builds `EMA` from this)
-    teacher_weak_no_grad: bool = False  # weak view in a separate no-grad teacher forward
-    mpl_weight: float = 1.0  # multiplier of the feedback term; 0 = UDA teacher + distillation
+    total_steps: int = _S.steps  # N; cosine/linear schedules reach 0 here
+    teacher_lr: float = _O.lr
+    teacher_warmup: int = _O.warmup_steps  # linear warm-up steps of the teacher
+    student_lr: float = _O.lr  # also the lr of the single network of the baselines
+    student_warmup: int = _O.warmup_steps
+    student_wait: int = _O.wait_steps  # student lr is 0 for this many steps (MPL only)
+    lr_schedule: str = _S.lr_schedule  # "cosine" | "constant" | "linear" after warm-up
+    momentum: float = _O.momentum
+    nesterov: bool = _O.nesterov
+    teacher_weight_decay: float = _O.weight_decay  # coupled L2 added to the gradient, before clipping
+    student_weight_decay: float = _O.weight_decay
+    max_grad_norm: float | None = _O.max_grad_norm or None  # global-norm clipping for both networks; None = off
+    label_smoothing: float = _M.label_smoothing  # teacher supervised CE and student pseudo-label CE only
+    uda_temperature: float = _M.uda_temperature
+    uda_threshold: float = _M.uda_threshold  # on the sharpened weak-view distribution
+    uda_weight: float = _M.uda_weight
+    uda_ramp_steps: int = _M.uda_ramp_steps  # linear ramp of the UDA weight from 0
+    teacher_supervised_weight: float = _M.teacher_supervised_weight
+    pseudo_labels: str = _M.pseudo_labels  # "sample" (paper) | "argmax" | "soft" (exact meta-gradient)
+    pseudo_label_view: str = _M.pseudo_label_view  # teacher view whose prediction labels the student
+    feedback: str = _M.feedback  # h = "taylor" CE_old - CE_new | "dot" eta <g_l', g_u> | "cosine" cos(g_l', g_u)
+    baseline: bool = _M.baseline  # subtract a moving average of h (REINFORCE baseline)
+    baseline_decay: float = _M.baseline_decay
+    feedback_bn: str = _M.feedback_bn  # student BN during CE_old/CE_new: "batch" stats of x_l | "eval"
+    ema_decay: float = _O.ema_decay  # student EMA; 0 = off (the trainer builds `EMA` from this)
+    teacher_weak_no_grad: bool = _M.teacher_weak_no_grad  # weak view in a separate no-grad teacher forward
+    mpl_weight: float = _M.mpl_weight  # multiplier of the feedback term; 0 = UDA teacher + distillation
+    feedback_sign: float = float(_M.feedback_sign)  # +1 the paper's sign; -1 the flipped ablation (studies only)
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -265,8 +286,10 @@ class MPLHyper:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and f.name != "feedback_sign":
                 raise ValueError(f"{f.name} must be >= 0, got {v!r}")
+        if self.feedback_sign not in (1.0, -1.0):
+            raise ValueError(f"feedback_sign must be 1 or -1, got {self.feedback_sign!r}")
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -287,7 +310,7 @@ class Networks:
     """The trained state a step mutates in place.
 
     `teacher`/`teacher_opt` are None for the supervised and UDA baselines; the pseudo-label
-    baseline has a teacher but no `teacher_opt`. `baseline` is the moving average of h, a 0-dim
+    baseline has a teacher but no `teacher_opt`. Under fp16 each trained network has a loss scaler. `baseline` is the moving average of h, a 0-dim
     tensor on the student's device started at 0 (TF drew it from U(-1.73, 1.73) by accident,
     reference §1.5, §7 item 3). The no-decay name sets record which parameters the optimisers
     (built by `build_sgd`) exclude from weight decay; the steps read the decay from the
@@ -302,6 +325,8 @@ class Networks:
     baseline: Tensor | None = None
     teacher_no_decay: frozenset[str] = field(default_factory=frozenset)
     student_no_decay: frozenset[str] = field(default_factory=frozenset)
+    teacher_scaler: LossScaler | None = None  # fp16 loss scaling (`precision.LossScaler`); None otherwise
+    student_scaler: LossScaler | None = None
 
     def __post_init__(self) -> None:
         if self.baseline is None:
@@ -324,6 +349,7 @@ class Batch:
     unlabeled_strong: Tensor | None = None
     teacher_labeled: Tensor | None = None
     teacher_unlabeled: Tensor | None = None
+    unlabeled_y: Tensor | None = None  # hidden true labels of the unlabelled images: diagnostics only, never trained on
 
     def for_teacher(self) -> "Batch":
         """The batch as the teacher sees it: its own inputs in place of the images, if it has any."""

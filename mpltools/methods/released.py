@@ -54,6 +54,7 @@ from mpltools.methods.common import (
 )
 from mpltools.methods.mpl import auxiliary_losses, learning_rates, teacher_forward
 from mpltools.methods.optim import set_lr
+from mpltools.methods.precision import apply_update, scaled
 
 
 def released_step(
@@ -63,13 +64,18 @@ def released_step(
     hp: MPLHyper,
     reducer: Reducer = LOCAL,
     generator: torch.Generator | None = None,
+    diagnose: bool = False,
 ) -> dict[str, Tensor]:
     """One step of the authors' released code; same signature and metrics as `mpl_step`.
 
     `feedback/h` is the code's ``d = CE_new - CE_old`` and `feedback/h_centered` is ``d - b``.
-    `generator` is unused (soft labels need no sampling).
+    `generator` is unused (soft labels need no sampling), and so is `diagnose`. The code ran in
+    bf16 on TPUs: CE_old and CE_new are both measured in the step's (autocast) precision here too,
+    at the weights they name (the trainer's autocast region caches no weights). Under fp16 an
+    overflowing update is skipped and d is then 0.
     """
-    del generator
+    del generator, diagnose
+    t_scaler, s_scaler = nets.teacher_scaler, nets.student_scaler
     teacher, student = nets.teacher, nets.student
     t_params, s_params = trainable(teacher), trainable(student)
     t_lr, s_lr = learning_rates(step, hp)
@@ -89,16 +95,13 @@ def released_step(
     s_strong, s_l_old = student(torch.cat([x_s, x_l])).split([x_s.shape[0], x_l.shape[0]])
     s_loss = smoothed_cross_entropy(s_strong, p_teacher, hp.label_smoothing)
     ce_old = F.cross_entropy(s_l_old.detach(), y_l)
-    s_loss.backward()
-    s_norm = finish_gradients(nets.student_opt, s_params, reducer, hp.max_grad_norm)
+    scaled(s_loss, s_scaler).backward()
+    s_norm = finish_gradients(nets.student_opt, s_params, reducer, hp.max_grad_norm, s_scaler)
     m = reducer.mean(torch.stack([sup.detach(), uda.detach(), mask, s_loss.detach()]))
-    check_finite(
-        step,
-        {"teacher supervised loss": m[0], "teacher UDA loss": m[1], "student loss": m[3],
-         "student gradient norm": s_norm},
-    )
-    nets.student_opt.step()
-    if nets.ema is not None:
+    checks = {"teacher supervised loss": m[0], "teacher UDA loss": m[1], "student loss": m[3]}
+    check_finite(step, checks if s_scaler else {**checks, "student gradient norm": s_norm})
+    skipped = apply_update(nets.student_opt, s_scaler, s_norm)
+    if nets.ema is not None and not skipped:
         nets.ema.update(student, step)
 
     with torch.no_grad(), frozen_bn_stats(student):
@@ -107,20 +110,17 @@ def released_step(
     mpl_ce = smoothed_cross_entropy(t_strong, p_teacher)
     ce_old, ce_new, mpl_mean = reducer.mean(torch.stack([ce_old, ce_new, mpl_ce.detach()]))
 
-    d = ce_new - ce_old
+    d = ce_new - ce_old if not skipped else torch.zeros_like(ce_new)
     b = nets.baseline
     new_b = b - (1.0 - hp.baseline_decay) * (b - d)
     d_c = (d - new_b).detach()
 
     t_loss = hp.teacher_supervised_weight * sup + w_uda * uda + hp.mpl_weight * d_c * mpl_ce
-    t_loss.backward()
-    t_norm = finish_gradients(nets.teacher_opt, t_params, reducer, hp.max_grad_norm)
-    check_finite(
-        step,
-        {"student CE_old": ce_old, "student CE_new": ce_new, "h": d, "teacher MPL term": mpl_mean,
-         "teacher gradient norm": t_norm},
-    )
-    nets.teacher_opt.step()
+    scaled(t_loss, t_scaler).backward()
+    t_norm = finish_gradients(nets.teacher_opt, t_params, reducer, hp.max_grad_norm, t_scaler)
+    checks = {"student CE_old": ce_old, "student CE_new": ce_new, "h": d, "teacher MPL term": mpl_mean}
+    check_finite(step, checks if t_scaler else {**checks, "teacher gradient norm": t_norm})
+    apply_update(nets.teacher_opt, t_scaler, t_norm)
     b.copy_(new_b)
 
     return {
@@ -141,4 +141,5 @@ def released_step(
         "lr/student": torch.tensor(s_lr),
         "grad_norm/teacher": t_norm,
         "grad_norm/student": s_norm,
+        "student/skipped": torch.tensor(float(skipped)),
     }

@@ -224,3 +224,42 @@ def test_sign_teacher_reinforces_pseudo_labels_that_help_and_suppresses_those_th
             lp_after = torch.log_softmax(nets.teacher(x), -1).gather(1, y_hat[:, None]).mean()
         assert sign * out["feedback/h"].item() > 0
         assert sign * (lp_after - lp_before).item() > 0
+
+
+@pytest.mark.parametrize("feedback", ["dot", "cosine"])
+def test_dot_and_cosine_use_the_pseudo_label_gradient_under_nesterov_momentum_and_weight_decay(feedback):
+    """Second step (momentum buffer non-zero), coupled weight decay: `dot` is eq. (12) with the step size the
+    update gives g_u, ``lr (1 + m) <grad L_l(theta'), g_u>``, and `cosine` is Appendix C.3's
+    ``cos(grad L_l(theta'), g_u)`` -- not the displacement theta - theta', which also carries the
+    momentum buffer and the decay (about 3.7x off at step 1 in the issue that reported it)."""
+    batch, lr, m, wd = _batch(seed=8), 0.2, 0.9, 0.01
+    hp = _hp(feedback=feedback, pseudo_labels="argmax", student_lr=lr, momentum=m, nesterov=True, student_weight_decay=wd)
+    out, nets, (teacher0, student0), opt_state = _run(hp, batch, steps=2)
+    names = [n for n, _ in student0.named_parameters()]
+    buf = {n: opt_state["state"][i]["momentum_buffer"] for i, n in enumerate(names)}
+    theta = _params(student0)
+    y_hat = _teacher_strong_logits(teacher0, _params(teacher0), batch).argmax(-1)
+    g_u = grad(lambda th: smoothed_cross_entropy(functional_call(student0, th, (batch.unlabeled_strong,)), y_hat, LS))(theta)
+    theta_new = {n: theta[n] - lr * ((1 + m) * (g_u[n] + wd * theta[n]) + m * m * buf[n]) for n in theta}
+    g_l_new = grad(lambda th: F.cross_entropy(functional_call(student0, th, (batch.labeled_x,)), batch.labeled_y))(theta_new)
+    for n, p in nets.student.named_parameters():  # the step really is that Nesterov update
+        assert torch.allclose(p.detach(), theta_new[n], rtol=1e-12, atol=1e-14), n
+    a = torch.cat([g_l_new[n].reshape(-1) for n in names])
+    b = torch.cat([g_u[n].reshape(-1) for n in names])
+    exact = lr * (1 + m) * (a @ b) if feedback == "dot" else (a @ b) / (a.norm() * b.norm())
+    displacement = torch.cat([(theta[n] - theta_new[n]).reshape(-1) for n in names])
+    old_variant = a @ displacement if feedback == "dot" else (a @ displacement) / (a.norm() * displacement.norm())
+    assert out["feedback/h"].item() == pytest.approx(exact.item(), rel=1e-10)
+    assert abs(old_variant.item() - exact.item()) > 1e-3 * abs(exact.item())  # the two definitions really differ here
+    expected = {n: exact * g for n, g in _reinforce_grad(teacher0, batch, y_hat).items()}
+    _assert_teacher_grad(nets.teacher, expected)
+
+
+@pytest.mark.parametrize("pseudo_labels", ["argmax", "soft"])
+def test_flipped_sign_ablation_negates_the_teachers_mpl_gradient(pseudo_labels):
+    batch = _batch(seed=9)
+    _, paper, _, _ = _run(_hp(pseudo_labels=pseudo_labels), batch)
+    _, flipped, _, _ = _run(_hp(pseudo_labels=pseudo_labels, feedback_sign=-1.0), batch)
+    for a, b in zip(paper.teacher.parameters(), flipped.teacher.parameters()):
+        assert torch.allclose(b.grad, -a.grad, rtol=1e-12, atol=1e-15)
+    assert sum(float(p.grad.norm()) for p in paper.teacher.parameters()) > 1e-6

@@ -360,3 +360,12 @@ def test_registry_and_hyper_validation():
     with pytest.raises(ValueError, match="student_lr"):
         MPLHyper(student_lr=-1.0)
     MPLHyper(teacher_weak_no_grad=True, pseudo_label_view="weak", mpl_weight=0.0)
+
+
+def test_a_step_built_from_python_and_one_built_from_a_recipe_share_their_defaults():
+    """One source of truth: MPLHyper's defaults are the recipe's (label smoothing once differed: 0.15 vs 0)."""
+    from mpltools.config import load_recipe
+    from mpltools.trainer import hyper_from
+
+    assert hyper_from(load_recipe(None)) == MPLHyper()
+    assert MPLHyper().label_smoothing == load_recipe(None).method.label_smoothing
