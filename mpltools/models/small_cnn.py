@@ -15,8 +15,9 @@ def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
-        # Same activation as the authors' WRN, so small runs behave like the real model.
-        nn.LeakyReLU(0.2),
+        # Same activation as the authors' WRN, so small runs behave like the real model. In place:
+        # BN's backward reads its input, not its output, so the output is free to overwrite.
+        nn.LeakyReLU(0.2, inplace=True),
     ]
 
 
