@@ -25,8 +25,8 @@ from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
 from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
-from mpltools.training import (build_network, checkpoint_meta, device_batch, make_streams, open_data,
-                               prepare_run_folder, write_run_info)
+from mpltools.training import (build_network, check_loaders, checkpoint_meta, device_batch, make_streams, open_data,
+                               prepare_run_folder, use_channels_last, write_run_info)
 
 TWO_NETWORKS = ("mpl", "released")
 
@@ -74,6 +74,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                          if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
+    check_loaders(data, recipe, runtime, method != "supervised", (export.teacher_inputs,) if reduced else ())
     resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
     runtime.barrier()
     hp = hyper_from(recipe)
@@ -96,7 +97,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
         if teacher_meta.num_classes != data.num_classes:
             raise MplError(f"{recipe.method.teacher_checkpoint} predicts {teacher_meta.num_classes} classes, the data has {data.num_classes}.")
         teacher.eval().requires_grad_(False)
-    if recipe.runtime.channels_last and data.input_spec.kind == "image":
+    channels_last = use_channels_last(recipe.runtime.channels_last, data, student, teacher)
+    if channels_last:
         for net in (student, teacher):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
@@ -148,7 +150,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
             lab = next(labeled_stream)
             unl = next(unlabeled_stream) if unlabeled_stream else None
             wait_time += time.perf_counter() - t0
-            batch = device_batch(lab, unl, data, device, recipe.runtime.channels_last, export.teacher_inputs)
+            batch = device_batch(lab, unl, data, device, channels_last, export.teacher_inputs)
             logging = (step + 1) % every == 0 or step + 1 == total  # diagnostics are computed on logging steps only
             try:
                 with runtime.autocast():
@@ -219,7 +221,8 @@ def _validate(nets: Networks, data, recipe: Recipe, runtime, with_teacher: bool 
     def batches():
         return eval_batches(data.val, data.augment, recipe.eval.batch_size, runtime.rank, runtime.world)
 
-    prep = lambda x: to_model_input(x, data.norm_tuple(), runtime.device, recipe.runtime.channels_last)  # noqa: E731
+    channels_last = use_channels_last(recipe.runtime.channels_last, data, nets.student)
+    prep = lambda x: to_model_input(x, data.norm_tuple(), runtime.device, channels_last)  # noqa: E731
     out = {}
     for role, model in (("student", _student_for_eval(nets)), ("teacher", nets.teacher if with_teacher else None)):
         if model is None:

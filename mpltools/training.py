@@ -7,15 +7,17 @@ Commands never import each other; they import this.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mpltools import log
 from mpltools.checkpoint import CheckpointMeta, latest_state
 from mpltools.config import Recipe, to_toml
-from mpltools.data import transforms
+from mpltools.data import sizing, transforms
 from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, estimated_bytes, make_stream, to_model_input
 from mpltools.data.shards import InputSpec, ShardSet, open_shard_set
 from mpltools.errors import MplError, UsageError
@@ -97,6 +99,13 @@ def build_network(name: str, kwargs: dict, data: DataSetup, input_shape: tuple[i
         raise UsageError(f"model {name}: {exc}") from None
 
 
+def use_channels_last(setting, data: DataSetup, *nets: torch.nn.Module | None) -> bool:
+    """`runtime.channels_last` resolved: "auto" = on when the input is an image and a network convolves."""
+    if setting is False or data.input_spec.kind != "image":
+        return False
+    return setting is True or any(isinstance(m, torch.nn.Conv2d) for net in nets if net is not None for m in net.modules())
+
+
 def checkpoint_meta(role: str, name: str, kwargs: dict, data: DataSetup, recipe: Recipe, step: int,
                     parent: str = "", extra: dict | None = None) -> CheckpointMeta:
     return CheckpointMeta(role=role, architecture=name, architecture_kwargs=dict(kwargs), num_classes=data.num_classes,
@@ -105,19 +114,60 @@ def checkpoint_meta(role: str, name: str, kwargs: dict, data: DataSetup, recipe:
                           classes=data.classes, step=step, recipe=recipe.to_dict(), parent_sha256=parent, extra=extra or {})
 
 
+def loader_plan(data: DataSetup, recipe: Recipe, world: int, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> sizing.LoaderPlan:
+    """Workers, queue depth and memory of this process's training streams (data/sizing.py)."""
+    d = recipe.data
+    view = int(np.prod(data.model_input_shape)) * (4 if data.input_spec.kind == "vector" else 1)
+    sets = (data.labeled, data.unlabeled if need_unlabeled else None)
+    encoded = tuple(_encoded_bytes(s) for s in sets)
+    decoded = sum(estimated_bytes(s) for s in {s.root: s for s in sets if s is not None}.values()) if data.in_memory else 0
+    return sizing.plan(labeled_batch=d.batch_size // world, unlabeled_batch=d.batch_size * d.unlabeled_ratio // world,
+                       two_streams=need_unlabeled, workers=d.workers, unlabeled_ratio=d.unlabeled_ratio, view_bytes=view,
+                       extra_bytes=4 * data.num_classes * len(extras), in_memory=data.in_memory,
+                       augmented=data.augment.kind != "none", shuffle_buffer=d.shuffle_buffer, encoded_bytes=encoded,
+                       decoded_bytes=decoded, prefetch_mb=d.prefetch_mb)
+
+
+def _encoded_bytes(shards: ShardSet | None) -> int:
+    if shards is None or not shards.num_samples:
+        return 0
+    return sum(p.stat().st_size for p in shards.shard_paths) // shards.num_samples
+
+
+def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> None:
+    """Print the loaders' plan and memory estimate; refuse a run whose loaders cannot fit on this machine.
+
+    The limit is the machine's memory (or the container's), the same for every process, so every
+    process takes the same decision before anything is written."""
+    plan = loader_plan(data, recipe, runtime.world, need_unlabeled, extras)
+    if runtime.is_main:
+        log.info(plan.describe())
+        if plan.over_prefetch_budget:
+            log.warn(f"the queued batches exceed data.prefetch_mb = {recipe.data.prefetch_mb} even at one batch per worker; "
+                     "lower data.workers or the batch size to stay within it.")
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))
+    problem = sizing.refusal(plan, here, sizing.machine_memory())
+    if problem:
+        raise UsageError(problem)
+
+
 def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool,
                  extras: tuple[str, ...] = ()):
     d = recipe.data
     for batch, what in ((d.batch_size, "data.batch_size"), (d.batch_size * d.unlabeled_ratio, "the unlabelled batch")):
         if batch % world:
             raise UsageError(f"{what} ({batch}) must be divisible by the number of processes ({world}).")
+    plan = loader_plan(data, recipe, world, need_unlabeled, extras)
     cache: dict = {}
-    common = dict(seed=recipe.runtime.seed, rank=rank, world=world, workers=d.workers, shuffle_buffer=d.shuffle_buffer, extras=extras)
-    labeled = make_stream(data.labeled, StreamConfig("labeled", d.batch_size, stream_id=LABELED, **common),
-                          data.augment, data.in_memory, position, cache)
+    common = dict(seed=recipe.runtime.seed, rank=rank, world=world, shuffle_buffer=d.shuffle_buffer, extras=extras)
+    lab = plan.stream("labelled")
+    labeled = make_stream(data.labeled, StreamConfig("labeled", d.batch_size, stream_id=LABELED, workers=lab.workers,
+                                                     prefetch=lab.prefetch, **common), data.augment, data.in_memory, position, cache)
     unlabeled = None
     if need_unlabeled:
-        unlabeled = make_stream(data.unlabeled, StreamConfig("unlabeled", d.batch_size * d.unlabeled_ratio, stream_id=UNLABELED, **common),
+        unl = plan.stream("unlabelled")
+        unlabeled = make_stream(data.unlabeled, StreamConfig("unlabeled", d.batch_size * d.unlabeled_ratio, stream_id=UNLABELED,
+                                                             workers=unl.workers, prefetch=unl.prefetch, **common),
                                 data.augment, data.in_memory, position, cache)
     return labeled, unlabeled
 
@@ -137,8 +187,9 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
 # ---------------------------------------------------------------- run folder
 
 # Settings that may change between a run and its resumption (they do not change the maths).
-_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("runtime", "tensorboard"),
-                          ("checkpoint", "every"), ("checkpoint", "keep_last"), ("eval", "every"), ("eval", "batch_size")}
+_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("data", "prefetch_mb"), ("runtime", "tensorboard"),
+                          ("checkpoint", "every"), ("checkpoint", "keep_last"), ("eval", "every"), ("eval", "batch_size"),
+                          ("runtime", "channels_last")}
 
 
 def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:

@@ -6,11 +6,13 @@ so a run resumes exactly by skipping to the saved position.
 
 * In-memory mode (small sets: TwoMoon, digits, CIFAR on a big box): every sample is decoded once;
   global batch b takes positions [b*G, (b+1)*G) of a per-epoch permutation, and process r takes its
-  slice. Augmentation randomness is keyed by the global position, so 1 process and N processes see
-  exactly the same global batch (the multi-process agreement test relies on this).
+  slice. Augmentation randomness is keyed by the global position (row p % G of global batch p // G's
+  block of uniforms, data/sample_random.py), so 1 process and N processes see exactly the same global
+  batch (the multi-process agreement test relies on this).
 * Streaming mode (large sets): shards are split across processes and DataLoader workers (or
   samples, when there are fewer shards than slots), read sequentially through a seeded shuffle
-  buffer, and decoded only after the buffer, so skipping to a resume position costs I/O only.
+  buffer, and decoded only after the buffer, so skipping to a resume position costs I/O only. A
+  batch's augmentation randomness is keyed by (its index in this slot, slot, number of slots).
   Sample order then depends on the number of processes and workers (statistically equivalent).
 
 WebDataset loaders are never passed through `accelerator.prepare` (it silently drops samples).
@@ -26,6 +28,7 @@ import torch
 
 from mpltools.data import predictions, transforms
 from mpltools.data.chunks import shard_samples
+from mpltools.data.sample_random import BatchRandom, Uniforms
 from mpltools.data.shards import Sample, ShardError, ShardSet, decode_input, read_shard
 from mpltools.errors import MplError
 
@@ -42,6 +45,7 @@ class StreamConfig:
     world: int = 1
     workers: int = 0
     shuffle_buffer: int = 2000
+    prefetch: int = 4  # batches each worker may queue (data/sizing.py)
     # Stored per-sample predictions (`teacher_logits.npy` / `topk.npy`, see data.predictions) to deliver
     # with the images, each as float32 logits (B, C) under its own name; they use no randomness, so
     # the images, augmentations and resume positions are the same with or without them.
@@ -101,7 +105,11 @@ def estimated_bytes(shards: ShardSet) -> int:
     return per * (shards.num_samples or 0)
 
 
-def _views(x: np.ndarray, cfg: StreamConfig, aug: transforms.AugmentSpec, rng: np.random.Generator):
+def _batch_random(cfg: StreamConfig, aug: transforms.AugmentSpec) -> BatchRandom:
+    return BatchRandom(cfg.seed, cfg.stream_id, transforms.draws(aug, cfg.views))
+
+
+def _views(x: np.ndarray, cfg: StreamConfig, aug: transforms.AugmentSpec, rng: Uniforms):
     if cfg.views == "labeled":
         return (transforms.weak(x, aug, rng),)
     return transforms.weak_and_strong(x, aug, rng)
@@ -128,6 +136,7 @@ class InMemoryStream(torch.utils.data.IterableDataset):
         self.inputs, self.labels, self.cfg, self.aug = inputs, labels, cfg, aug
         self.extras = extras or {}
         self.start = 0
+        self.random = _batch_random(cfg, aug)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.cfg.seed, self.cfg.stream_id, epoch]).permutation(len(self.inputs))
@@ -140,12 +149,14 @@ class InMemoryStream(torch.utils.data.IterableDataset):
             return self._plain_batch(positions)
         views, labels, perm_epoch, perm = [], [], -1, None
         extras: dict[str, list[np.ndarray]] = {name: [] for name in self.extras}
-        for p in positions:
+        # Row j of global batch `index`'s block belongs to position index * G + j, whoever draws it.
+        block = self.random.block((index,), cfg.local_batch, first_row=cfg.rank * cfg.local_batch)
+        for p, row in zip(positions, block):
             epoch = int(p // n)
             if epoch != perm_epoch:
                 perm, perm_epoch = self._permutation(epoch), epoch
             i = perm[p % n]
-            views.append(_views(self.inputs[i], cfg, self.aug, np.random.default_rng([cfg.seed, cfg.stream_id, int(p)])))
+            views.append(_views(self.inputs[i], cfg, self.aug, Uniforms(row)))
             if self.labels is not None:
                 labels.append(int(self.labels[i]))
             for name, rows in extras.items():
@@ -186,6 +197,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec):
         self.shards, self.cfg, self.aug = shards, cfg, aug
         self.start = 0
+        self.random = _batch_random(cfg, aug)
 
     def _samples(self, slot: int, slots: int, epoch: int):
         cfg, paths = self.cfg, self.shards.shard_paths
@@ -242,9 +254,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             views, labels = [], []
             extras: dict[str, list[np.ndarray]] = {name: [] for name in cfg.extras}
-            for j, sample in enumerate(raw):
-                rng = np.random.default_rng([cfg.seed, cfg.stream_id, slot, slots, k, j])
-                views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, rng))
+            block = self.random.block((k, slot, slots), len(raw))
+            for sample, row in zip(raw, block):
+                views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, Uniforms(row)))
                 labels.append(sample.label)
                 for name, row in zip(cfg.extras, extra_logits(sample, cfg.extras, self.shards.num_classes, self.shards.root)):
                     extras[name].append(row)
@@ -254,12 +266,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 class Batches:
     """An endless iterator of batches that knows its position (for resume)."""
 
-    def __init__(self, dataset, workers: int, position: int = 0):
+    def __init__(self, dataset, workers: int, position: int = 0, prefetch: int = 4):
         dataset.start = position
-        self.position = position
+        self.position, self.workers, self.prefetch = position, workers, prefetch if workers > 0 else 0
         if workers > 0:
             self._it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                                        persistent_workers=False, prefetch_factor=4))
+                                                        persistent_workers=False, prefetch_factor=max(1, prefetch)))
         else:
             self._it = iter(dataset)
 
@@ -291,7 +303,7 @@ def make_stream(shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec
         if cfg.global_batch % cfg.world:
             raise MplError(f"the batch size {cfg.global_batch} is not divisible by the {cfg.world} processes.")
         dataset, workers = ShardStream(shards, cfg, aug), cfg.workers
-    return Batches(dataset, workers, position)
+    return Batches(dataset, workers, position, cfg.prefetch)
 
 
 def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, rank: int = 0, world: int = 1,
@@ -337,5 +349,4 @@ def to_model_input(x: torch.Tensor, normalisation: tuple, device, channels_last:
     x = x.to(device, non_blocking=True)
     if x.dtype != torch.uint8:
         return x.float()
-    x = transforms.to_float_batch(x, *normalisation)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return transforms.to_float_batch(x, *normalisation, channels_last=channels_last)

@@ -19,10 +19,11 @@ Workers call these on decoded images: input is a numpy array HxW / HxWx1 / HxWx3
 dtypes are read on the 0..255 scale, clipped and rounded; a 4th alpha channel is dropped) or a
 PIL image; output is a writable, C-contiguous uint8 array HxWxC with C = 1 or 3.
 
-Randomness comes only from the `numpy.random.Generator` argument, and every view draws a fixed
-number of uniforms per image (independent of the image and of the ops chosen), so a stream is
-reproducible and resumable from (seed, rank, worker, batch index).  With the same generator state,
-`weak_and_strong(x)` equals `(weak(x), strong(x))` for both kinds.
+Randomness comes only from the generator argument (a `numpy.random.Generator`, or anything with
+its `random(n)`: the training streams pass one pre-drawn row per image, data/sample_random.py), and
+every view draws a fixed number of uniforms per image (`draws`; independent of the image and of the
+ops chosen), so a stream is reproducible and resumable from (seed, rank, worker, batch index).
+With the same generator state, `weak_and_strong(x)` equals `(weak(x), strong(x))` for both kinds.
 
 Deviations from the TF pipeline: resizing uses PIL's bicubic filter (antialiased) instead of
 `tf.image.resize_bicubic`; see randaugment.py for the op-level deviations.
@@ -40,6 +41,7 @@ from PIL import Image
 
 from mpltools.data.randaugment import (
     RANDAUGMENT_OPS,
+    UNIFORMS_PER_LAYER,
     _cutout,
     apply_op,
     op_level,
@@ -47,7 +49,7 @@ from mpltools.data.randaugment import (
 )
 
 __all__ = [
-    "AugmentSpec", "NORMALISATION", "RANDAUGMENT_OPS", "apply_op", "eval_view", "op_level",
+    "AugmentSpec", "NORMALISATION", "RANDAUGMENT_OPS", "apply_op", "draws", "eval_view", "op_level",
     "rand_augment", "strong", "to_float_batch", "weak", "weak_and_strong",
 ]
 
@@ -337,6 +339,20 @@ def weak_and_strong(img, spec: AugmentSpec, rng: np.random.Generator, *, return_
     return (w, s, ops) if return_ops else (w, s)
 
 
+def draws(spec: AugmentSpec, views: str) -> int:
+    """Uniforms that `weak` ("labeled") or `weak_and_strong` ("unlabeled") draws per image: fixed, so
+    a batch's randomness can be drawn as one block (data/sample_random.py)."""
+    if spec.kind == "none":
+        return 0
+    weak_draws = _JITTER_UNIFORMS if spec.kind == "cifar" else _CROP_UNIFORMS
+    if views == "labeled":
+        return weak_draws
+    randaugment = 1 + UNIFORMS_PER_LAYER * int(spec.num_layers)
+    if spec.kind == "cifar":
+        return weak_draws + randaugment + _CUTOUT_UNIFORMS + _JITTER_UNIFORMS
+    return weak_draws + 1 + randaugment  # imagenet: the strong view's own flip
+
+
 def eval_view(img, spec: AugmentSpec) -> np.ndarray:
     """Deterministic evaluation view."""
     if spec.kind == "none":
@@ -347,10 +363,12 @@ def eval_view(img, spec: AugmentSpec) -> np.ndarray:
     return _from_pil(_resize(im, spec.image_size, _center_crop_box(*im.size)))
 
 
-def to_float_batch(batch_uint8, mean: Sequence[float], std: Sequence[float]):
+def to_float_batch(batch_uint8, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
     """NHWC (or NHW) uint8 tensor -> NCHW float32 `(x/255 - mean) / std` on the tensor's device.
 
-    `mean`/`std` are in 0..1 units, one value per channel or a single value for all channels."""
+    `mean`/`std` are in 0..1 units, one value per channel or a single value for all channels.
+    With `channels_last` the result has channels-last strides, which is the NHWC layout the bytes
+    already have: the only copy is the conversion to float (the NCHW result is one transpose)."""
     import torch  # workers and `mpl --help` must not pay for torch at import time
 
     x = torch.as_tensor(batch_uint8)
@@ -370,5 +388,9 @@ def to_float_batch(batch_uint8, mean: Sequence[float], std: Sequence[float]):
         raise ValueError("std must be non-zero")
     mean_t = torch.tensor(mean_l, dtype=torch.float32).view(1, -1, 1, 1).to(x.device)
     inv_std_t = torch.tensor([1.0 / v for v in std_l], dtype=torch.float32).view(1, -1, 1, 1).to(x.device)
-    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    nchw = x.permute(0, 3, 1, 2)  # a view: channels-last strides when x is a dense NHWC batch
+    if channels_last and nchw.is_contiguous(memory_format=torch.channels_last):
+        x = nchw.to(torch.float32, memory_format=torch.preserve_format)
+    else:
+        x = nchw.to(torch.float32, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x.div_(255.0).sub_(mean_t).mul_(inv_std_t)
