@@ -11,6 +11,7 @@ beyond plain ustar headers (e.g. written by `webdataset.TarWriter`) take a slowe
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,21 +167,47 @@ def _mismatch(path: Path, manifest: Path) -> ShardError:
                       "(`mpl data info --verify` lists what is wrong). Nothing was written.")
 
 
+_READ_BLOCK = 4 << 20  # the source shard is read in blocks of this size
+_HASH_AHEAD = 4  # blocks the hashing thread may lag behind (bounds the memory: 16 MB)
+
+
 def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sha256: str, manifest: Path) -> None:
-    """Copy each sample's tar members unchanged (minus `cls` for unlabeled/), hashing the whole shard on the way."""
+    """Copy each sample's tar members unchanged (minus `cls` for unlabeled/), hashing the whole shard on the way.
+
+    The shard is read in 4 MB blocks; a second thread hashes each block (hashlib releases the GIL) while
+    this one cuts the samples out of the same bytes, so what is checked is exactly what is copied."""
     digest = hashlib.sha256()
-    with open(path, "rb", buffering=1 << 20) as fh:
+    with ThreadPoolExecutor(1) as hasher, open(path, "rb", buffering=0) as fh:
+        hashed: list = []
+        block, block_start = b"", 0  # bytes of the file from block_start on, read and queued for hashing
+
+        def read_block() -> bytes:
+            data = fh.read(_READ_BLOCK)
+            if data:
+                hashed.append(hasher.submit(digest.update, data))
+                if len(hashed) > _HASH_AHEAD:
+                    hashed.pop(0).result()
+            return data
+
         for key, label, (start, end, cls_start, cls_end), flag in zip(index.keys, index.labels.tolist(), index.bounds.tolist(), flags):
-            raw = fh.read(end - start)
-            digest.update(raw)
+            while end > block_start + len(block):
+                more = read_block()
+                if not more:
+                    raise ShardError(f"{path} is shorter than its index says (sample {key!r}); is another process writing the shard set?")
+                block, block_start = block[start - block_start:] + more, start
+            view = memoryview(block)
+            raw = view[start - block_start:end - block_start]
             if flag & LABELED:
                 writers[LABELED].write_raw(key, label, raw)
             if flag & VAL:
                 writers[VAL].write_raw(key, label, raw)
             if flag & UNLABELED:
-                writers[UNLABELED].write_raw(key, None, raw[: cls_start - start] + raw[cls_end - start:])
-        while block := fh.read(1 << 20):  # the end-of-archive marker and padding
-            digest.update(block)
+                a, b = cls_start - start, cls_end - start
+                writers[UNLABELED].write_raw(key, None, b"".join((raw[:a], raw[b:])) if a >= 0 else raw)
+        while read_block():  # the end-of-archive marker and padding
+            pass
+        for pending in hashed:
+            pending.result()
     if digest.hexdigest() != sha256:
         raise _mismatch(path, manifest)
 

@@ -372,8 +372,14 @@ def index_shard(path: Path, num_classes: int | None = None) -> ShardIndex | None
     """Index a shard of plain ustar members, checking it like `read_shard` does; None if it needs `tarfile`.
 
     A sample's members are consecutive, so they are the bytes `start:end` of the file, and each
-    sample starts where the previous one ends.
+    sample starts where the previous one ends. Well-formed shards take the vectorised path
+    (data/fastindex.py); anything it does not accept is read here, member by member.
     """
+    from mpltools.data.fastindex import index_plain
+
+    fast = index_plain(path, num_classes)
+    if fast is not None:
+        return ShardIndex(*fast)
     keys: list[str] = []
     flat: list[int] = []  # label, start, end, cls_start, cls_end per sample
     seen: set[str] = set()
