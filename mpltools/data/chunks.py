@@ -151,7 +151,47 @@ def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, 
     indices = list(range(len(shards.shard_paths))) if shard_indices is None else list(shard_indices)
     dataset = _Chunks(shards, aug, batch_size, rank, world, indices, inspect)
     if workers <= 0:
-        yield from dataset
+        yield from _ahead(iter(dataset))
         return
     yield from torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
                                            persistent_workers=False)
+
+
+_DONE = object()
+
+
+def _ahead(chunks: Iterator[EvalChunk], depth: int = 2) -> Iterator[EvalChunk]:
+    """The chunks, produced by a thread up to `depth` ahead of the consumer: reading and decoding (Pillow
+    and hashlib release the GIL in their C parts) overlap the model, which releases it in every op.
+    The same chunks in the same order as `chunks` itself; an error in the thread is raised here."""
+    import queue
+    import threading
+
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        box.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            box.put(exc)
+
+    thread = threading.Thread(target=produce, name="mpl-eval-chunks", daemon=True)
+    thread.start()
+    try:
+        while (item := box.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -90,3 +90,35 @@ def test_split_writes_the_same_shards_whatever_the_read_block_and_index_path(tmp
     monkeypatch.setattr(fastindex, "index_plain", lambda *a: None)
     assert split("sequential-index") == reference
     assert sum(open_shard_set(tmp_path / "default" / part).num_samples for part in ("labeled", "val", "unlabeled")) == 100
+
+
+def test_chunks_read_ahead_in_a_thread_are_the_same_chunks_and_errors(tmp_path):
+    import threading
+
+    from mpltools.data import transforms
+    from mpltools.data.chunks import _ahead, _Chunks, eval_chunks
+    from mpltools.data.shards import ShardError
+
+    src = tmp_path / "src"
+    writer = ShardWriter(src, input_spec=InputSpec("image", "png", (4, 4, 3)), classes=list("ab"), labeled=True,
+                         provenance={}, max_per_shard=7)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        writer.write(Sample(f"s{i}", "png", encode_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)), i % 2))
+    writer.close()
+    shards, aug = open_shard_set(src), transforms.AugmentSpec(kind="cifar", image_size=4)
+    direct = list(_Chunks(shards, aug, 3, 0, 1, list(range(len(shards.shard_paths))), None))
+    ahead = list(eval_chunks(shards, aug, 3))
+    assert [(c.shard, c.positions.tolist(), c.keys) for c in ahead] == [(c.shard, c.positions.tolist(), c.keys) for c in direct]
+    assert all(a.x.equal(b.x) for a, b in zip(ahead, direct))
+
+    def failing():
+        yield direct[0]
+        raise ShardError("bad shard")
+
+    with pytest.raises(ShardError, match="bad shard"):
+        list(_ahead(failing()))
+    stream = _ahead(iter(direct))
+    next(stream)
+    stream.close()  # the consumer stops early: the thread ends
+    assert not any(t.name == "mpl-eval-chunks" and t.is_alive() for t in threading.enumerate())
