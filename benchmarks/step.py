@@ -6,14 +6,15 @@ benchmark, not a test): prints paired ratios and writes JSON.
 * Step: WRN-28-2 at 32x32, labelled batch 8, mu = 7, one torch thread, the CIFAR-10-4K recipe's
   method settings (UDA, label smoothing 0.15, student EMA 0.995) on a synthetic shard set.
   - `mpl`: `mpl train` itself (its loaders with 2 workers, the recipe's `channels_last = "auto"`),
-    in a child process per round; a step's time is its images divided by the throughput of its
-    one-step logging window (so it includes the data wait, the batch transfer and the logging);
+    in a child process per round; a step's time is a logging window's (4 steps) images divided by
+    its throughput, over 4 (so it includes the data wait, the batch transfer, the logging and, on one
+    step in four, the step's diagnostics: real runs log every 50 steps by default);
   - `mpl-contiguous`: the same with `runtime.channels_last = false`;
   - `mpl-weak-no-grad`: the same with `method.teacher_weak_no_grad = true`;
   - `port`: the most used PyTorch port's step (benchmarks/kek_port.py) on ready random tensors, in
     a child process, timed per call like perf-anchors §2.1.
   Each round runs the four children one after another in a random order; ratios are taken within a
-  round (median step of each child, first two steps dropped), so machine load hits both sides.
+  round (median step of each child, the first window or 4 steps dropped), so machine load hits both sides.
   Peak RSS is each child's own `ru_maxrss` (loader workers are separate processes, reported apart
   as their summed private memory). The load average is recorded before each round.
 * Augmentation: weak+strong pairs at 32x32 per second on one core, and the cost of the per-sample
@@ -171,7 +172,7 @@ ema_decay = 0.995
 [schedule]
 steps = {steps}
 [runtime]
-log_every = 1
+log_every = {log_every}
 threads = 1
 [checkpoint]
 every = 100000
@@ -179,7 +180,8 @@ every = 100000
 
 VARIANTS = {"mpl": [], "mpl-contiguous": ["runtime.channels_last=false"], "mpl-weak-no-grad": ["method.teacher_weak_no_grad=true"],
             "port": None}
-SKIP = 2  # first steps of each child left out (allocator and oneDNN warm-up, worker start)
+LOG = 4  # `mpl train` logs (and runs the step's diagnostics) every LOG steps; a step's time is a window's / LOG
+SKIP = 1  # first windows (or port steps, x LOG) of each child left out: allocator and oneDNN warm-up, worker start
 
 
 def _private_mb(pid: int) -> float:
@@ -224,7 +226,7 @@ def child_mpl(work: Path, out: str, sets: list[str]) -> dict:
     done.set()
     records = [json.loads(line) for line in (work / out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "throughput/images_per_s" in r]
-    images = 8 * (1 + 2 * 7)
+    images = 8 * (1 + 2 * 7)  # per step; throughput is over a window of LOG steps
     return {"step_s": [images / r["throughput/images_per_s"] for r in steps],
             "data_wait": [r["data/wait_fraction"] for r in steps],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -254,7 +256,7 @@ def prepare(work: Path, steps: int) -> None:
                    cwd=work, env=env, check=True, capture_output=True)
     subprocess.run([*mpl, "data", "split", "all", "--labeled-per-class", "40", "--val-per-class", "0", "--out", "split"],
                    cwd=work, env=env, check=True, capture_output=True)
-    (work / "r.toml").write_text(RECIPE.format(steps=steps))
+    (work / "r.toml").write_text(RECIPE.format(steps=steps, log_every=LOG))
 
 
 def run_child(variant: str, work: Path, steps: int) -> dict:
@@ -273,15 +275,16 @@ def bench_rounds(rounds: int, steps: int, seed: int = 0) -> dict:
     per_round = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare(work, steps + SKIP)
+        prepare(work, LOG * (steps + SKIP))
         for r in range(rounds):
             load = os.getloadavg()
             names = list(VARIANTS)
             order_rng.shuffle(names)
             got = {}
             for name in names:
-                got[name] = run_child(name, work, steps + SKIP)
-                got[name]["median_step_s"] = statistics.median(got[name]["step_s"][SKIP:])
+                got[name] = run_child(name, work, LOG * (steps + SKIP))
+                skip = SKIP * (LOG if name == "port" else 1)  # the port times every step, `mpl train` every window
+                got[name]["median_step_s"] = statistics.median(got[name]["step_s"][skip:])
             per_round.append({"round": r, "order": names, "load_average": load, **got})
             print(f"round {r}: load {load[0]:.2f} | " + " | ".join(f"{n} {got[n]['median_step_s']:.2f} s, {got[n]['peak_rss_mb']:.0f} MB"
                                                               for n in VARIANTS), file=sys.stderr)
@@ -298,13 +301,13 @@ def bench_rounds(rounds: int, steps: int, seed: int = 0) -> dict:
         "mpl_data_wait": _stats([statistics.mean(x["mpl"]["data_wait"][SKIP:]) for x in per_round]),
         "load_average_1min": _stats([x["load_average"][0] for x in per_round]),
     }
-    return {"rounds": per_round, "summary": summary, "steps_per_child": steps, "skipped_steps": SKIP}
+    return {"rounds": per_round, "summary": summary, "windows_per_child": steps, "log_every": LOG, "skipped_windows": SKIP}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6, help="measured steps per child (after 2 left out)")
+    parser.add_argument("--steps", type=int, default=3, help=f"measured windows of {LOG} steps per child (after {SKIP} left out)")
     parser.add_argument("--json", default=str(ROOT / "out/step.json"))
     parser.add_argument("--in-process", action="store_true", help="also the old in-process pass analysis")
     parser.add_argument("--repeats", type=int, default=5, help="--in-process: repeats per timing")
