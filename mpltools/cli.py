@@ -6,24 +6,19 @@ functions, so `mpl --help` and `mpl --version` stay instant.
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
-from enum import Enum
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
 from mpltools import __version__, log
-from mpltools.errors import MplError
+from mpltools.cli_common import _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
+from mpltools.cli_data import data_app
+from mpltools.errors import MplError  # noqa: F401
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.")
-data_app = typer.Typer(no_args_is_help=True, help="Prepare data: import datasets, split them, inspect shard sets.")
 app.add_typer(data_app, name="data")
-
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -40,152 +35,6 @@ def _root(
 ) -> None:
     _state["debug"] = debug
     log.set_quiet(quiet)
-
-
-def _command_line() -> str:
-    args = _state.get("argv")
-    return "mpl " + " ".join(shlex.quote(a) for a in (args if args is not None else sys.argv[1:]))
-
-
-def _execute(fn: Callable[[], object]) -> object:
-    """Run a command; map failures to DESIGN §2's exit codes with a one-paragraph message."""
-    try:
-        return fn()
-    except MplError as exc:
-        if _state["debug"]:
-            raise
-        log.error(exc.message)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        log.error("interrupted.")
-        raise typer.Exit(130) from None
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
-        if _state["debug"]:
-            raise
-        log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")
-        raise typer.Exit(1) from None
-
-
-def resolve_path_arg(value: str) -> str:
-    """`-` means: read the path from the first line of stdin (so `mpl eval "$(...)"` and pipes both work)."""
-    if value != "-":
-        return value
-    line = sys.stdin.readline().strip()
-    if not line:
-        raise MplError("expected a path on stdin (because '-' was given), but stdin was empty.", exit_code=2)
-    return line
-
-
-def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(report, indent=1, sort_keys=True))
-    else:
-        for line in lines:
-            typer.echo(line)
-
-
-class SourceName(str, Enum):
-    twomoon = "twomoon"
-    digits = "digits"
-    synthetic = "synthetic"
-    imagefolder = "imagefolder"
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    svhn = "svhn"
-
-
-@data_app.command("import")
-def data_import(
-    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn (needs PATH)."),
-    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
-    seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
-    split: str = typer.Option("train", help="cifar10/cifar100: which part of the archive (train or test)."),
-    num_samples: Optional[int] = typer.Option(None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."),
-    num_classes: int = typer.Option(10, min=2, help="synthetic: number of classes."),
-    image_size: int = typer.Option(32, min=4, help="synthetic: image height and width."),
-    channels: int = typer.Option(3, help="synthetic: 1 or 3 channels."),
-    noise: float = typer.Option(0.1, min=0.0, help="twomoon: standard deviation of the Gaussian noise."),
-    scale: float = typer.Option(1.0, help="twomoon: multiply the coordinates by this."),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
-) -> None:
-    """Turn a dataset into a shard set (WebDataset tar shards + manifest.json)."""
-    from mpltools.commands import data_import as command
-    from mpltools.data.sources import SourceOptions
-
-    opts = SourceOptions(seed=seed, split=split, num_samples=num_samples, num_classes=num_classes,
-                         image_size=image_size, channels=channels, noise=noise, scale=scale)
-    report = _execute(lambda: command.run(source.value, path, out, opts, max_per_shard=max_per_shard,
-                                          force=force, command=_command_line()))
-    _emit(report, as_json, [report["out"]])
-
-
-@data_app.command("split")
-def data_split(
-    src: str = typer.Argument(..., help="A labelled shard set folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; gets labeled/, unlabeled/ and val/."),
-    preset: Optional[str] = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
-    labeled_per_class: Optional[int] = typer.Option(None, min=0, help="Labelled samples per class."),
-    labeled: Optional[int] = typer.Option(None, "--labeled", min=0, help="Labelled samples in total (spread evenly over classes)."),
-    labeled_fraction: Optional[float] = typer.Option(None, help="Fraction of each class that is labelled."),
-    val_per_class: Optional[int] = typer.Option(None, min=0, help="Validation samples per class."),
-    val: Optional[int] = typer.Option(None, "--val", min=0, help="Validation samples in total (spread evenly)."),
-    val_fraction: Optional[float] = typer.Option(None, help="Fraction of each class held out for validation."),
-    include_labeled_in_unlabeled: bool = typer.Option(
-        False, "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
-        help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded."),
-    seed: int = typer.Option(0, help="Seed of the split."),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
-) -> None:
-    """Seeded, class-balanced split of a labelled shard set into labeled/, unlabeled/ (labels removed) and val/."""
-    from mpltools.commands import data_split as command
-
-    def go():
-        sizes = command.SplitSizes()
-        if preset is not None:
-            if preset not in command.PRESETS:
-                raise MplError(f"unknown preset {preset!r}; choose one of {', '.join(command.PRESETS)}.", exit_code=2)
-            sizes = command.SplitSizes(**vars(command.PRESETS[preset]))
-        overrides = dict(labeled_per_class=labeled_per_class, labeled_total=labeled, labeled_fraction=labeled_fraction,
-                         val_per_class=val_per_class, val_total=val, val_fraction=val_fraction)
-        if any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
-            sizes.labeled_per_class = sizes.labeled_total = sizes.labeled_fraction = None
-            sizes.labeled_rest = False
-        if any(v is not None for k, v in overrides.items() if k.startswith("val")):
-            sizes.val_per_class = sizes.val_total = sizes.val_fraction = None
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(sizes, k, v)
-        if preset is None and not any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
-            raise MplError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2)
-        sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
-        return command.run(src, out, sizes, seed=seed, preset=preset, max_per_shard=max_per_shard, force=force,
-                           command=_command_line())
-
-    report = _execute(go)
-    _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])
-
-
-@data_app.command("info")
-def data_info(
-    location: str = typer.Argument(..., help="Shard set folder, a brace pattern of shards, or - to read it from stdin."),
-    verify: bool = typer.Option(False, "--verify", help="Recompute checksums and fully decode every sample."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-) -> None:
-    """Counts, class histogram and input spec of a shard set; --verify checks every byte."""
-    from mpltools.commands import data_info as command
-
-    report = _execute(lambda: command.run(resolve_path_arg(location), verify))
-    _emit(report, as_json, [command.render(report)])
-    if verify and not report["verified"]:
-        log.error(f"{report['path']}: {len(report['problems'])} problem(s) found; see above.")
-        raise typer.Exit(1)
 
 
 def _load_recipe(recipe: Optional[Path], overrides: List[str], seed: Optional[int]):
@@ -263,38 +112,6 @@ def _is_main_process() -> bool:
 
     return os.environ.get("RANK", "0") == "0"
 
-
-# --- data filter-unlabeled / reduced commands go here ---
-@data_app.command("filter-unlabeled")
-def data_filter_unlabeled(
-    unlabeled: str = typer.Argument(..., help="Shard set to filter (unlabelled; labels of a labelled set are ignored), or - for stdin."),
-    model: str = typer.Option(..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder (unlabelled; classes = the checkpoint's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep only images whose top probability is >= P (Noisy Student: 0.3)."),
-    balance: bool = typer.Option(False, "--balance", help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN)."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set)."),
-    near_duplicates: bool = typer.Option(False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."),
-    phash_distance: int = typer.Option(4, "--phash-distance", help="Largest Hamming distance (bits of 64) that counts as a near-duplicate."),
-    store_topk: int = typer.Option(0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."),
-    seed: int = typer.Option(0, help="Seed of --balance's choice of which images get one copy more."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images scored per batch and process."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per output tar shard."),
-    ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."),
-) -> None:
-    """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates."""
-    from mpltools.commands import data_filter as command
-
-    rule = command.Rule(top_k=top_k, threshold=threshold, balance=balance, near_duplicates=near_duplicates,
-                        phash_distance=phash_distance, store_topk=store_topk, seed=seed)
-    report = _execute(lambda: command.run(resolve_path_arg(unlabeled), Path(resolve_path_arg(model)), out, rule, exclude=exclude,
-                                          batch_size=batch_size, workers=workers, max_per_shard=max_per_shard,
-                                          ignore_data_classes=ignore_data_classes, force=force, command=_command_line()))
-    if report.get("out"):  # only the main process writes and prints
-        _emit(report, as_json, [report["out"]])
 
 
 reduced_app = typer.Typer(no_args_is_help=True, help="Reduced Meta Pseudo Labels: store a large teacher's predictions once "

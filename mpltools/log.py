@@ -19,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 _quiet = False
@@ -44,51 +45,96 @@ def error(message: str) -> None:
 
 @contextmanager
 def progress(description: str, total: int | None, unit: str = "items", enabled: bool = True) -> Iterator["_Bar"]:
-    """A rich progress bar with rate and ETA on stderr.
+    """Progress on stderr: a rich bar with rate, elapsed time and ETA on a terminal, plain lines otherwise.
 
-    Without a terminal rich only renders at the end, so for long jobs in CI or on a cluster we also
-    print a plain line every `_LOG_EVERY_S` seconds.
+    On a terminal the metrics go on their own line below the bar, so at 80 columns the bar, rate
+    and ETA are never squeezed out. Without a terminal (CI, a cluster's log file) rich's live display
+    would render once, cut to 80 columns; we print a plain, unabbreviated line every `_LOG_EVERY_S`
+    seconds and one at the end instead.
     """
     if _quiet or not enabled:
         yield _Bar(None, None, description, total, unit)
         return
+    if not console.is_terminal:
+        bar = _Bar(None, None, description, total, unit, plain=True)
+        yield bar
+        bar.finish()
+        return
+    with make_progress(console) as prog:
+        task = prog.add_task(description, total=total, rate="", extra="")
+        yield _Bar(prog, task, description, total, unit)
+
+
+class _MetricsBelow(Progress):
+    """A rich Progress that shows each task's metrics (`extra`) on a line of its own under the bar."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("extra"):
+                yield Text("  " + task.fields["extra"], overflow="fold")
+
+
+def make_progress(target: Console) -> Progress:
     columns = [
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=None),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[extra]}"),
     ]
-    with Progress(*columns, console=console, transient=False) as prog:
-        task = prog.add_task(description, total=total, rate="", extra="")
-        yield _Bar(prog, task, description, total, unit)
+    return _MetricsBelow(*columns, console=target, transient=False)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class _Bar:
     _LOG_EVERY_S = 30.0
 
-    def __init__(self, prog, task, description, total, unit):
-        self._prog, self._task = prog, task
+    def __init__(self, prog, task, description, total, unit, plain: bool = False):
+        self._prog, self._task, self._plain = prog, task, plain
         self.description, self.total, self.unit = description, total, unit
         self._start = time.perf_counter()
         self._last_log = self._start
         self.done = 0
+        self.extra = ""
 
     def advance(self, n: int = 1, extra: str = "", items: int | None = None) -> None:
         self.done += n
-        if self._prog is None:
+        self.extra = extra or self.extra
+        if self._prog is None and not self._plain:
             return
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         rate = (items if items is not None else self.done) / elapsed
-        self._prog.update(self._task, advance=n, rate=f"{rate:,.0f} {self.unit}/s", extra=extra)
+        if self._prog is not None:
+            self._prog.update(self._task, advance=n, rate=f"{rate:,.0f} {self.unit}/s", extra=extra)
+            return
         now = time.perf_counter()
-        if not console.is_terminal and now - self._last_log > self._LOG_EVERY_S:
+        if now - self._last_log >= self._LOG_EVERY_S:
             self._last_log = now
-            console.print(f"{self.description}: {self.done}/{self.total or '?'} {extra}", markup=False)
+            console.print(self.plain_line(rate, elapsed), markup=False, highlight=False, soft_wrap=True)
+
+    def plain_line(self, rate: float, elapsed: float) -> str:
+        """`train mpl: 120/300 (40%) 12 steps/s elapsed 0:00:10 eta 0:00:15 | loss 0.31 ...` (never abbreviated)."""
+        if self.total:
+            left = (self.total - self.done) / rate if rate > 0 else None
+            where = f"{self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
+        else:
+            left, where = None, f"{self.done}"
+        line = f"{self.description}: {where} {rate:,.1f} {self.unit}/s elapsed {_clock(elapsed)} eta {_clock(left)}"
+        return line + (f" | {self.extra}" if self.extra else "")
+
+    def finish(self) -> None:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        console.print(self.plain_line(self.done / elapsed, elapsed), markup=False, highlight=False, soft_wrap=True)
 
 
 class MetricsWriter:

@@ -1,0 +1,59 @@
+"""What every command module of the CLI shares: error handling, exit codes, output of reports."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Callable
+
+import typer
+
+from mpltools import log
+from mpltools.errors import MplError
+
+_state = {"debug": False}
+
+
+def _command_line() -> str:
+    args = _state.get("argv")
+    return "mpl " + " ".join(shlex.quote(a) for a in (args if args is not None else sys.argv[1:]))
+
+
+def _execute(fn: Callable[[], object]) -> object:
+    """Run a command; map failures to DESIGN §2's exit codes with a one-paragraph message."""
+    try:
+        return fn()
+    except MplError as exc:
+        if _state["debug"]:
+            raise
+        log.error(exc.message)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        log.error("interrupted.")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
+        if _state["debug"]:
+            raise
+        log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")
+        raise typer.Exit(1) from None
+
+
+def resolve_path_arg(value: str) -> str:
+    """`-` means: read the path from the first line of stdin (so `mpl eval "$(...)"` and pipes both work)."""
+    if value != "-":
+        return value
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise MplError("expected a path on stdin (because '-' was given), but stdin was empty.", exit_code=2)
+    return line
+
+
+def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        for line in lines:
+            typer.echo(line)

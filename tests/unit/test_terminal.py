@@ -1,0 +1,53 @@
+"""Terminal manners of the progress line: 80 columns on a terminal, plain lines in a log file."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from mpltools import log
+
+METRICS = "loss_t 2.3026 loss_s 2.3026 h +0.0012 top1 0.8123 lr_s 0.0500 lr_t 0.0500 uda 0.4321"
+
+
+def test_progress_at_80_columns_keeps_bar_rate_elapsed_and_eta():
+    out = io.StringIO()
+    term = Console(file=out, width=80, force_terminal=True, record=True, color_system=None)
+    prog = log.make_progress(term)
+    task = prog.add_task("train mpl", total=300_000, rate="1,234 steps/s", extra=METRICS)
+    prog.update(task, completed=120_000)
+    term.print(prog.get_renderable())
+    lines = term.export_text().rstrip("\n").split("\n")
+    assert all(len(line) <= 80 for line in lines), lines
+    bar_line = lines[0]
+    for part in ("train mpl", "━", "120000/300000", "40%", "1,234 steps/s", "0:00:", "eta"):
+        assert part in bar_line, (part, bar_line)
+    assert " ".join(line.strip() for line in lines[1:]) == METRICS  # whole, below the bar (wrapped, not cut)
+    assert "…" not in "".join(lines)
+
+
+def test_progress_without_terminal_prints_plain_unabbreviated_lines(monkeypatch):
+    stream = io.StringIO()  # not a tty, like a log file
+    monkeypatch.setattr(log, "console", Console(file=stream, width=80))
+    monkeypatch.setattr(log._Bar, "_LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(log, "_quiet", False)
+    with log.progress("train mpl", total=1000, unit="steps") as bar:
+        bar.advance(400, extra=METRICS)
+        bar.advance(600, extra=METRICS)
+    text = stream.getvalue()
+    assert "\x1b" not in text and "…" not in text and "━" not in text
+    lines = text.rstrip("\n").split("\n")
+    assert len(lines) == 3  # two periodic lines and the final one, none cut to 80 columns
+    assert lines[0].startswith("train mpl: 400/1000 (40%) ") and " steps/s elapsed 0:00:0" in lines[0]
+    assert " eta 0:00:0" in lines[0] and lines[0].endswith("| " + METRICS)
+    assert lines[-1].startswith("train mpl: 1000/1000 (100%) ") and " eta 0:00:00 " in lines[-1]
+
+
+def test_quiet_progress_prints_nothing(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "console", Console(file=stream, width=80))
+    monkeypatch.setattr(log, "_quiet", True)
+    with log.progress("x", total=3) as bar:
+        bar.advance(3)
+    assert stream.getvalue() == ""
