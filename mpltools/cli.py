@@ -12,12 +12,14 @@ from typing import List, Optional
 import typer
 
 from mpltools import __version__, log
-from mpltools.cli_common import _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
+from mpltools.cli_common import MplGroup, _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
 from mpltools.cli_data import data_app
 from mpltools.errors import MplError  # noqa: F401
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.")
+# Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
+app = typer.Typer(cls=MplGroup, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.\n\n"
+                  "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl train recipes/digits.toml --out runs/digits -q")
 app.add_typer(data_app, name="data")
 
 
@@ -53,7 +55,13 @@ def train(
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
-    """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, pseudo-label)."""
+    """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, pseudo-label).
+
+    \b
+    Example:
+      mpl train recipes/digits.toml --out runs/digits
+      mpl train recipes/digits.toml --set schedule.steps=50 --print-config
+    """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
         from mpltools.config import to_toml
@@ -79,7 +87,12 @@ def finetune(
     force: bool = typer.Option(False, "--force", help="Delete an existing output folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
 ) -> None:
-    """Finetune a checkpoint on labelled data (the paper's final phase); prints the new checkpoint's path."""
+    """Finetune a checkpoint on labelled data (the paper's final phase); prints the new checkpoint's path.
+
+    \b
+    Example:
+      mpl finetune runs/digits/student.safetensors --labeled data/digits/split/labeled --recipe recipes/digits.toml
+    """
     from mpltools.commands import finetune as command
 
     report = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), labeled, out, recipe, overrides,
@@ -98,7 +111,12 @@ def evaluate_checkpoint(
     force: bool = typer.Option(False, "--force", help="Overwrite --predictions if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Top-1/top-5, per-class accuracy, loss and calibration of a checkpoint on labelled shards."""
+    """Top-1/top-5, per-class accuracy, loss and calibration of a checkpoint on labelled shards.
+
+    \b
+    Example:
+      mpl eval runs/digits/finetune/finetuned.safetensors --data data/digits/split/val --json
+    """
     from mpltools.commands import eval as command
 
     result = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), data, real=real, predictions=predictions,
@@ -115,7 +133,8 @@ def _is_main_process() -> bool:
 
 
 reduced_app = typer.Typer(no_args_is_help=True, help="Reduced Meta Pseudo Labels: store a large teacher's predictions once "
-                          "(predict), then train a small reduced teacher with the student (train).")
+                          "(predict), then train a small reduced teacher with the student (train).\n\n"
+                          "\b\nExample:\n  mpl reduced predict runs/b7/student.safetensors --data data/yfcc/unlabeled --out data/yfcc/pred")
 app.add_typer(reduced_app, name="reduced")
 
 
@@ -134,7 +153,12 @@ def reduced_predict(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the path."),
 ) -> None:
-    """Step 1: the large teacher predicts every image once; its outputs are stored beside the images."""
+    """Step 1: the large teacher predicts every image once; its outputs are stored beside the images.
+
+    \b
+    Example:
+      mpl reduced predict runs/b7/student.safetensors --data data/yfcc/unlabeled --topk 128 --out data/yfcc/unlabeled_pred
+    """
     from mpltools.commands import reduced as command
 
     if logits and topk:
@@ -158,7 +182,12 @@ def reduced_train(
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
-    """Step 2: train the reduced teacher (an MLP over the stored predictions) and the student with MPL."""
+    """Step 2: train the reduced teacher (an MLP over the stored predictions) and the student with MPL.
+
+    \b
+    Example:
+      mpl reduced train recipes/reduced_b7_yfcc.toml --out runs/reduced_b7
+    """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
         from mpltools.config import to_toml
@@ -174,7 +203,8 @@ def reduced_train(
 
 
 # --- plot command goes here ---
-plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves of runs, decision regions of 2-D models (needs matplotlib).")
+plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves of runs, decision regions of 2-D models (needs matplotlib).\n\n"
+                       "\b\nExample:\n  mpl plot curves runs/digits --out curves.png")
 app.add_typer(plot_app, name="plot")
 
 
@@ -187,7 +217,12 @@ def plot_curves(
     dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
-    """Learning curves from metrics.jsonl: both networks' losses, h and its baseline, validation top-1; one line per run."""
+    """Learning curves from metrics.jsonl: both networks' losses, h and its baseline, validation top-1; one line per run.
+
+    \b
+    Example:
+      mpl plot curves runs/digits runs/digits_supervised --labels MPL,supervised --out curves.png
+    """
     from mpltools.commands import plot as command
 
     for path in _execute(lambda: command.run_curves(runs, out, labels=labels, smooth=smooth, dpi=dpi, force=force)):
@@ -205,7 +240,12 @@ def plot_regions(
     dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
-    """Decision regions of 2-D checkpoints over the data's bounding box, like the paper's Figure 2."""
+    """Decision regions of 2-D checkpoints over the data's bounding box, like the paper's Figure 2.
+
+    \b
+    Example:
+      mpl plot regions runs/twomoon/student.safetensors --data data/twomoon/all --out regions.png
+    """
     from mpltools.commands import plot as command
 
     def go():

@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 import typer
+from typer.core import TyperGroup
 
 from mpltools import log
 from mpltools.errors import MplError
@@ -57,3 +58,24 @@ def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             typer.echo(line)
+
+
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move `-q`/`--quiet`/`--debug` to the front, so `mpl train R -q` means `mpl -q train R`.
+
+    Arguments after a `--` are left alone (they are values, not flags).
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+    return flags + rest + args[end:]
+
+
+class MplGroup(TyperGroup):
+    """The root command group: accepts the global flags after a subcommand too."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, hoist_global_flags(list(args)))

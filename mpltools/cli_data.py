@@ -12,7 +12,8 @@ from mpltools import log
 from mpltools.cli_common import _command_line, _emit, _execute, resolve_path_arg
 from mpltools.errors import MplError
 
-data_app = typer.Typer(no_args_is_help=True, help="Prepare data: import datasets, split them, inspect shard sets.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare data: import datasets, split them, inspect shard sets.\n\n"
+                       "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl data info data/digits/all")
 
 
 class SourceName(str, Enum):
@@ -42,7 +43,13 @@ def data_import(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
 ) -> None:
-    """Turn a dataset into a shard set (WebDataset tar shards + manifest.json)."""
+    """Turn a dataset into a shard set (WebDataset tar shards + manifest.json).
+
+    \b
+    Example:
+      mpl data import digits --out data/digits/all
+      mpl data import cifar10 data/cifar-10-binary.tar.gz --split test --out data/cifar10/test
+    """
     from mpltools.commands import data_import as command
     from mpltools.data.sources import SourceOptions
 
@@ -72,7 +79,13 @@ def data_split(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
 ) -> None:
-    """Seeded, class-balanced split of a labelled shard set into labeled/, unlabeled/ (labels removed) and val/."""
+    """Seeded, class-balanced split of a labelled shard set into labeled/, unlabeled/ (labels removed) and val/.
+
+    \b
+    Example:
+      mpl data split data/digits/all --labeled-per-class 5 --val-per-class 30 --out data/digits/split
+      mpl data split data/cifar10/train --preset cifar10-4k --out data/cifar10/4k
+    """
     from mpltools.commands import data_split as command
 
     def go():
@@ -107,7 +120,12 @@ def data_info(
     verify: bool = typer.Option(False, "--verify", help="Recompute checksums and fully decode every sample."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Counts, class histogram and input spec of a shard set; --verify checks every byte."""
+    """Counts, class histogram and input spec of a shard set; --verify checks every byte.
+
+    \b
+    Example:
+      mpl data info data/digits/split/labeled --verify
+    """
     from mpltools.commands import data_info as command
 
     report = _execute(lambda: command.run(resolve_path_arg(location), verify))
@@ -137,7 +155,12 @@ def data_filter_unlabeled(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."),
 ) -> None:
-    """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates."""
+    """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates.
+
+    \b
+    Example:
+      mpl data filter-unlabeled data/jft/shards --model runs/b0/student.safetensors --threshold 0.3 --top-k 130000 --balance --exclude data/imagenet/val_shards --out data/jft/filtered
+    """
     from mpltools.commands import data_filter as command
 
     rule = command.Rule(top_k=top_k, threshold=threshold, balance=balance, near_duplicates=near_duplicates,

@@ -1,0 +1,71 @@
+"""Terminal manners of the CLI: plain help with examples, global flags anywhere, shell completion."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mpltools import log
+from mpltools.cli import app
+from mpltools.cli_common import hoist_global_flags
+from mpltools.errors import MplError
+from tests.conftest import subprocess_env
+
+
+def _command_paths(command, path=()):
+    """Every command and group of the CLI as a tuple of names, e.g. ("data", "import")."""
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _command_paths(sub, path + (name,))
+
+
+ALL_COMMANDS = list(_command_paths(typer.main.get_command(app)))
+
+
+def test_the_command_tree_is_complete():
+    names = {" ".join(p) for p in ALL_COMMANDS}
+    assert {"train", "finetune", "eval", "data import", "data split", "reduced predict", "plot curves"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "mpl")
+def test_every_help_has_an_example_and_no_boxes(path):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"Example:\n +mpl ", result.output), result.output  # an example command line, on its own line
+    assert not any(ch in result.output for ch in "╭╮╰╯│─━"), result.output  # piped help is plain text
+
+
+def test_bracketed_words_in_help_survive():
+    result = CliRunner().invoke(app, ["finetune", "--help"])
+    assert "Take the [finetune] section" in " ".join(result.output.split())
+
+
+def test_hoist_global_flags():
+    assert hoist_global_flags(["train", "R", "-q", "--set", "a=1", "--debug"]) == ["-q", "--debug", "train", "R", "--set", "a=1"]
+    assert hoist_global_flags(["plot", "curves", "--", "-q"]) == ["plot", "curves", "--", "-q"]
+
+
+def test_quiet_and_debug_after_the_subcommand():
+    try:
+        result = CliRunner().invoke(app, ["data", "info", "no/such/set", "--debug", "-q"])
+        assert isinstance(result.exception, MplError)  # --debug lets the error through: it was parsed as the global flag
+        assert log._quiet is True
+    finally:
+        log.set_quiet(False)
+
+
+def _mpl(*args, **env):
+    return subprocess.run([sys.executable, "-m", "mpltools", *args], env=subprocess_env(**env), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_show_completion_for_bash_and_complete_a_word():
+    script = _mpl("--show-completion", SHELL="/bin/bash")
+    assert script.returncode == 0 and "_mpl_completion()" in script.stdout and "_MPL_COMPLETE=complete_bash" in script.stdout
+    words = _mpl(_MPL_COMPLETE="complete_bash", COMP_WORDS="mpl data i", COMP_CWORD="2")
+    assert words.returncode == 0 and words.stdout.split() == ["import", "info"]
