@@ -14,6 +14,7 @@ import typer
 from mpltools import __version__, log
 from mpltools.cli_common import MplGroup, _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
 from mpltools.cli_data import data_app
+from mpltools.cli_env import env_command
 from mpltools.errors import MplError  # noqa: F401
 
 # Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
@@ -254,6 +255,9 @@ def plot_regions(
 
     for path in _execute(go):
         typer.echo(path)
+
+
+app.command("env")(env_command)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
