@@ -15,6 +15,7 @@ from mpltools import __version__, log
 from mpltools.cli_common import MplGroup, _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
 from mpltools.cli_data import data_app
 from mpltools.cli_env import env_command
+from mpltools.cli_recipes import recipes_app
 from mpltools.errors import MplError  # noqa: F401
 
 # Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
@@ -258,6 +259,7 @@ def plot_regions(
 
 
 app.command("env")(env_command)
+app.add_typer(recipes_app, name="recipes")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

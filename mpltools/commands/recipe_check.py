@@ -1,0 +1,126 @@
+"""`mpl recipes validate`: every check `mpl train` makes before it writes anything, none of the work.
+
+The recipe is loaded and validated (types, ranges, cross-field rules), the networks' names and
+arguments are checked against the model registry and the networks are built on the meta device
+(no memory, even for EfficientNet-L2), the data paths must be shard sets with manifests whose
+classes and inputs agree, and a checkpoint the recipe names must be readable and fit the data.
+Every problem exits 2 with a message that names the recipe key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpltools.config import Recipe, load_recipe
+from mpltools.errors import MplError, UsageError
+
+TWO_NETWORKS = ("mpl", "released")
+
+
+def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
+    """(role, recipe key, name, kwargs) of the networks `train` builds, resolved as the trainer does."""
+    m = recipe.model
+    nets = [("student", "model.name", m.name, dict(m.kwargs))]
+    if recipe.method.name in TWO_NETWORKS:
+        kwargs = m.teacher_kwargs or (m.kwargs if not m.teacher_name else {})
+        nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", m.teacher_name or m.name, dict(kwargs)))
+    return nets
+
+
+def check_models(recipe: Recipe, source: str) -> None:
+    """Registry lookup of every network's name and kwargs (cheap; what --print-config checks)."""
+    from mpltools.models.registry import validate_model_args
+
+    for role, key, name, kwargs in _networks(recipe):
+        try:
+            validate_model_args(name, kwargs)
+        except ValueError as exc:
+            raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc}") from None
+
+
+def _open_key(source: str, key: str, location: str, need_labels: bool):
+    from mpltools.data.shards import open_shard_set
+
+    try:
+        shards = open_shard_set(location)
+        shards.require_manifest("training")
+        if need_labels:
+            shards.require_labels("training" if key == "data.labeled" else "validation")
+    except MplError as exc:
+        raise UsageError(f"{source}: {key} = {location!r}: {exc.message}") from None
+    return shards
+
+
+def check(path: Path | None, overrides: list[str] = (), seed: int | None = None) -> dict:
+    import torch
+
+    from mpltools.trainer import hyper_from
+    from mpltools.training import build_network, open_data
+
+    recipe = load_recipe(path, list(overrides), seed=seed)
+    source = str(path) if path is not None else "defaults"
+    method = recipe.method.name
+    reduced = recipe.model.teacher_name == "reduced_teacher"
+    if reduced and method not in TWO_NETWORKS:
+        raise UsageError(f"{source}: model.teacher_name = \"reduced_teacher\" needs method.name = \"mpl\" or \"released\".")
+    check_models(recipe, source)
+    try:
+        hyper_from(recipe)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
+
+    need_unlabeled = method != "supervised"
+    keys = [("data.labeled", recipe.data.labeled, True)]
+    if need_unlabeled:
+        keys.append(("data.unlabeled", recipe.data.unlabeled, False))
+    if recipe.data.val:
+        keys.append(("data.val", recipe.data.val, True))
+    data_report = {}
+    for key, location, labels in keys:
+        if not location:
+            raise UsageError(f"{source}: {key} is empty: name a shard set (or pass --set {key}=PATH).")
+        shards = _open_key(source, key, location, labels)
+        data_report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
+    try:
+        data = open_data(recipe, need_unlabeled=need_unlabeled)
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
+
+    networks = {}
+    with torch.device("meta"):
+        for role, key, name, kwargs in _networks(recipe):
+            shape = (data.num_classes,) if role == "teacher" and reduced else None
+            try:
+                net = build_network(name, kwargs, data, input_shape=shape)
+            except MplError as exc:
+                raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
+            networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
+
+    checkpoints = {}
+    if method == "pseudo-label":
+        checkpoints["method.teacher_checkpoint"] = _check_checkpoint(recipe.method.teacher_checkpoint, data, source)
+    return {"recipe": source, "ok": True, "method": method, "command": "mpl reduced train" if reduced else "mpl train",
+            "data": data_report, "networks": networks, "checkpoints": checkpoints}
+
+
+def _check_checkpoint(location: str, data, source: str) -> dict:
+    from mpltools.checkpoint import check_compatible, read_checkpoint
+
+    key = "method.teacher_checkpoint"
+    try:
+        _, meta = read_checkpoint(location, check_finite=True)
+        check_compatible(meta, data.num_classes, data.input_spec.to_json(), Path(location), data.labeled.root)
+    except MplError as exc:
+        raise UsageError(f"{source}: {key} = {location!r}: {exc.message}") from None
+    return {"path": location, "architecture": meta.architecture, "role": meta.role}
+
+
+def render(report: dict) -> str:
+    lines = [f"{report['recipe']}: ok ({report['method']}; run it with `{report['command']}`)"]
+    for key, d in report["data"].items():
+        lines.append(f"  {key}: {d['path']} ({d['samples']} samples, {d['classes']} classes)")
+    for role, n in report["networks"].items():
+        lines.append(f"  {role}: {n['name']} ({n['parameters']:,} parameters)")
+    for key, c in report["checkpoints"].items():
+        lines.append(f"  {key}: {c['path']} ({c['role']}, {c['architecture']})")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""`mpl recipes ls/cp/validate`: the shipped recipes, copying one, and a dry check that names the key at fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mpltools.commands import recipes
+from tests.conftest import REPO_ROOT
+
+SHIPPED = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.toml"))
+
+
+def test_ls_lists_every_shipped_recipe_with_what_it_reproduces(run_cli):
+    ran = run_cli("recipes", "ls", "--json")
+    assert ran.exit_code == 0, ran.stderr
+    items = {r["name"]: r for r in json.loads(ran.stdout)["recipes"]}
+    assert sorted(items) == SHIPPED and len(SHIPPED) >= 9
+    for name, r in items.items():
+        assert r["title"] and r["reproduces"] and r["expected"], name
+        assert any(c.startswith(f"mpl train recipes/{name}.toml") or c.startswith(f"mpl reduced train recipes/{name}.toml")
+                   for c in r["commands"]), name
+    assert items["cifar10_4k"]["reproduces"] == "MPL on CIFAR-10-4K with WRN-28-2 (paper §3.2, Table 2)."
+    assert items["cifar10_4k"]["expected"].startswith("96.11 ± 0.07% top-1 after finetuning")
+    assert "NOT reproduced" in items["twomoon"]["expected"]
+    text = run_cli("recipes", "ls").stdout
+    assert "cifar10_4k: MPL on CIFAR-10-4K" in text and "    expected: 96.11" in text
+
+
+def test_header_paragraphs_end_at_the_next_field(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text("# x.toml — A title.\n#\n# Reproduces: Table 9\n# of the paper.\n# Expected (paper): 1% top-1;\n"
+                    "# more. Measured here (file): 2%.\n# Setting known from the paper: big.\n# Cost: 3 hours.\n#\n"
+                    "# $ mpl train x.toml\n\n[data]\n# Expected: not a header line\n")
+    info = recipes.parse_header(path)
+    assert (info.title, info.reproduces, info.cost, info.commands) == ("A title.", "Table 9 of the paper.", "3 hours.",
+                                                                       ["mpl train x.toml"])
+    assert info.expected == "1% top-1; more. Measured here (file): 2%."
+
+
+def test_cp_copies_and_never_overwrites_without_force(run_cli, tmp_path):
+    dest = tmp_path / "mine.toml"
+    ran = run_cli("recipes", "cp", "digits", dest)
+    assert ran.exit_code == 0 and ran.stdout.strip() == str(dest)
+    assert dest.read_bytes() == (REPO_ROOT / "recipes" / "digits.toml").read_bytes()
+    dest.write_text("# my edits\n")
+    ran = run_cli("recipes", "cp", "digits.toml", dest)
+    assert ran.exit_code == 1 and f"{dest} already exists; pass --force" in ran.stderr
+    assert dest.read_text() == "# my edits\n"
+    assert run_cli("recipes", "cp", "digits", dest, "--force").exit_code == 0
+    assert dest.read_bytes() == (REPO_ROOT / "recipes" / "digits.toml").read_bytes()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert run_cli("recipes", "cp", "twomoon", folder).stdout.strip() == str(folder / "twomoon.toml")
+    ran = run_cli("recipes", "cp", "digts", tmp_path / "y.toml")
+    assert ran.exit_code == 2 and "no shipped recipe named 'digts'. Did you mean 'digits'?" in ran.stderr
+    assert not (tmp_path / "y.toml").exists()
+
+
+@pytest.fixture(scope="module")
+def moons(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from mpltools.cli import app
+
+    out = tmp_path_factory.mktemp("moons") / "all"
+    assert CliRunner().invoke(app, ["data", "import", "twomoon", "--num-samples", "40", "--out", str(out)]).exit_code == 0
+    return out
+
+
+def _validate(run_cli, *sets, recipe="twomoon"):
+    args = [a for s in sets for a in ("--set", s)]
+    return run_cli("recipes", "validate", recipe, *args)
+
+
+def test_validate_accepts_a_good_recipe_and_writes_nothing(run_cli, moons, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ran = _validate(run_cli, f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''")
+    assert ran.exit_code == 0, ran.stderr
+    assert ran.stdout.startswith(f"{REPO_ROOT / 'recipes' / 'twomoon.toml'}: ok (mpl; run it with `mpl train`)")
+    report = json.loads(run_cli("recipes", "validate", "twomoon", "--json", "--set", f"data.labeled={moons}",
+                                "--set", f"data.unlabeled={moons}", "--set", "data.val=''").stdout)
+    # two MLPs 2-8-8-2 with biases: 2*8+8 + 8*8+8 + 8*2+2 = 114 parameters each
+    assert report["networks"] == {"student": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1},
+                                              "parameters": 114},
+                                  "teacher": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1},
+                                              "parameters": 114}}
+    assert report["data"]["data.labeled"] == {"path": str(moons), "samples": 40, "classes": 2}
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing written
+
+
+@pytest.mark.parametrize("sets, key, hint", [
+    (["model.name=resnet5"], "model.name = 'resnet5' (student)", "Did you mean 'resnet50'?"),
+    (["model.teacher_name=wrn28_3"], "model.teacher_name = 'wrn28_3' (teacher)", "Unknown model 'wrn28_3'"),
+    (["model.kwargs.hiden=[4]"], "model.name = 'mlp' (student)", "unknown argument 'hiden'. Did you mean 'hidden'?"),
+    (["data.unlabeled=no/such/set"], "data.unlabeled = 'no/such/set'", "does not exist"),
+    (["data.val=no/val"], "data.val = 'no/val'", "does not exist"),
+    (["schedule.steps=0"], "schedule.steps", "at least 1"),
+    (["method.name=pseudo-label", "method.teacher_checkpoint=no/teacher.safetensors"], "method.teacher_checkpoint = 'no/teacher.safetensors'",
+     "does not exist"),
+])
+def test_validate_exits_2_naming_the_key(run_cli, moons, sets, key, hint):
+    base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''"]
+    ran = _validate(run_cli, *base, *sets)
+    assert ran.exit_code == 2, (ran.stdout, ran.stderr)
+    assert key in ran.stderr and hint in ran.stderr, ran.stderr
+    assert ran.stdout == ""
+
+
+def test_validate_reads_the_teacher_checkpoint(run_cli, moons, tmp_path):
+    bad = tmp_path / "teacher.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''", "method.name=pseudo-label"]
+    ran = _validate(run_cli, *base, f"method.teacher_checkpoint={bad}")
+    assert ran.exit_code == 2 and "method.teacher_checkpoint" in ran.stderr and "not a readable safetensors" in ran.stderr
+
+
+def test_validate_builds_efficientnet_l2_on_the_meta_device(run_cli, tmp_path):
+    images = tmp_path / "images"
+    assert run_cli("data", "import", "synthetic", "--num-samples", "20", "--image-size", "8", "--out", images).exit_code == 0
+    ran = run_cli("recipes", "validate", "efficientnet_l2_jft", "--set", f"data.labeled={images}", "--set",
+                  f"data.unlabeled={images}", "--set", "data.val=''", "--json")
+    assert ran.exit_code == 0, ran.stderr
+    student = json.loads(ran.stdout)["networks"]["student"]
+    assert student["name"] == "efficientnet_l2" and student["parameters"] > 400_000_000  # no memory was allocated for it
