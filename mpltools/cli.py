@@ -53,7 +53,7 @@ def train(
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
     seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe (TOML) and exit."),
+    print_config: bool = typer.Option(False, "--print-config", help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too)."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
@@ -66,8 +66,10 @@ def train(
     """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
+        from mpltools.commands.recipe_check import check_models
         from mpltools.config import to_toml
 
+        _execute(lambda: check_models(resolved, str(recipe)))
         typer.echo(to_toml(resolved))
         return
     from mpltools.commands import train as command
@@ -180,7 +182,7 @@ def reduced_train(
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
     seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe (TOML) and exit."),
+    print_config: bool = typer.Option(False, "--print-config", help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too)."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
@@ -192,8 +194,10 @@ def reduced_train(
     """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
+        from mpltools.commands.recipe_check import check_models
         from mpltools.config import to_toml
 
+        _execute(lambda: check_models(resolved, str(recipe)))
         typer.echo(to_toml(resolved))
         return
     from mpltools.commands import reduced as command

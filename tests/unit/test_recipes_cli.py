@@ -125,3 +125,10 @@ def test_validate_builds_efficientnet_l2_on_the_meta_device(run_cli, tmp_path):
     assert ran.exit_code == 0, ran.stderr
     student = json.loads(ran.stdout)["networks"]["student"]
     assert student["name"] == "efficientnet_l2" and student["parameters"] > 400_000_000  # no memory was allocated for it
+
+
+def test_print_config_checks_the_model_names(run_cli):
+    ran = run_cli("train", REPO_ROOT / "recipes" / "digits.toml", "--print-config", "--set", "model.name=resnet5")
+    assert ran.exit_code == 2 and "model.name = 'resnet5' (student)" in ran.stderr and ran.stdout == ""
+    ran = run_cli("train", REPO_ROOT / "recipes" / "digits.toml", "--print-config", "--set", "schedule.steps=7")
+    assert ran.exit_code == 0 and "steps = 7" in ran.stdout
