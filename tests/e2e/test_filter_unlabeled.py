@@ -24,6 +24,8 @@ from mpltools.data.shards import Sample, ShardWriter, decode_input, open_shard_s
 from mpltools.data.transforms import AugmentSpec, eval_view, to_float_batch
 from tests.e2e.helpers import env, mpl
 
+pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
+
 CLASSES = 4
 RECIPE = """
 [data]

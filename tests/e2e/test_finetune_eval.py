@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from mpltools.cli import app
 from tests.e2e.helpers import REPO, env, mpl, replay
 
+pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
+
 DIGITS = "recipes/tiny/digits.toml"
 
 

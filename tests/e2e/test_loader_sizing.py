@@ -67,6 +67,7 @@ def test_prefetch_is_bounded_in_bytes_with_one_batch_per_worker_as_the_floor():
     assert unl.batch_bytes == 15360 * 2 * 3 * 224 * 224 and p.total > 15 * 3 * unl.batch_bytes  # queued + assembling
 
 
+@pytest.mark.slow
 def test_train_prints_the_plan_and_runs_with_split_workers(data, run_cli, monkeypatch):
     monkeypatch.chdir(data)
     Path("r.toml").write_text(RECIPE.format(workers=3))
@@ -88,6 +89,7 @@ def test_train_prints_the_plan_and_runs_with_split_workers(data, run_cli, monkey
     assert (labeled.workers, unlabeled.workers) == (0, 1)
 
 
+@pytest.mark.slow
 def test_loaders_that_cannot_fit_are_refused_before_anything_is_written(data, run_cli, monkeypatch):
     monkeypatch.chdir(data)
     Path("r.toml").write_text(RECIPE.format(workers=2))

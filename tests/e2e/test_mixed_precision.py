@@ -17,6 +17,8 @@ from safetensors import safe_open
 
 from tests.e2e.helpers import REPO, env, metrics, mpl
 
+pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
+
 DIGITS = "recipes/digits.toml"
 TWOMOON = "recipes/tiny/twomoon.toml"
 

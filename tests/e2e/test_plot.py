@@ -34,6 +34,7 @@ def work(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_curves_of_several_runs(work):
     r = mpl("plot", "curves", "runs/tiny/twomoon", "runs/sl-noval", "--out", "pics/curves.png", cwd=work)
     assert r.stdout.strip() == "pics/curves.png"
@@ -45,6 +46,7 @@ def test_curves_of_several_runs(work):
     assert not list(out.parent.glob(".*tmp*")), "a temporary file was left behind"
 
 
+@pytest.mark.slow
 def test_curves_of_a_run_without_val_or_teacher_metrics(work):
     records = [json.loads(line) for line in (work / "runs/sl-noval/metrics.jsonl").read_text().splitlines()]
     assert records and not any(k.startswith(("val/", "teacher/", "feedback/")) for rec in records for k in rec)
@@ -53,6 +55,7 @@ def test_curves_of_a_run_without_val_or_teacher_metrics(work):
     assert png_size(work / "sl.png") == (460, 370)  # only the student-loss panel
 
 
+@pytest.mark.slow
 def test_curves_refuses_overwrite_and_bad_input(work):
     mpl("plot", "curves", "runs/tiny/twomoon", "--out", "once.png", cwd=work)
     before = (work / "once.png").read_bytes()
@@ -69,6 +72,7 @@ def test_curves_refuses_overwrite_and_bad_input(work):
     assert not (work / "x.png").exists() and not (work / "x.jpg").exists()
 
 
+@pytest.mark.slow
 def test_regions_like_figure_2(work):
     ckpts = ["runs/tiny/twomoon/student.safetensors", "runs/tiny/twomoon/teacher.safetensors", "runs/sl-noval/student.safetensors"]
     r = mpl("plot", "regions", *ckpts, "--data", "data/tiny/twomoon/all", "--labeled", "data/tiny/twomoon/split/labeled",
@@ -79,6 +83,7 @@ def test_regions_like_figure_2(work):
     assert (work / "fig2.png").stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_regions_reads_checkpoint_from_stdin_and_unlabelled_data(work):
     r = mpl("plot", "regions", "-", "--data", "data/tiny/twomoon/split/unlabeled", "--out", "one.png", cwd=work,
             stdin="runs/tiny/twomoon/student.safetensors\n")
@@ -86,6 +91,7 @@ def test_regions_reads_checkpoint_from_stdin_and_unlabelled_data(work):
     assert png_size(work / "one.png") == (480, 390)
 
 
+@pytest.mark.slow
 def test_regions_refuses_a_checkpoint_that_is_not_2d(work, tmp_path):
     from mpltools.checkpoint import CheckpointMeta, save_model
     from mpltools.models import build_model
@@ -109,6 +115,7 @@ def test_regions_refuses_a_checkpoint_that_is_not_2d(work, tmp_path):
     assert not (work / "no.png").exists()
 
 
+@pytest.mark.slow
 def test_clear_error_without_matplotlib(work, run_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     monkeypatch.chdir(work)

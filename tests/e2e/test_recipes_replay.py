@@ -13,6 +13,7 @@ TINY = sorted(p.name for p in (REPO / "recipes/tiny").glob("*.toml"))
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.slow
 def test_tiny_recipe_header_replays(tmp_path, name):
     if name == "digits.toml":
         pytest.skip("replayed by tests/e2e/test_train.py and test_finetune_eval.py")

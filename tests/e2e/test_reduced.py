@@ -21,6 +21,8 @@ from mpltools.data import predictions
 from mpltools.data.shards import open_shard_set
 from tests.e2e.helpers import env, metrics, mpl, replay
 
+pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
+
 RECIPE = "recipes/tiny/reduced_b7_yfcc.toml"
 D = "data/tiny/reduced_b7_yfcc"
 LARGE = "runs/tiny/reduced_b7_yfcc_large_teacher/student.safetensors"

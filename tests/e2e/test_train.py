@@ -38,6 +38,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
+@pytest.mark.slow
 def test_tiny_digits_chain_writes_checkpoints_with_metadata(work):
     run = work / "runs/tiny/digits"
     for name, role in (("student.safetensors", "student"), ("teacher.safetensors", "teacher")):
@@ -105,6 +106,7 @@ def test_twomoon_recipe_encodes_the_paper_setting():
     assert "--labeled-per-class 3" in text and "twomoon" in text
 
 
+@pytest.mark.slow
 def test_h_is_exactly_zero_while_the_student_waits(work):
     out = work / "runs/wait"
     mpl("train", DIGITS, "--out", out, "--set", "student.wait_steps=6", "--set", "runtime.log_every=1",
@@ -117,6 +119,7 @@ def test_h_is_exactly_zero_while_the_student_waits(work):
     assert any(r["feedback/h"] != 0.0 for r in moving)
 
 
+@pytest.mark.slow
 def test_short_mpl_run_on_digits_lowers_held_out_loss_and_h_is_alive(work):
     common = ["--set", "eval.every=0", "--set", "student.wait_steps=10", "--set", "runtime.log_every=10"]
     # The same seed builds the same initial student; one step inside the wait leaves it untrained.
@@ -132,6 +135,7 @@ def test_short_mpl_run_on_digits_lowers_held_out_loss_and_h_is_alive(work):
 
 
 @pytest.mark.parametrize("method", ["supervised", "uda", "released"])
+@pytest.mark.slow
 def test_baselines_and_released_variant_run_through_the_same_trainer(work, method):
     out = work / f"runs/{method}"
     r = mpl("train", DIGITS, "--out", out, "--set", f"method.name={method}", "--set", "schedule.steps=6", cwd=work)
@@ -139,6 +143,7 @@ def test_baselines_and_released_variant_run_through_the_same_trainer(work, metho
     assert (out / "teacher.safetensors").exists() == (method == "released")
 
 
+@pytest.mark.slow
 def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
     teacher = work / "runs/tiny/digits/teacher.safetensors"
     out = work / "runs/pl"
@@ -149,6 +154,7 @@ def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
     assert bad.returncode == 2 and "teacher_checkpoint" in bad.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_keep_last_prunes(work):
     args = ["--set", "schedule.steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep_last=2"]
     mpl("train", DIGITS, "--out", work / "runs/s1", *args, cwd=work)
@@ -173,6 +179,7 @@ def _interrupt_and_resume(work: Path, out: Path, sig: int, extra: list[str]) -> 
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_bitwise_identical_weights(work, sig):
     extra = ["--set", "schedule.steps=1500", "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
     straight = work / f"runs/straight_{int(sig)}"
@@ -192,6 +199,7 @@ def test_interrupted_run_resumes_to_bitwise_identical_weights(work, sig):
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # no duplicated lines after the resume
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_recipe(work):
     out = work / "runs/refuse"
     mpl("train", DIGITS, "--out", out, "--set", "schedule.steps=2", cwd=work)
@@ -199,6 +207,7 @@ def test_resume_refuses_a_different_recipe(work):
     assert r.returncode == 2 and "different recipe" in r.stderr and "method.feedback" in r.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
     out = work / "runs/nan"
     r = mpl("train", DIGITS, "--out", out, "--set", "teacher.lr=1e30", "--set", "student.lr=1e30",
@@ -210,6 +219,7 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
         assert all(torch.isfinite(t).all() for t in tensors(state / "student.safetensors").values())
 
 
+@pytest.mark.slow
 def test_unsynchronised_multi_process_launch_is_refused(work):
     r = mpl("train", DIGITS, "--out", work / "runs/unsync", cwd=work, check=False, WORLD_SIZE="2")
     assert r.returncode == 1 and "unsynchronised" in r.stderr
@@ -222,6 +232,7 @@ def _launch(work: Path, *args, processes: int = 2, timeout: int = 300) -> subpro
                           stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(work):
     import shutil
 
@@ -245,6 +256,7 @@ def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(wo
     assert run_info[-1]["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_train_in_process_through_the_cli(work, monkeypatch):
     monkeypatch.chdir(work)
     r = CliRunner().invoke(app, ["train", TWOMOON, "--out", "runs/inproc", "--set", "schedule.steps=20", "--json"])
@@ -255,6 +267,7 @@ def test_train_in_process_through_the_cli(work, monkeypatch):
     assert "train mpl" in r.stderr  # progress goes to stderr, never stdout
 
 
+@pytest.mark.slow
 def test_compiled_networks_train_like_eager_ones(work):
     """runtime.compile (torch.compile via Module.compile) keeps checkpoint names and the maths."""
     common = ["--set", "schedule.steps=5", "--set", "method.pseudo_labels=argmax"]
@@ -265,6 +278,7 @@ def test_compiled_networks_train_like_eager_ones(work):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_path_trains_on_cpu(work):
     out = work / "runs/bf16"
     mpl("train", DIGITS, "--out", out, "--set", "runtime.mixed_precision=bf16", "--set", "schedule.steps=4",
