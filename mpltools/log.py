@@ -12,13 +12,13 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
@@ -61,8 +61,12 @@ def progress(description: str, total: int | None, unit: str = "items", enabled: 
         bar.finish()
         return
     with make_progress(console) as prog:
-        task = prog.add_task(description, total=total, rate="", extra="")
+        task = prog.add_task(description, total=total, rate="", extra="", count=_count(0, total))
         yield _Bar(prog, task, description, total, unit)
+
+
+def _count(done: int, total: int | None) -> str:
+    return f"{compact(done)}/{compact(total)}" if total else compact(done)
 
 
 class _MetricsBelow(Progress):
@@ -76,17 +80,28 @@ class _MetricsBelow(Progress):
 
 
 def make_progress(target: Console) -> Progress:
+    def fixed() -> Column:  # never shrunk: only the bar gives way when the line is short
+        return Column(no_wrap=True)
+
     columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=None),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}", table_column=fixed()),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        TextColumn("{task.fields[count]}", table_column=fixed()),
+        TaskProgressColumn(table_column=fixed()),
+        TextColumn("{task.fields[rate]}", table_column=fixed()),
+        TimeElapsedColumn(table_column=fixed()),
+        TextColumn("eta", table_column=fixed()),
+        TimeRemainingColumn(table_column=fixed()),
     ]
     return _MetricsBelow(*columns, console=target, transient=False)
+
+
+def compact(n: float) -> str:
+    """A count in at most 6 characters: 99999, 433.3k, 43.3M, 1.3G."""
+    for limit, div, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e5, 1e3, "k")):
+        if n >= limit:
+            return f"{n / div:.1f}{suffix}"
+    return f"{n:.0f}" if isinstance(n, int) or n >= 100 else f"{n:.3g}"
 
 
 def _clock(seconds: float | None) -> str:
@@ -115,7 +130,8 @@ class _Bar:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         rate = (items if items is not None else self.done) / elapsed
         if self._prog is not None:
-            self._prog.update(self._task, advance=n, rate=f"{rate:,.0f} {self.unit}/s", extra=extra)
+            self._prog.update(self._task, advance=n, rate=f"{compact(rate)} {self.unit}/s", extra=extra,
+                              count=_count(self.done, self.total))
             return
         now = time.perf_counter()
         if now - self._last_log >= self._LOG_EVERY_S:

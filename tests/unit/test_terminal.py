@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from rich.console import Console
 
 from mpltools import log
@@ -11,20 +13,31 @@ from mpltools import log
 METRICS = "loss_t 2.3026 loss_s 2.3026 h +0.0012 top1 0.8123 lr_s 0.0500 lr_t 0.0500 uda 0.4321"
 
 
-def test_progress_at_80_columns_keeps_bar_rate_elapsed_and_eta():
-    out = io.StringIO()
-    term = Console(file=out, width=80, force_terminal=True, record=True, color_system=None)
+@pytest.mark.parametrize("description, total, unit", [
+    ("train mpl", 300_000, "steps"),
+    ("reduced: predict", 130_000_000, "images"),  # long name, nine-digit total: still bar, rate and ETA
+])
+def test_progress_at_80_columns_keeps_bar_rate_elapsed_and_eta(description, total, unit):
+    term = Console(file=io.StringIO(), width=80, force_terminal=True, record=True, color_system=None)
     prog = log.make_progress(term)
-    task = prog.add_task("train mpl", total=300_000, rate="1,234 steps/s", extra=METRICS)
-    prog.update(task, completed=120_000)
+    done = total * 2 // 5
+    task = prog.add_task(description, total=total, rate=f"{log.compact(123_456.7)} {unit}/s", extra=METRICS,
+                         count=log._count(done, total))
+    prog.update(task, completed=done)
     term.print(prog.get_renderable())
     lines = term.export_text().rstrip("\n").split("\n")
     assert all(len(line) <= 80 for line in lines), lines
     bar_line = lines[0]
-    for part in ("train mpl", "━", "120000/300000", "40%", "1,234 steps/s", "0:00:", "eta"):
+    count = f"{log.compact(done)}/{log.compact(total)}"
+    for part in (description, "━━", count, "40%", f"123.5k {unit}/s", "0:00:", "eta"):
         assert part in bar_line, (part, bar_line)
     assert " ".join(line.strip() for line in lines[1:]) == METRICS  # whole, below the bar (wrapped, not cut)
     assert "…" not in "".join(lines)
+
+
+def test_compact_counts():
+    assert [log.compact(n) for n in (0, 7, 99_999, 100_000, 433_055, 43_333_333, 1_300_000_000)] == \
+        ["0", "7", "99999", "100.0k", "433.1k", "43.3M", "1.3G"]
 
 
 def test_progress_without_terminal_prints_plain_unabbreviated_lines(monkeypatch):
@@ -51,3 +64,13 @@ def test_quiet_progress_prints_nothing(monkeypatch):
     with log.progress("x", total=3) as bar:
         bar.advance(3)
     assert stream.getvalue() == ""
+
+
+def test_live_progress_on_a_terminal(monkeypatch):
+    term = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    monkeypatch.setattr(log, "console", term)
+    monkeypatch.setattr(log, "_quiet", False)
+    with log.progress("train mpl", total=250_000, unit="steps") as bar:
+        bar.advance(100_000, extra=METRICS)
+    text = term.file.getvalue()
+    assert "100.0k/250.0k" in text and "steps/s" in text and "eta" in text and METRICS.split()[0] in text
