@@ -32,11 +32,11 @@ def set_quiet(quiet: bool) -> None:
 
 def info(message: str) -> None:
     if not _quiet:
-        console.print(message, markup=False)
+        console.print(message, markup=False, soft_wrap=True)  # a log file gets whole lines, not 80-column cuts
 
 
 def warn(message: str) -> None:
-    console.print(f"warning: {message}", style="yellow", markup=False)
+    console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
 
 
 def error(message: str) -> None:

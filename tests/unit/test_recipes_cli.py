@@ -132,3 +132,44 @@ def test_print_config_checks_the_model_names(run_cli):
     assert ran.exit_code == 2 and "model.name = 'resnet5' (student)" in ran.stderr and ran.stdout == ""
     ran = run_cli("train", REPO_ROOT / "recipes" / "digits.toml", "--print-config", "--set", "schedule.steps=7")
     assert ran.exit_code == 0 and "steps = 7" in ran.stdout
+
+
+def _save_teacher(path: Path, recipe_overrides: list[str], data_location: Path) -> None:
+    from mpltools.checkpoint import save_model
+    from mpltools.config import load_recipe
+    from mpltools.training import build_network, checkpoint_meta, open_data
+
+    recipe = load_recipe(REPO_ROOT / "recipes" / "twomoon.toml", recipe_overrides)
+    data = open_data(recipe, need_unlabeled=False)
+    net = build_network("mlp", {"hidden": [4]}, data)
+    save_model(path, net, checkpoint_meta("teacher", "mlp", {"hidden": [4]}, data, recipe, step=0))
+
+
+def test_validate_accepts_a_fitting_teacher_checkpoint_and_refuses_one_for_other_classes(run_cli, moons, tmp_path):
+    base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''", "method.name=pseudo-label"]
+    good = tmp_path / "teacher.safetensors"
+    _save_teacher(good, base[:3], moons)
+    ran = run_cli("recipes", "validate", "twomoon", "--json", *[a for s in base + [f"method.teacher_checkpoint={good}"]
+                                                              for a in ("--set", s)])
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["checkpoints"] == {"method.teacher_checkpoint": {"path": str(good), "architecture": "mlp",
+                                                                                  "role": "teacher"}}
+    three = tmp_path / "three"
+    assert run_cli("data", "import", "synthetic", "--num-samples", "12", "--num-classes", "3", "--image-size", "4",
+                   "--out", three).exit_code == 0
+    other = tmp_path / "other.safetensors"
+    _save_teacher(other, [f"data.labeled={three}", f"data.unlabeled={three}", "data.val=''", "augment.kind='none'"], three)
+    ran = _validate(run_cli, *base, f"method.teacher_checkpoint={other}")
+    assert ran.exit_code == 2 and "method.teacher_checkpoint" in ran.stderr and "predicts 3 classes" in ran.stderr, ran.stderr
+
+
+def test_recipes_shipped_inside_the_package_come_first(tmp_path, monkeypatch):
+    package = tmp_path / "mpltools"
+    (package / "_recipes").mkdir(parents=True)
+    (tmp_path / "recipes").mkdir()
+    (package / "_recipes" / "a.toml").write_text("# a.toml — from the package\n")
+    (tmp_path / "recipes" / "a.toml").write_text("# a.toml — from the repository\n")
+    (tmp_path / "recipes" / "b.toml").write_text("# b.toml — only in the repository\n")
+    monkeypatch.setattr(recipes, "_PACKAGE", package)
+    assert recipes.shipped() == {"a": package / "_recipes" / "a.toml", "b": tmp_path / "recipes" / "b.toml"}
+    assert [r["title"] for r in recipes.list_recipes()] == ["from the package", "only in the repository"]

@@ -74,3 +74,13 @@ def test_live_progress_on_a_terminal(monkeypatch):
         bar.advance(100_000, extra=METRICS)
     text = term.file.getvalue()
     assert "100.0k/250.0k" in text and "steps/s" in text and "eta" in text and METRICS.split()[0] in text
+
+
+def test_info_lines_are_not_cut_at_80_columns_in_a_log_file(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "console", Console(file=stream, width=80))
+    monkeypatch.setattr(log, "_quiet", False)
+    message = "unlabelled: 0 worker(s), 0 queued batch(es) each, 5 KB per batch; estimated loader memory 25 KB"
+    log.info(message)
+    log.warn(message)
+    assert stream.getvalue() == f"{message}\nwarning: {message}\n"
