@@ -69,6 +69,14 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None)
     except UsageError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
 
+    if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
+        from mpltools.commands import reduced as reduced_command
+
+        try:
+            reduced_command.check_inputs(recipe)
+        except MplError as exc:
+            raise UsageError(f"{source}: {exc.message}") from None
+
     need_unlabeled = method != "supervised"
     keys = [("data.labeled", recipe.data.labeled, True)]
     if need_unlabeled:

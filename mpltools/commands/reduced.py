@@ -134,7 +134,8 @@ def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[
 # ---------------------------------------------------------------- step 2: train
 
 
-def train(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
+def check_inputs(recipe: Recipe):
+    """Step 2's checks before anything is written (also run by `mpl recipes validate`): (labeled, unlabeled, member)."""
     if recipe.method.name != "mpl":
         raise UsageError(f"Reduced MPL trains with the MPL step: set method.name = \"mpl\" (the recipe says {recipe.method.name!r}).")
     if recipe.model.teacher_name != "reduced_teacher":
@@ -151,6 +152,12 @@ def train(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
     if pl["prediction"]["member"] != member:
         raise MplError(f"{labeled.root} stores {pl['prediction']['member']} but {unlabeled.root} stores {member}; "
                        "predict both sets with the same --topk / --logits choice.")
+    return labeled, unlabeled, member
+
+
+def train(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
+    labeled, unlabeled, member = check_inputs(recipe)
+    pu = unlabeled.provenance
     if recipe.method.uda_weight:
         log.warn("method.uda_weight has no effect in Reduced MPL: the reduced teacher reads the same stored prediction for both views.")
     export = trainer.Export(

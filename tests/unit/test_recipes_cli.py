@@ -173,3 +173,8 @@ def test_recipes_shipped_inside_the_package_come_first(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "_PACKAGE", package)
     assert recipes.shipped() == {"a": package / "_recipes" / "a.toml", "b": tmp_path / "recipes" / "b.toml"}
     assert [r["title"] for r in recipes.list_recipes()] == ["from the package", "only in the repository"]
+
+
+def test_validate_a_reduced_recipe_needs_prediction_sets(run_cli, moons):
+    ran = _validate(run_cli, f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''", recipe="reduced_b7_yfcc")
+    assert ran.exit_code == 2 and f"{moons} (data.labeled) holds no stored teacher predictions" in ran.stderr, ran.stderr
