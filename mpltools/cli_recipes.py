@@ -53,6 +53,8 @@ def recipes_validate(
     recipe: Path = typer.Argument(..., help="TOML recipe to check (a path, or the name of a shipped recipe)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
     seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder `mpl train` would get (default runs/<recipe name>)."),
+    force: bool = typer.Option(False, "--force", help="As `mpl train --force`: an existing run folder would be started over."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Every check `mpl train` makes before writing (recipe, models, data, checkpoints), without training; exit 2 names the key.
@@ -67,7 +69,7 @@ def recipes_validate(
         path = recipe
         if not path.exists() and path.suffix in ("", ".toml") and len(path.parts) == 1:
             path = recipes.find(str(path))  # a shipped recipe by name
-        return recipe_check.check(path, overrides, seed)
+        return recipe_check.check(path, overrides, seed, out=out, force=force)
 
     report = _execute(go)
     _emit(report, as_json, [recipe_check.render(report)])

@@ -195,11 +195,22 @@ _RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("da
 def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
     """Create or re-open a run folder; return the state to resume from (None = fresh start)."""
     out = Path(out)
-    saved = out / "recipe.toml"
     if out.exists() and force and is_main:
         import shutil
 
         shutil.rmtree(out)
+    if check_run_folder(out, recipe) == "resume":
+        return latest_state(out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.toml").write_text(to_toml(recipe), encoding="utf-8")
+    return None
+
+
+def check_run_folder(out: Path, recipe: Recipe) -> str:
+    """What `train` would do with the run folder, writing nothing: resume (a run of this recipe) or start new
+    (absent or empty); another recipe's run or a foreign folder is refused."""
+    out, saved = Path(out), Path(out) / "recipe.toml"
     if out.exists() and saved.is_file():
         import tomllib
 
@@ -210,13 +221,10 @@ def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) ->
         if diffs:
             raise UsageError(f"{out} holds a run with a different recipe ({'; '.join(diffs[:4])}); "
                              "use another --out, or --force to start that run over.")
-        return latest_state(out)
-    if out.exists() and any(out.iterdir()) and not saved.is_file():
+        return "resume"
+    if out.exists() and any(out.iterdir()):
         raise MplError(f"{out} exists and is not a run folder; choose another --out or pass --force.")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.toml").write_text(to_toml(recipe), encoding="utf-8")
-    return None
+    return "new"
 
 
 def write_run_info(out: Path, info: dict) -> None:

@@ -15,6 +15,7 @@ from mpltools.config import Recipe, load_recipe
 from mpltools.errors import MplError, UsageError
 
 TWO_NETWORKS = ("mpl", "released")
+_ACTIONS = {"new": "a new run", "resume": "resumes the run there", "restart": "deleted and started over (--force)"}
 
 
 def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
@@ -51,11 +52,16 @@ def _open_key(source: str, key: str, location: str, need_labels: bool):
     return shards
 
 
-def check(path: Path | None, overrides: list[str] = (), seed: int | None = None) -> dict:
+def check(path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None,
+          force: bool = False) -> dict:
+    """`out` is the run folder `train` would use (default runs/<recipe name>, as `mpl train`)."""
+    import os
+
     import torch
 
+    from mpltools.data import sizing
     from mpltools.trainer import hyper_from
-    from mpltools.training import build_network, open_data
+    from mpltools.training import build_network, check_run_folder, loader_plan, open_data
 
     recipe = load_recipe(path, list(overrides), seed=seed)
     source = str(path) if path is not None else "defaults"
@@ -73,7 +79,7 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None)
         from mpltools.commands import reduced as reduced_command
 
         try:
-            reduced_command.check_inputs(recipe)
+            _, _, member = reduced_command.check_inputs(recipe)
         except MplError as exc:
             raise UsageError(f"{source}: {exc.message}") from None
 
@@ -104,11 +110,23 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None)
                 raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
             networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = loader_plan(data, recipe, world, need_unlabeled, (member,) if reduced else ())
+    problem = sizing.refusal(plan, int(os.environ.get("LOCAL_WORLD_SIZE", world)), sizing.machine_memory())
+    if problem:
+        raise UsageError(f"{source}: {problem}")
+
     checkpoints = {}
     if method == "pseudo-label":
         checkpoints["method.teacher_checkpoint"] = _check_checkpoint(recipe.method.teacher_checkpoint, data, source)
+    run_dir = Path(out) if out is not None else Path("runs") / (Path(path).stem if path is not None else "defaults")
+    try:
+        action = "restart" if force and run_dir.exists() else check_run_folder(run_dir, recipe)
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
     return {"recipe": source, "ok": True, "method": method, "command": "mpl reduced train" if reduced else "mpl train",
-            "data": data_report, "networks": networks, "checkpoints": checkpoints}
+            "data": data_report, "networks": networks, "checkpoints": checkpoints,
+            "run_folder": {"path": str(run_dir), "action": action}, "loaders": plan.describe()}
 
 
 def _check_checkpoint(location: str, data, source: str) -> dict:
@@ -131,4 +149,6 @@ def render(report: dict) -> str:
         lines.append(f"  {role}: {n['name']} ({n['parameters']:,} parameters)")
     for key, c in report["checkpoints"].items():
         lines.append(f"  {key}: {c['path']} ({c['role']}, {c['architecture']})")
+    run = report["run_folder"]
+    lines.append(f"  run folder: {run['path']} ({_ACTIONS[run['action']]})")
     return "\n".join(lines)

@@ -120,8 +120,12 @@ def test_validate_reads_the_teacher_checkpoint(run_cli, moons, tmp_path):
 def test_validate_builds_efficientnet_l2_on_the_meta_device(run_cli, tmp_path):
     images = tmp_path / "images"
     assert run_cli("data", "import", "synthetic", "--num-samples", "20", "--image-size", "8", "--out", images).exit_code == 0
-    ran = run_cli("recipes", "validate", "efficientnet_l2_jft", "--set", f"data.labeled={images}", "--set",
-                  f"data.unlabeled={images}", "--set", "data.val=''", "--json")
+    sets = ["--set", f"data.labeled={images}", "--set", f"data.unlabeled={images}", "--set", "data.val=''"]
+    ran = run_cli("recipes", "validate", "efficientnet_l2_jft", *sets)
+    # as `mpl train` would: 2,048 + 16,384 images of 512x512 in one process cannot fit this machine's memory
+    assert ran.exit_code == 2 and "the data loaders would hold about" in ran.stderr, ran.stderr
+    ran = run_cli("recipes", "validate", "efficientnet_l2_jft", *sets, "--set", "data.batch_size=2", "--set", "data.workers=0",
+                  "--json")
     assert ran.exit_code == 0, ran.stderr
     student = json.loads(ran.stdout)["networks"]["student"]
     assert student["name"] == "efficientnet_l2" and student["parameters"] > 400_000_000  # no memory was allocated for it
@@ -178,3 +182,27 @@ def test_recipes_shipped_inside_the_package_come_first(tmp_path, monkeypatch):
 def test_validate_a_reduced_recipe_needs_prediction_sets(run_cli, moons):
     ran = _validate(run_cli, f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''", recipe="reduced_b7_yfcc")
     assert ran.exit_code == 2 and f"{moons} (data.labeled) holds no stored teacher predictions" in ran.stderr, ran.stderr
+
+
+def test_validate_checks_the_run_folder_like_train(run_cli, moons, tmp_path):
+    base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''"]
+    sets = [a for s in base for a in ("--set", s)]
+    run = tmp_path / "run"
+    first = run_cli("recipes", "validate", "twomoon", *sets, "--out", run, "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["run_folder"] == {"path": str(run), "action": "new"}
+    assert not run.exists()
+    from mpltools.config import load_recipe, to_toml
+
+    run.mkdir()
+    (run / "recipe.toml").write_text(to_toml(load_recipe(REPO_ROOT / "recipes" / "twomoon.toml", base)))
+    again = run_cli("recipes", "validate", "twomoon", *sets, "--out", run, "--json")
+    assert json.loads(again.stdout)["run_folder"]["action"] == "resume"
+    other = run_cli("recipes", "validate", "twomoon", *sets, "--set", "schedule.steps=7", "--out", run)
+    assert other.exit_code == 2 and f"{run} holds a run with a different recipe (schedule.steps: 5000 -> 7)" in other.stderr
+    forced = run_cli("recipes", "validate", "twomoon", *sets, "--set", "schedule.steps=7", "--out", run, "--force", "--json")
+    assert json.loads(forced.stdout)["run_folder"]["action"] == "restart" and (run / "recipe.toml").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    ran = run_cli("recipes", "validate", "twomoon", *sets, "--out", foreign)
+    assert ran.exit_code == 2 and f"{foreign} exists and is not a run folder" in ran.stderr
