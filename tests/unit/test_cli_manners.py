@@ -65,7 +65,8 @@ def _mpl(*args, **env):
 
 
 def test_show_completion_for_bash_and_complete_a_word():
-    script = _mpl("--show-completion", SHELL="/bin/bash")
+    # typer's switch to take the shell as a value instead of detecting the parent shell (zsh, fish... on a dev machine)
+    script = _mpl("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
     assert script.returncode == 0 and "_mpl_completion()" in script.stdout and "_MPL_COMPLETE=complete_bash" in script.stdout
     words = _mpl(_MPL_COMPLETE="complete_bash", COMP_WORDS="mpl data i", COMP_CWORD="2")
     assert words.returncode == 0 and words.stdout.split() == ["import", "info"]
