@@ -1,7 +1,9 @@
 """The command line: declares commands and options, then hands over to `mpltools.commands.*`.
 
-This is the only module that uses Typer. It imports no torch: commands are imported inside the
-functions, so `mpl --help` and `mpl --version` stay instant.
+Only the `mpltools/cli*.py` modules use Typer: this one (the root, train/finetune/eval, reduced,
+plot), `cli_data` (`mpl data ...`), `cli_recipes` (`mpl recipes ...`), `cli_env` (`mpl env`), and
+`cli_common` (error handling and exit codes, shared by all). None imports torch: commands are
+imported inside the functions, so `mpl --help` and `mpl --version` stay instant.
 """
 
 from __future__ import annotations
