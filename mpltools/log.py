@@ -44,25 +44,27 @@ def error(message: str) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None, unit: str = "items", enabled: bool = True) -> Iterator["_Bar"]:
+def progress(description: str, total: int | None, unit: str = "items", enabled: bool = True,
+             start: int = 0) -> Iterator["_Bar"]:
     """Progress on stderr: a rich bar with rate, elapsed time and ETA on a terminal, plain lines otherwise.
 
     On a terminal the metrics go on their own line below the bar, so at 80 columns the bar, rate
     and ETA are never squeezed out. Without a terminal (CI, a cluster's log file) rich's live display
     would render once, cut to 80 columns; we print a plain, unabbreviated line every `_LOG_EVERY_S`
-    seconds and one at the end instead.
+    seconds and one at the end instead. `start` items are already done (a resumed run): they count
+    towards the total but not towards the rate and ETA.
     """
     if _quiet or not enabled:
-        yield _Bar(None, None, description, total, unit)
+        yield _Bar(None, None, description, total, unit, start=start)
         return
     if not console.is_terminal:
-        bar = _Bar(None, None, description, total, unit, plain=True)
+        bar = _Bar(None, None, description, total, unit, plain=True, start=start)
         yield bar
         bar.finish()
         return
     with make_progress(console) as prog:
-        task = prog.add_task(description, total=total, rate="", extra="", count=_count(0, total))
-        yield _Bar(prog, task, description, total, unit)
+        task = prog.add_task(description, total=total, completed=start, rate="", extra="", count=_count(start, total))
+        yield _Bar(prog, task, description, total, unit, start=start)
 
 
 def _count(done: int, total: int | None) -> str:
@@ -114,12 +116,12 @@ def _clock(seconds: float | None) -> str:
 class _Bar:
     _LOG_EVERY_S = 30.0
 
-    def __init__(self, prog, task, description, total, unit, plain: bool = False):
+    def __init__(self, prog, task, description, total, unit, plain: bool = False, start: int = 0):
         self._prog, self._task, self._plain = prog, task, plain
         self.description, self.total, self.unit = description, total, unit
         self._start = time.perf_counter()
         self._last_log = self._start
-        self.done = 0
+        self.done = self._start_done = start
         self.extra = ""
 
     def advance(self, n: int = 1, extra: str = "", items: int | None = None) -> None:
@@ -128,7 +130,7 @@ class _Bar:
         if self._prog is None and not self._plain:
             return
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        rate = (items if items is not None else self.done) / elapsed
+        rate = (items if items is not None else self.done - self._start_done) / elapsed
         if self._prog is not None:
             self._prog.update(self._task, advance=n, rate=f"{compact(rate)} {self.unit}/s", extra=extra,
                               count=_count(self.done, self.total))
@@ -150,7 +152,8 @@ class _Bar:
 
     def finish(self) -> None:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        console.print(self.plain_line(self.done / elapsed, elapsed), markup=False, highlight=False, soft_wrap=True)
+        rate = (self.done - self._start_done) / elapsed
+        console.print(self.plain_line(rate, elapsed), markup=False, highlight=False, soft_wrap=True)
 
 
 class MetricsWriter:

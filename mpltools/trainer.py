@@ -143,8 +143,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
     wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
-    with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main) as bar:
-        bar.advance(step)
+    with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main,
+                                               start=step) as bar:
         while step < total:
             t0 = time.perf_counter()
             lab = next(labeled_stream)

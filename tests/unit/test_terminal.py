@@ -84,3 +84,18 @@ def test_info_lines_are_not_cut_at_80_columns_in_a_log_file(monkeypatch):
     log.info(message)
     log.warn(message)
     assert stream.getvalue() == f"{message}\nwarning: {message}\n"
+
+
+def test_a_resumed_run_counts_only_new_steps_in_rate_and_eta(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "console", Console(file=stream, width=80))
+    monkeypatch.setattr(log, "_quiet", False)
+    monkeypatch.setattr(log._Bar, "_LOG_EVERY_S", 0.0)
+    now = [100.0]
+    monkeypatch.setattr(log.time, "perf_counter", lambda: now[0])
+    with log.progress("train mpl", total=1000, unit="steps", start=600) as bar:
+        now[0] = 110.0
+        bar.advance(100)  # 100 new steps in 10 s; the 600 resumed ones are not part of the rate
+    first, final = stream.getvalue().splitlines()
+    assert first == "train mpl: 700/1000 (70%) 10.0 steps/s elapsed 0:00:10 eta 0:00:30"
+    assert final == first
