@@ -70,3 +70,27 @@ def test_show_completion_for_bash_and_complete_a_word():
     assert script.returncode == 0 and "_mpl_completion()" in script.stdout and "_MPL_COMPLETE=complete_bash" in script.stdout
     words = _mpl(_MPL_COMPLETE="complete_bash", COMP_WORDS="mpl data i", COMP_CWORD="2")
     assert words.returncode == 0 and words.stdout.split() == ["import", "info"]
+
+
+def _examples(text: str) -> list[str]:
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Example:")
+    return [line.strip() for line in lines[start + 1:] if line.strip().startswith("mpl ")]
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "mpl")
+def test_every_example_parses_as_a_real_command_line(path):
+    """The examples name real commands and options (parsed by click, not run)."""
+    import shlex
+
+    root = typer.main.get_command(app)
+    examples = _examples(CliRunner().invoke(app, [*path, "--help"]).output)
+    assert examples
+    for example in examples:
+        line = example.split(" > ")[0].split(" | ")[0]  # the command, without the shell's redirection
+        args = [a for a in hoist_global_flags(shlex.split(line)[1:]) if a not in ("-q", "--quiet", "--debug")]
+        command = root
+        while hasattr(command, "commands") and args and args[0] in command.commands:
+            command = command.commands[args.pop(0)]
+        assert not hasattr(command, "commands"), example  # ends at a command, not a group
+        command.make_context(command.name, args)  # raises on an unknown option or a missing argument
