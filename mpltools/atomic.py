@@ -7,6 +7,7 @@ user said `--force`.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mpltools.errors import MplError
+
+DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def fsync_dir(path: Path) -> None:
@@ -67,8 +70,10 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, out)
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            raise write_error(out, exc) from None
         raise
 
 
@@ -89,6 +94,15 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            raise write_error(out, exc) from None
         raise
+
+
+def write_error(path: Path, exc: OSError) -> MplError:
+    """A write failure as a message that names the file and says what to do."""
+    why = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than the file-size limit (ulimit -f)",
+           errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, exc.strerror or str(exc))
+    return MplError(f"cannot write {path}: {why}; free space or raise the limit, then re-run the same command.")

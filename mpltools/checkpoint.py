@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from mpltools import __version__
 from mpltools.atomic import atomic_file, fsync_dir
 from mpltools.errors import MplError
+from mpltools.atomic import DISK_ERRORS, write_error
+from mpltools.stwrite import write_safetensors
 
 FORMAT = "mpltools.checkpoint"
 FORMAT_VERSION = 1
@@ -89,7 +90,7 @@ def _cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_model(path: Path, model: torch.nn.Module, meta: CheckpointMeta, force: bool = True) -> Path:
     path = Path(path)
     with atomic_file(path, force=force) as tmp:
-        save_file(_cpu_tensors(model.state_dict()), tmp, metadata=meta.to_metadata())
+        write_safetensors(tmp, _cpu_tensors(model.state_dict()), meta.to_metadata())
     return path
 
 
@@ -181,9 +182,25 @@ def save_state(run: Path, step: int, groups: dict[str, dict[str, torch.Tensor]],
     shutil.rmtree(tmp, ignore_errors=True)
     if final.exists():
         shutil.rmtree(final)  # an uncommitted folder of the same step from an earlier crash
+    try:
+        _write_state(tmp, final, step, groups, scalars, extra_files)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a `.step_N.tmp` behind (disk full, Ctrl-C)
+        if not (final / MARKER).is_file():
+            shutil.rmtree(final, ignore_errors=True)  # nor a renamed folder whose marker could not be written
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            raise write_error(final, exc) from None
+        raise
+    fsync_dir(final.parent)
+    _prune(final.parent, keep_last)
+    return final
+
+
+def _write_state(tmp: Path, final: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], scalars: dict,
+                 extra_files: dict[str, Path] | None) -> None:
     tmp.mkdir()
     for name, tensors in groups.items():
-        save_file(_cpu_tensors(tensors), tmp / f"{name}.safetensors")
+        write_safetensors(tmp / f"{name}.safetensors", _cpu_tensors(tensors))
     for name, src in (extra_files or {}).items():
         shutil.copyfile(src, tmp / name)
     (tmp / "state.json").write_text(json.dumps(scalars, indent=1, sort_keys=True), encoding="utf-8")
@@ -193,9 +210,6 @@ def save_state(run: Path, step: int, groups: dict[str, dict[str, torch.Tensor]],
     os.replace(tmp, final)
     with atomic_file(final / MARKER) as marker:
         marker.write_text(f"step {step}\n")
-    fsync_dir(final.parent)
-    _prune(final.parent, keep_last)
-    return final
 
 
 def _prune(root: Path, keep_last: int) -> None:

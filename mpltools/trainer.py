@@ -252,12 +252,12 @@ def _save(out: Path, step: int, nets: Networks, generator, runtime, recipe: Reci
     """Every process saves its RNG state; the main process writes and commits the state folder."""
     pending = Path(out) / "state" / ".pending_rng"
     if runtime.world > 1:
-        from safetensors.torch import save_file
+        from mpltools.stwrite import write_safetensors
 
         if runtime.is_main:
             pending.mkdir(parents=True, exist_ok=True)
         runtime.barrier()
-        save_file({k: v.cpu().contiguous() for k, v in _rng_group(generator, runtime).items()}, pending / f"rank_{runtime.rank}.safetensors")
+        write_safetensors(pending / f"rank_{runtime.rank}.safetensors", {k: v.cpu().contiguous() for k, v in _rng_group(generator, runtime).items()})
         runtime.barrier()
     if runtime.is_main:
         groups = _groups(nets, generator, runtime)

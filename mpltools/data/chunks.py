@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mpltools.data import transforms
+from mpltools.data import verify
 from mpltools.data.shards import INPUT_EXTENSIONS, Sample, ShardError, ShardSet, decode_input, index_shard, read_shard
 from mpltools.data.tarindex import BLOCK
 
@@ -106,7 +107,7 @@ def shard_samples(path, num_classes: int | None, wanted=None):
             if wanted is None or wanted(position):
                 yield position, sample
         return
-    with open(path, "rb") as fh:
+    with verify.open_checked(path) as fh:
         for position, (start, end) in enumerate(index.bounds[:, :2].tolist()):
             if wanted is not None and not wanted(position):
                 continue
@@ -116,6 +117,7 @@ def shard_samples(path, num_classes: int | None, wanted=None):
                 raise ShardError(f"{path} changed while it was read (sample {index.keys[position]!r}); read it again.")
             label = int(index.labels[position])
             yield position, _sample(raw, index.keys[position], None if label < 0 else label)
+        fh.finish()  # the shard's sha256 against the manifest (when every sample was read in order)
 
 
 def _sample(raw: bytes, key: str, label: int | None) -> Sample:

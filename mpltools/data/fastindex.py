@@ -89,10 +89,10 @@ def _walk(mm: mmap.mmap, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             if header == zero:
                 break
             return None
-        try:
-            n = int(header[124:135], 8)  # 11 octal digits and a NUL, as tarfile writes USTAR sizes
-        except ValueError:
-            return None
+        field = header[124:135]  # 11 octal digits and a NUL, as tarfile writes USTAR sizes
+        if field.strip(b"01234567"):
+            return None  # a sign, space, '_' or other byte int() would accept or reject: the sequential reader decides
+        n = int(field, 8)
         offsets.append(o)
         sizes.append(n)
         headers.append(header)

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mpltools.data import verify
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
 from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
@@ -262,6 +263,7 @@ def open_shard_set(location: str | Path) -> ShardSet:
     for path in paths:
         if not path.is_file():
             raise ShardError(f"{path} is listed in {manifest_path} but missing; the shard set is incomplete, re-create it.")
+    verify.register(paths, [s["sha256"] for s in manifest["shards"]])
     return ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -291,7 +293,7 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
     current: Sample | None = None
     seen: set[str] = set()
     try:
-        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        with verify.open_checked(path) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     raise ShardError(f"{path}: member {member.name!r} is not a regular file; shards hold only files.")
@@ -308,6 +310,7 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
                     current = Sample(key=key, ext="", data=b"")
                 _add_member(current, ext, payload, path)
             check_end(fh, tar.offset, path)  # tarfile ends silently at a truncated or corrupt header
+            fh.finish()
     except (tarfile.TarError, EOFError, OSError) as exc:
         where = f" after sample {current.key!r}" if current else ""
         raise ShardError(f"{path} is not a readable tar shard{where} ({exc}); it is truncated or corrupt: re-create or re-download it.") from None

@@ -62,7 +62,10 @@ def check_end(fh: BinaryIO, offset: int, path: object) -> None:
 
 
 def _octal(field: bytes) -> int:
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    digits = field.split(b"\0", 1)[0].strip()
+    if digits.strip(b"01234567"):
+        raise ValueError(f"not an octal number: {field!r}")  # int() would accept a sign or '_'
+    return int(digits or b"0", 8)
 
 
 _POWERS = 8 ** np.arange(5, -1, -1, dtype=np.int64)
