@@ -84,6 +84,7 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)  # left by a killed writer of the same file
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)

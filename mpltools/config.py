@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mpltools import preflight
 from mpltools.errors import UsageError
 
 
@@ -257,6 +258,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int
         raw.setdefault("runtime", {})["seed"] = seed
     recipe = from_dict(raw, source)
     validate(recipe, source)
+    preflight.validate(recipe, "train", source)
     return recipe
 
 

@@ -184,7 +184,9 @@ def truncate_metrics(path: Path, after_step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-        if record.get("step", -1) <= after_step:
+        step = record.get("step", -1) if isinstance(record, dict) else -1
+        # the final record of `after_step` is written again when the run ends: keep one, not two
+        if step < after_step or (step == after_step and not record.get("final")):
             kept.append(line)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")

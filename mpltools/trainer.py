@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mpltools import __version__, log, runtime as rt
+from mpltools import __version__, log, preflight, runtime as rt
 from mpltools.checkpoint import (file_sha256, load_model, load_optimizer_tensors, load_state, optimizer_tensors,
                                  save_model, save_state)
 from mpltools.config import Recipe
@@ -75,6 +75,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
     check_loaders(data, recipe, runtime, method != "supervised", (export.teacher_inputs,) if reduced else ())
+    preflight.check_run(recipe, data, export.init_student)
     resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
     runtime.barrier()
     hp = hyper_from(recipe)

@@ -203,7 +203,7 @@ def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) ->
         return latest_state(out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.toml").write_text(to_toml(recipe), encoding="utf-8")
+        _write_text(out / "recipe.toml", to_toml(recipe))
     return None
 
 
@@ -214,7 +214,13 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
     if out.exists() and saved.is_file():
         import tomllib
 
-        old = tomllib.loads(saved.read_text(encoding="utf-8"))
+        try:
+            old = tomllib.loads(saved.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            if latest_state(out) is not None:
+                raise MplError(f"{saved} is damaged (a kill while it was written?) but {out} holds resume states; "
+                               "restore it, or pass --force to start the run over.") from None
+            return "new"  # killed before the first state: nothing to lose, start afresh (recipe.toml is rewritten)
         new = recipe.to_dict()
         diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, values in new.items() for k, v in values.items()
                  if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES]
@@ -227,9 +233,22 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
     return "new"
 
 
+def _write_text(path: Path, text: str) -> None:
+    from mpltools.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_run_info(out: Path, info: dict) -> None:
     path = Path(out) / "run.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
+    try:
+        history = json.loads(path.read_text()) if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        history = None
+    if not isinstance(history, list):  # empty or partial after a kill: the run's history restarts here
+        log.warn(f"{path} was damaged (a kill while it was written?); starting its history afresh.")
+        history = []
     history.append(info)
-    path.write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+    _write_text(path, json.dumps(history, indent=1) + "\n")
     log.info(f"run folder {out}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpltools import log, runtime as rt
+from mpltools import log, preflight, runtime as rt
 from mpltools.atomic import atomic_dir
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.data import transforms
@@ -40,6 +40,7 @@ def run(checkpoint: Path, data: str, *, real: Path | None, predictions: Path | N
     shards = open_shard_set(data)
     shards.require_labels("evaluation")
     check_compatible(meta, shards.num_classes, shards.input_spec.to_json(), checkpoint, str(data))
+    preflight.check_eval(checkpoint, shards, predictions, force, batch_size)
     aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
     norm = (meta.normalisation["mean"], meta.normalisation["std"])
     real_labels = _read_real(real, None, meta.num_classes) if real else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from mpltools import trainer
+from mpltools import preflight, trainer
 from mpltools.checkpoint import file_sha256, read_checkpoint
 from mpltools.config import apply_overrides, from_dict, validate
 from mpltools.errors import UsageError
@@ -29,6 +29,7 @@ def run(checkpoint: Path, labeled: str, out: Path | None, recipe_path: Path | No
         raw["finetune"] = {**raw.get("finetune", {}), **given.get("finetune", {})}
     raw = apply_overrides(raw, overrides)
     base = from_dict(raw, "finetune settings")
+    preflight.validate(base, "finetune", "finetune settings")
     ft = base.finetune
     # Finetuning = the supervised method on the labelled set, starting from the checkpoint.
     raw["model"] = {"name": meta.architecture, "kwargs": meta.architecture_kwargs}

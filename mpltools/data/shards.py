@@ -23,6 +23,7 @@ import numpy as np
 
 from mpltools.data import verify
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
+from mpltools.data.manifest_schema import check_manifest
 from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
 FORMAT = "mpltools.shardset"
@@ -258,7 +259,7 @@ def open_shard_set(location: str | Path) -> ShardSet:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShardError(f"{manifest_path} is not valid JSON ({exc}); re-create the shard set.") from None
-    _check_manifest(manifest, manifest_path)
+    check_manifest(manifest, manifest_path)
     paths = [root / s["name"] for s in manifest["shards"]]
     for path in paths:
         if not path.is_file():

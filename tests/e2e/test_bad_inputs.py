@@ -1,0 +1,186 @@
+"""Issue 9: a catalogue of bad inputs through the real CLI (in-process CliRunner).
+
+Each case asserts the exit code, that the message names the offending file or key, that there is
+no traceback, and that nothing was left behind (no run folder, stub, temp file; a previous good
+output stays byte-identical). The tiny world (TwoMoon vectors, 8x8 grey images, two checkpoints)
+is built once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from mpltools.cli import app
+from tests.e2e.helpers import REPO
+
+TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
+
+
+def cli(*args) -> tuple[int, str]:
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, r.stdout + r.stderr
+
+
+def ok(*args) -> str:
+    code, out = cli(*args)
+    assert code == 0, out[-3000:]
+    return out
+
+
+def _image_set(folder: Path, n: int, size: int = 8) -> None:
+    from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
+
+    rng = np.random.default_rng(0)
+    w = ShardWriter(folder, input_spec=InputSpec("image", "png", (size, size, 1)), classes=["a", "b"], labeled=True,
+                    provenance={"test": "bad_inputs"})
+    for i in range(n):
+        w.write(Sample(f"s{i:03d}", "png", encode_png(rng.integers(0, 255, (size, size, 1), dtype=np.uint8)), i % 2))
+    w.close()
+
+
+def _edit_manifest(src: Path, dst: Path, edit) -> str:
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return str(dst)
+
+
+def _with_weights(src: Path, dst: Path, change) -> str:
+    with safe_open(src, framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(src)
+    change(tensors)
+    save_file(tensors, dst, metadata=meta)
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bad")
+    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
+    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
+    sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
+    base = ["--set", f"data.labeled={sets['labeled']}", "--set", f"data.unlabeled={sets['unlabeled']}",
+            "--set", f"data.val={sets['val']}", "--set", "schedule.steps=2", "--set", "eval.every=0"]
+    ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
+    _image_set(root / "img", 8)
+    _image_set(root / "empty", 0)
+    ok("train", TWOMOON, "--set", f"data.labeled={root / 'img'}", "--set", "data.unlabeled=", "--set", "data.val=",
+       "--set", "method.name=supervised", "--set", "model.name=small_cnn", "--set", "model.kwargs={}",
+       "--set", "schedule.steps=1", "--set", "data.batch_size=4", "--out", root / "imgrun")
+    ck = root / "run/student.safetensors"
+    labeled = Path(sets["labeled"])
+    d = dict(root=root, base=base, ck=str(ck), img=str(root / "img"), imgck=str(root / "imgrun/student.safetensors"),
+             empty=str(root / "empty"), **sets)
+    d["nan"] = _with_weights(ck, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan")))
+    (root / "garbage.safetensors").write_bytes(b"\x00not a checkpoint" * 10)
+    d["garbage"] = str(root / "garbage.safetensors")
+    d["neg"] = _edit_manifest(labeled, root / "neg", lambda m: (m["shards"][0].update(count=-1), m.update(num_samples=m["num_samples"] - m["shards"][0]["count"] - 1 + (-1) * 0)))
+    d["neg"] = _edit_manifest(labeled, root / "negn", lambda m: (m.update(num_samples=-1), [s.update(count=0) for s in m["shards"]], m["shards"][0].update(count=-1)))
+    d["badsha"] = _edit_manifest(labeled, root / "badsha", lambda m: m["shards"][0].update(sha256="xyz"))
+    d["dupcls"] = _edit_manifest(labeled, root / "dupcls", lambda m: m.update(classes=[m["classes"][0]] * len(m["classes"])))
+    d["badshape"] = _edit_manifest(labeled, root / "badshape", lambda m: m["input"].update(shape=[-2]))
+    (root / "notjson").mkdir()
+    (root / "notjson/manifest.json").write_text("{ not json")
+    d["notjson"] = str(root / "notjson")
+    (root / "broken.toml").write_text("[data\nlabeled = ")
+    d["broken"] = str(root / "broken.toml")
+    (root / "preds").mkdir()
+    (root / "preds/keep.txt").write_text("previous good output")
+    d["preds"] = str(root / "preds")
+    return d
+
+
+def T(d, key):  # a path of the world, resolved when the case runs
+    return lambda w: w[key]
+
+
+# (id, argv as a function of the world, exit code, what the message must name (a world key or literal text))
+CASES = [
+    # --- train: recipe values (exit 2, the key named), nothing written
+    ("train-print-config-bad-model", lambda w: ["train", TWOMOON, "--set", "model.name=resnet5", "--print-config"], 2, "model.name"),
+    ("train-bad-model", lambda w: ["train", TWOMOON, *w["base"], "--set", "model.name=resnet5"], 2, "model.name"),
+    ("train-bad-teacher-model", lambda w: ["train", TWOMOON, *w["base"], "--set", "model.teacher_name=nope"], 2, "model.teacher_name"),
+    ("train-negative-mpl-weight", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.mpl_weight=-1"], 2, "method.mpl_weight"),
+    ("train-negative-uda-weight", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_weight=-1"], 2, "method.uda_weight"),
+    ("train-uda-threshold", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_threshold=2"], 2, "method.uda_threshold"),
+    ("train-eval-batch-0", lambda w: ["train", TWOMOON, *w["base"], "--set", "eval.batch_size=0"], 2, "eval.batch_size"),
+    ("train-eval-every-neg", lambda w: ["train", TWOMOON, *w["base"], "--set", "eval.every=-1"], 2, "eval.every"),
+    ("train-log-every-0", lambda w: ["train", TWOMOON, *w["base"], "--set", "runtime.log_every=0"], 2, "runtime.log_every"),
+    ("train-unknown-key", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.nope=1"], 2, "method.nope"),
+    ("train-missing-recipe", lambda w: ["train", str(w["root"] / "nope.toml")], 2, "nope.toml"),
+    ("train-broken-recipe", lambda w: ["train", w["broken"]], 2, "broken.toml"),
+    # --- train: data and checkpoints (exit 1, the file named), no stub run folder
+    ("train-empty-val", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.val={w['empty']}"], 1, "empty"),
+    ("train-empty-labeled", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['empty']}"], 1, "empty"),
+    ("train-negative-count", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['neg']}"], 1, "negn"),
+    ("train-manifest-not-json", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['notjson']}"], 1, "notjson"),
+    ("train-missing-labeled", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['root'] / 'nowhere'}"], 1, "nowhere"),
+    ("train-pl-nan-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"], 1, "nan.safetensors"),
+    ("train-pl-missing-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['root'] / 'gone.safetensors'}"], 1, "gone.safetensors"),
+    ("train-pl-garbage-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['garbage']}"], 1, "garbage.safetensors"),
+    ("train-pl-image-teacher-vector-student", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['imgck']}"], 1, "imgrun"),
+    # --- eval
+    ("eval-empty-set", lambda w: ["eval", w["ck"], "--data", w["empty"]], 1, "empty"),
+    ("eval-empty-set-json", lambda w: ["eval", w["ck"], "--data", w["empty"], "--json"], 1, "empty"),
+    ("eval-negative-count", lambda w: ["eval", w["ck"], "--data", w["neg"]], 1, "negn"),
+    ("eval-bad-sha-field", lambda w: ["eval", w["ck"], "--data", w["badsha"]], 1, "badsha"),
+    ("eval-dup-classes", lambda w: ["eval", w["ck"], "--data", w["dupcls"]], 1, "dupcls"),
+    ("eval-bad-shape", lambda w: ["eval", w["ck"], "--data", w["badshape"]], 1, "badshape"),
+    ("eval-not-json", lambda w: ["eval", w["ck"], "--data", w["notjson"]], 1, "notjson"),
+    ("eval-missing-data", lambda w: ["eval", w["ck"], "--data", w["root"] / "nowhere"], 1, "nowhere"),
+    ("eval-nan-checkpoint", lambda w: ["eval", w["nan"], "--data", w["val"]], 1, "nan.safetensors"),
+    ("eval-garbage-checkpoint", lambda w: ["eval", w["garbage"], "--data", w["val"]], 1, "garbage.safetensors"),
+    ("eval-missing-checkpoint", lambda w: ["eval", w["root"] / "gone.safetensors", "--data", w["val"]], 1, "gone.safetensors"),
+    ("eval-image-ckpt-on-vectors", lambda w: ["eval", w["imgck"], "--data", w["val"]], 1, "imgrun"),
+    ("eval-vector-ckpt-on-images", lambda w: ["eval", w["ck"], "--data", w["img"]], 1, "student.safetensors"),
+    ("eval-batch-size-0", lambda w: ["eval", w["ck"], "--data", w["val"], "--batch-size", "0"], 2, "batch-size"),
+    ("eval-predictions-exist", lambda w: ["eval", w["ck"], "--data", w["val"], "--predictions", w["preds"]], 1, "preds"),
+    # --- finetune
+    ("finetune-lr-negative", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.lr=-1"], 2, "finetune.lr"),
+    ("finetune-batch-0", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.batch_size=0"], 2, "finetune.batch_size"),
+    ("finetune-steps-0", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.steps=0"], 2, "finetune.steps"),
+    ("finetune-momentum", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.momentum=1.5"], 2, "finetune.momentum"),
+    ("finetune-ckpt-vs-image-data", lambda w: ["finetune", w["ck"], "--labeled", w["img"]], 1, "student.safetensors"),
+    ("finetune-image-ckpt-vs-vectors", lambda w: ["finetune", w["imgck"], "--labeled", w["labeled"]], 1, "imgrun"),
+    ("finetune-nan-checkpoint", lambda w: ["finetune", w["nan"], "--labeled", w["labeled"]], 1, "nan.safetensors"),
+    ("finetune-garbage-checkpoint", lambda w: ["finetune", w["garbage"], "--labeled", w["labeled"]], 1, "garbage.safetensors"),
+    ("finetune-empty-labeled", lambda w: ["finetune", w["ck"], "--labeled", w["empty"]], 1, "empty"),
+    ("finetune-negative-count", lambda w: ["finetune", w["ck"], "--labeled", w["neg"]], 1, "negn"),
+    # --- data info
+    ("info-negative-count", lambda w: ["data", "info", w["neg"]], 1, "negn"),
+    ("info-dup-classes", lambda w: ["data", "info", w["dupcls"]], 1, "dupcls"),
+    ("info-not-json", lambda w: ["data", "info", w["notjson"]], 1, "notjson"),
+]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, code, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(w, tmp_path, argv, code, names):
+    out = tmp_path / "deep" / "out"
+    args = argv(w)
+    if args[0] in ("train", "finetune") and "--print-config" not in args:
+        args = [*args, "--out", out]
+    before = _tree(w["root"])
+    got, text = cli(*args)
+    assert got == code, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith(("error:", "Error", "Usage:", "│", "Invalid"))]
+    message = "\n".join(errors) if got != 2 or any(e.startswith("error:") for e in errors) else text
+    assert names in message and "Error:" not in message.split("error:", 1)[-1][:40], text[-2000:]
+    assert "Traceback" not in text
+    assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
+    assert _tree(w["root"]) == before, "a failed command changed or left files in its inputs' folders"
