@@ -118,7 +118,8 @@ class RuntimeConfig:
     compile: bool = False
     log_every: int = 50
     threads: int = 0  # torch threads per process on CPU (0 = leave as is)
-    tensorboard: bool = False
+    tensorboard: bool = False  # deprecated alias of trackers = ["tensorboard"]
+    trackers: list[str] = field(default_factory=list)  # any of "tensorboard", "wandb", "mlflow" (mpltools/tracking.py)
 
 
 @dataclass
@@ -191,6 +192,10 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             raise UsageError(f"{where} must be a string, not {value!r}.")
         return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise UsageError(f"{where} must be a list of strings, e.g. [\"tensorboard\"], not {value!r}.")
+        return list(value)
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{where} must be a table, e.g. {{ dropout = 0.2 }}, not {value!r}.")

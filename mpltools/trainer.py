@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mpltools import __version__, log, preflight, runtime as rt
+from mpltools import __version__, log, preflight, runtime as rt, tracking
 from mpltools.checkpoint import (file_sha256, load_model, load_optimizer_tensors, load_state, optimizer_tensors,
                                  save_model, save_state)
 from mpltools.config import Recipe
@@ -76,6 +76,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     data = open_data(recipe, need_unlabeled=method != "supervised")
     check_loaders(data, recipe, runtime, method != "supervised", (export.teacher_inputs,) if reduced else ())
     preflight.check_run(recipe, data, export.init_student)
+    trackers = tracking.requested(recipe.runtime)
+    tracking.check(trackers)  # before the run folder is written
     resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
     runtime.barrier()
     hp = hyper_from(recipe)
@@ -136,7 +138,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                              "python": platform.python_version(), "seed": recipe.runtime.seed})
         log.truncate_metrics(out / "metrics.jsonl", step)
     metrics_file = log.MetricsWriter(out / "metrics.jsonl") if runtime.is_main else None
-    tracker = _tensorboard(out, runtime) if recipe.runtime.tensorboard and runtime.is_main else None
+    tracker = tracking.start(trackers, out, recipe.to_dict()) if runtime.is_main else None
 
     labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised",
                                                     extras=(export.teacher_inputs,) if reduced else ())
@@ -172,7 +174,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 if metrics_file:
                     metrics_file.write(record)
                     if tracker:
-                        tracker.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
+                        tracker.log(record, step=step)
                 bar.advance(window_steps, items=None, extra=_summary(record))
                 wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
             if step % recipe.checkpoint.every == 0 and step != total:
@@ -314,14 +316,3 @@ def _export(out: Path, nets: Networks, data, recipe: Recipe, step: int, method: 
     paths["student_sha256"] = file_sha256(Path(paths["student"]))
     return paths
 
-
-def _tensorboard(out: Path, runtime):
-    """TensorBoard through Accelerate's trackers (needs the `tensorboard` package)."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        log.warn("runtime.tensorboard = true but tensorboard is not installed (pip install 'mpltools[tensorboard]'); skipping.")
-        return None
-    from accelerate.tracking import TensorBoardTracker
-
-    return TensorBoardTracker("tensorboard", logging_dir=str(out))

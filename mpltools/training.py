@@ -187,7 +187,7 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
 # ---------------------------------------------------------------- run folder
 
 # Settings that may change between a run and its resumption (they do not change the maths).
-_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("data", "prefetch_mb"), ("runtime", "tensorboard"),
+_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("data", "prefetch_mb"), ("runtime", "tensorboard"), ("runtime", "trackers"),
                           ("checkpoint", "every"), ("checkpoint", "keep_last"), ("eval", "every"), ("eval", "batch_size"),
                           ("runtime", "channels_last")}
 

@@ -10,7 +10,7 @@
   coloured by their true class, the labelled points drawn large with a black edge, one panel per
   checkpoint.
 
-matplotlib is an optional dependency (`pip install 'mpltools[plot]'`), imported only here, with
+matplotlib is an optional dependency (`pip install 'meta-pseudo-labels[plot]'`), imported only here, with
 the Agg canvas (no display needed). The PNG is written atomically and never overwrites an
 existing file without `force`.
 """
@@ -47,7 +47,7 @@ def _figure(width_in: float, height_in: float, dpi: int):
     try:
         import matplotlib
     except ImportError:
-        raise MplError("`mpl plot` needs matplotlib, an optional extra: pip install 'mpltools[plot]' "
+        raise MplError("`mpl plot` needs matplotlib, an optional extra: pip install 'meta-pseudo-labels[plot]' "
                        "(or pip install matplotlib).") from None
     matplotlib.use("Agg", force=True)
     from matplotlib.backends.backend_agg import FigureCanvasAgg

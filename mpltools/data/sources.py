@@ -108,7 +108,7 @@ def _digits(name, _path, o: SourceOptions) -> Source:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise MplError("the digits source needs scikit-learn: pip install 'mpltools[digits]'.") from None
+        raise MplError("the digits source needs scikit-learn: pip install 'meta-pseudo-labels[digits]'.") from None
     bunch = load_digits()
     # The bundled data are 8x8 counts 0..16; store them as ordinary 8-bit grayscale images.
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
@@ -261,7 +261,7 @@ def _svhn(name, path: Path, o: SourceOptions) -> Source:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise MplError("the svhn source needs scipy: pip install 'mpltools[svhn]'.") from None
+        raise MplError("the svhn source needs scipy: pip install 'meta-pseudo-labels[svhn]'.") from None
     try:
         mat = loadmat(path)
     except Exception as exc:  # noqa: BLE001

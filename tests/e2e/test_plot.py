@@ -120,7 +120,7 @@ def test_clear_error_without_matplotlib(work, run_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     monkeypatch.chdir(work)
     r = run_cli("plot", "curves", "runs/tiny/twomoon", "--out", "nompl.png")
-    assert r.exit_code == 1 and "mpltools[plot]" in r.stderr
+    assert r.exit_code == 1 and "meta-pseudo-labels[plot]" in r.stderr
     assert not (work / "nompl.png").exists()
 
 

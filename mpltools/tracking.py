@@ -1,0 +1,89 @@
+"""Experiment trackers (TensorBoard, Weights & Biases, MLflow) through Accelerate's tracker classes.
+
+`runtime.trackers = ["tensorboard", "wandb", "mlflow"]` picks them; the old `runtime.tensorboard = true`
+is a deprecated alias of `trackers = ["tensorboard"]`. `check` runs before the run folder is written, so
+a missing package fails the command at once with the extra to install. Only the main process logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mpltools import log
+from mpltools.errors import MplError, UsageError
+
+# tracker name -> the module it needs (the extra of meta-pseudo-labels has the tracker's name)
+KNOWN = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def requested(runtime_cfg) -> list[str]:
+    """The tracker names a recipe's [runtime] asks for, in order, without duplicates."""
+    names = list(runtime_cfg.trackers)
+    if runtime_cfg.tensorboard:
+        log.warn("runtime.tensorboard = true is deprecated; write runtime.trackers = [\"tensorboard\"] instead.")
+        names.append("tensorboard")
+    return list(dict.fromkeys(names))
+
+
+def check(names: list[str]) -> None:
+    """Fail (before anything is written) on an unknown tracker or one whose package is not installed."""
+    for name in names:
+        if name not in KNOWN:
+            raise UsageError(f"runtime.trackers: unknown tracker {name!r}; choose from {', '.join(KNOWN)}.")
+        if importlib.util.find_spec(KNOWN[name]) is None:
+            raise MplError(f"runtime.trackers includes {name!r} but the {KNOWN[name]!r} package is not installed: "
+                           f"pip install 'meta-pseudo-labels[{name}]' (or drop {name!r} from runtime.trackers).")
+
+
+class Trackers:
+    """The started trackers of one run; `log` sends a record's numbers to each of them."""
+
+    def __init__(self, trackers: list):
+        self.trackers = trackers
+
+    def log(self, record: dict, step: int) -> None:
+        values = {k: v for k, v in record.items() if isinstance(v, float)}
+        for t in self.trackers:
+            t.log(values, step=step)
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+
+
+def start(names: list[str], out: Path, config: dict) -> Trackers | None:
+    """Build and start the trackers (main process only). TensorBoard writes to OUT/tensorboard/."""
+    if not names:
+        return None
+    from accelerate import tracking
+
+    run_name = Path(out).name or "mpl"
+    built = []
+    for name in names:
+        if name == "tensorboard":
+            t = tracking.TensorBoardTracker("tensorboard", logging_dir=str(out))
+        elif name == "wandb":
+            t = tracking.WandBTracker(run_name)
+        else:
+            t = tracking.MLflowTracker(experiment_name=run_name)
+        t.start()  # Accelerate's trackers open their writer/run in start(), not in __init__
+        if name != "tensorboard":  # TensorBoard's would add a timestamped folder; recipe.toml is in the run folder
+            t.store_init_configuration(_flat(config))
+        built.append(t)
+    log.info(f"tracking with {', '.join(names)}")
+    return Trackers(built)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """A nested recipe dict as flat `section.key` hyper-parameters of plain types (what the trackers accept)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

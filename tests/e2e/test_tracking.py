@@ -1,0 +1,64 @@
+"""Trackers through Accelerate (mpltools/tracking.py): TensorBoard's event file holds what metrics.jsonl holds."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mpltools import tracking
+from mpltools.errors import MplError
+from tests.e2e.helpers import REPO, env, metrics, mpl
+
+TWOMOON = "recipes/tiny/twomoon.toml"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tracking")
+    (root / "recipes").symlink_to(REPO / "recipes")
+    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
+        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    return root
+
+
+def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("setting", ['runtime.trackers=["tensorboard"]', "runtime.tensorboard=true"])
+def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
+    pytest.importorskip("tensorboard")
+    out = work / f"runs/{'alias' if 'true' in setting else 'list'}"
+    r = mpl("train", TWOMOON, "--out", out, "--force", "--set", "schedule.steps=20", "--set", "runtime.log_every=5",
+            "--set", setting, cwd=work)
+    if "true" in setting:
+        assert "deprecated" in r.stderr
+    logged = scalars(out / "tensorboard")
+    records = [rec for rec in metrics(out) if "final" not in rec]
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if isinstance(v, float):
+                expected.setdefault(k, []).append((rec["step"], v))
+    assert [rec["step"] for rec in records] == [5, 10, 15, 20]
+    assert set(logged) == set(expected) and "throughput/images_per_s" in logged
+    for tag, points in expected.items():
+        assert [s for s, _ in logged[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in logged[tag]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-12), tag  # float32 in events
+
+
+def test_missing_tracker_package_fails_before_the_run_folder(work, monkeypatch):
+    out = work / "runs/missing"
+    r = mpl("train", TWOMOON, "--out", out, "--set", 'runtime.trackers=["tensorboard", "nosuch"]', cwd=work, check=False)
+    assert r.returncode == 2 and "unknown tracker 'nosuch'" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MplError, match=r"pip install 'meta-pseudo-labels\[wandb\]'") as exc:
+        tracking.check(["wandb"])
+    assert exc.value.exit_code == 1
