@@ -94,15 +94,17 @@ class SourceName(str, Enum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     svhn = "svhn"
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
 
 
 @data_app.command("import")
 def data_import(
-    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn (needs PATH)."),
-    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root)."),
+    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist (needs PATH)."),
+    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
     seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
-    split: str = typer.Option("train", help="cifar10/cifar100: which part of the archive (train or test)."),
+    split: str = typer.Option("train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."),
     num_samples: Optional[int] = typer.Option(None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."),
     num_classes: int = typer.Option(10, min=2, help="synthetic: number of classes."),
     image_size: int = typer.Option(32, min=4, help="synthetic: image height and width."),
