@@ -141,6 +141,7 @@ def data_split(
         False, "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
         help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded."),
     seed: int = typer.Option(0, help="Seed of the split."),
+    keep_hidden_labels: bool = typer.Option(False, "--keep-hidden-labels", help="Keep unlabeled/'s true labels in a side file (unlabeled_hidden_labels.json) for diagnostics; never used for training."),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
@@ -168,7 +169,7 @@ def data_split(
             raise MplError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2)
         sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
         return command.run(src, out, sizes, seed=seed, preset=preset, max_per_shard=max_per_shard, force=force,
-                           command=_command_line())
+                           command=_command_line(), keep_hidden_labels=keep_hidden_labels)
 
     report = _execute(go)
     _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])

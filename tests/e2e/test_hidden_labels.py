@@ -1,0 +1,45 @@
+"""`mpl data split --keep-hidden-labels`: unlabeled/'s true labels in a side file, outside every shard set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mpltools.data.hidden_labels import HIDDEN_LABELS, read_hidden_labels
+from mpltools.data.shards import open_shard_set
+from mpltools.errors import MplError
+
+
+def _split(run_cli, src, out, *extra):
+    code, _, err = run_cli("data", "split", src, "--out", out, "--labeled-per-class", "3", "--val-per-class", "2",
+                           "--seed", "0", *extra)
+    assert code == 0, err
+
+
+def test_side_file_holds_the_true_labels_and_shards_are_unchanged(run_cli, tmp_path):
+    code, _, err = run_cli("data", "import", "synthetic", "--num-samples", "120", "--image-size", "8", "--out", tmp_path / "all")
+    assert code == 0, err
+    truth = {s.key: s.label for s in open_shard_set(tmp_path / "all").samples()}
+    _split(run_cli, tmp_path / "all", tmp_path / "plain")
+    _split(run_cli, tmp_path / "all", tmp_path / "kept", "--keep-hidden-labels")
+    assert not (tmp_path / "plain" / HIDDEN_LABELS).exists()
+    classes = open_shard_set(tmp_path / "all").classes
+    hidden = read_hidden_labels(tmp_path / "kept" / HIDDEN_LABELS, classes)
+    unlabeled = open_shard_set(tmp_path / "kept/unlabeled")
+    keys = [s.key for s in unlabeled.samples()]
+    assert sorted(hidden) == sorted(keys) and len(keys) == 120 - 50
+    assert all(hidden[k] == truth[k] for k in keys)
+    assert all(s.label is None for s in unlabeled.samples())  # the shards themselves stay unlabelled
+    for part in ("labeled", "unlabeled", "val"):  # the side file changes nothing else
+        assert (tmp_path / "plain" / part / "manifest.json").read_bytes() != b""
+        a = sorted(p.name for p in (tmp_path / "plain" / part).iterdir())
+        assert a == sorted(p.name for p in (tmp_path / "kept" / part).iterdir())
+        for name in a:
+            if name.endswith(".tar"):
+                assert (tmp_path / "plain" / part / name).read_bytes() == (tmp_path / "kept" / part / name).read_bytes()
+    with pytest.raises(MplError, match="not the run's"):
+        read_hidden_labels(tmp_path / "kept" / HIDDEN_LABELS, ["a", "b"])
+    (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
+    with pytest.raises(MplError, match="bad.json is not a hidden-labels file"):
+        read_hidden_labels(tmp_path / "bad.json", classes)
