@@ -25,6 +25,7 @@ from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
 from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
+from mpltools.data.hidden_labels import find_hidden_labels
 from mpltools.training import (build_network, check_loaders, checkpoint_meta, device_batch, make_streams, open_data,
                                prepare_run_folder, use_channels_last, write_run_info)
 
@@ -138,7 +139,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     tracker = _tensorboard(out, runtime) if recipe.runtime.tensorboard and runtime.is_main else None
 
     labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised",
-                                                    extras=(export.teacher_inputs,) if reduced else ())
+                                                    extras=(export.teacher_inputs,) if reduced else (),
+                                                    hidden_labels=find_hidden_labels(data.unlabeled, data.classes))
     step_fn = STEPS[method]
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))

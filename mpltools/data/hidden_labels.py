@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mpltools import log
 from mpltools.errors import MplError
 
 HIDDEN_LABELS = "unlabeled_hidden_labels.json"
@@ -36,4 +37,22 @@ def read_hidden_labels(path: Path, classes: list[str]) -> dict[str, int]:
         raise MplError(f"{path} is not a hidden-labels file written by `mpl data split --keep-hidden-labels` ({exc}).") from None
     if doc.get("classes") != list(classes):
         raise MplError(f"{path} is for classes {doc.get('classes')}, not the run's {classes}; split the data again.")
+    return labels
+
+
+def find_hidden_labels(unlabeled, classes: list[str]) -> dict[str, int] | None:
+    """The side file next to the unlabelled shard set, if `mpl data split --keep-hidden-labels` wrote one.
+
+    Only the diagnostics see it (``diag/pl_accuracy``); a file that does not cover the set is ignored."""
+    if unlabeled is None:
+        return None
+    path = Path(unlabeled.root).parent / HIDDEN_LABELS
+    if not path.is_file():
+        return None
+    labels = read_hidden_labels(path, classes)
+    if len(labels) != unlabeled.num_samples:
+        log.warn(f"{path} holds {len(labels):,} labels but {unlabeled.root} has {unlabeled.num_samples:,} samples; "
+                 "ignoring it (split the data again with --keep-hidden-labels).")
+        return None
+    log.info(f"hidden labels from {path}: diagnostics only (diag/pl_accuracy), never trained on")
     return labels

@@ -43,3 +43,33 @@ def test_side_file_holds_the_true_labels_and_shards_are_unchanged(run_cli, tmp_p
     (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
     with pytest.raises(MplError, match="bad.json is not a hidden-labels file"):
         read_hidden_labels(tmp_path / "bad.json", classes)
+
+
+def test_training_is_identical_with_and_without_the_side_file(run_cli, tmp_path):
+    import shutil
+
+    from mpltools.data.hidden_labels import HIDDEN_LABELS
+
+    code, _, err = run_cli("data", "import", "digits", "--out", tmp_path / "all")
+    assert code == 0, err
+    _split(run_cli, tmp_path / "all", tmp_path / "kept", "--keep-hidden-labels")
+    shutil.copytree(tmp_path / "kept", tmp_path / "plain")
+    (tmp_path / "plain" / HIDDEN_LABELS).unlink()
+    rows = {}
+    for name in ("kept", "plain"):
+        sets = [f"data.{p}={tmp_path / name / p}" for p in ("labeled", "unlabeled", "val")]
+        args = [a for s in sets for a in ("--set", s)]
+        code, _, err = run_cli("train", "recipes/tiny/digits.toml", "--out", tmp_path / f"run-{name}", "--force",
+                               "--set", "schedule.steps=6", "--set", "runtime.log_every=2", *args)
+        assert code == 0, err
+        lines = (tmp_path / f"run-{name}" / "metrics.jsonl").read_text().splitlines()
+        rows[name] = [json.loads(line) for line in lines]
+    kept = [r for r in rows["kept"] if "diag/pl_accuracy" in r]
+    assert kept and all(0.0 <= r["diag/pl_accuracy"] <= 1.0 for r in kept)
+    assert not any("diag/pl_accuracy" in r for r in rows["plain"])
+    strip = lambda r: {k: v for k, v in r.items() if k != "diag/pl_accuracy" and not any(t in k for t in ("time", "per_s", "wait"))}  # noqa: E731
+    assert [strip(r) for r in rows["kept"]] == [strip(r) for r in rows["plain"]]
+    from safetensors.numpy import load_file
+
+    a, b = (load_file(tmp_path / f"run-{n}" / "student.safetensors") for n in ("kept", "plain"))  # metadata names the paths
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
