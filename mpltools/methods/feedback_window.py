@@ -16,13 +16,14 @@ class FeedbackWindow:
     def __init__(self) -> None:
         self.values: list[float] = []
 
-    def add(self, h: float) -> None:
-        if math.isfinite(h):
-            self.values.append(float(h))
+    def add(self, h) -> None:
+        """A float or a 0-d tensor (converted only at summary(), so a GPU step does not wait for it)."""
+        self.values.append(h)
 
     def summary(self) -> dict[str, float]:
         """Mean h, median |h| and the fraction of steps with h > 0; empty when no h was seen. Clears the window."""
-        values, self.values = self.values, []
+        values = [v for v in (float(x) for x in self.values) if math.isfinite(v)]
+        self.values = []
         if not values:
             return {}
         absolute = sorted(abs(v) for v in values)

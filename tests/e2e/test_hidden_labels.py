@@ -73,3 +73,18 @@ def test_training_is_identical_with_and_without_the_side_file(run_cli, tmp_path)
 
     a, b = (load_file(tmp_path / f"run-{n}" / "student.safetensors") for n in ("kept", "plain"))  # metadata names the paths
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_window_stats_reach_metrics_jsonl(run_cli, tmp_path):
+    code, _, err = run_cli("data", "import", "digits", "--out", tmp_path / "all")
+    assert code == 0, err
+    _split(run_cli, tmp_path / "all", tmp_path / "s")
+    sets = [a for p in ("labeled", "unlabeled", "val") for a in ("--set", f"data.{p}={tmp_path / 's' / p}")]
+    code, _, err = run_cli("train", "recipes/tiny/digits.toml", "--out", tmp_path / "run", "--set", "schedule.steps=6",
+                           "--set", "runtime.log_every=3", *sets)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "diag/h_mean" in r]
+    assert len(logged) == 2
+    for r in logged:
+        assert r["diag/h_abs_median"] >= 0 and 0 <= r["diag/h_pos_frac"] <= 1
