@@ -24,15 +24,17 @@ class SourceName(str, Enum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     svhn = "svhn"
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
 
 
 @data_app.command("import")
 def data_import(
-    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn (needs PATH)."),
-    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root)."),
+    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist (needs PATH)."),
+    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
     seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
-    split: str = typer.Option("train", help="cifar10/cifar100: which part of the archive (train or test)."),
+    split: str = typer.Option("train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."),
     num_samples: Optional[int] = typer.Option(None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."),
     num_classes: int = typer.Option(10, min=2, help="synthetic: number of classes."),
     image_size: int = typer.Option(32, min=4, help="synthetic: image height and width."),
@@ -75,6 +77,7 @@ def data_split(
         False, "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
         help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded."),
     seed: int = typer.Option(0, help="Seed of the split."),
+    keep_hidden_labels: bool = typer.Option(False, "--keep-hidden-labels", help="Keep unlabeled/'s true labels in a side file (unlabeled_hidden_labels.json) for diagnostics; never used for training."),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
@@ -108,7 +111,7 @@ def data_split(
             raise MplError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2)
         sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
         return command.run(src, out, sizes, seed=seed, preset=preset, max_per_shard=max_per_shard, force=force,
-                           command=_command_line())
+                           command=_command_line(), keep_hidden_labels=keep_hidden_labels)
 
     report = _execute(go)
     _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])

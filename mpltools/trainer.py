@@ -25,6 +25,8 @@ from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
 from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
+from mpltools.data.hidden_labels import find_hidden_labels
+from mpltools.methods.feedback_window import FeedbackWindow, collapse_warning
 from mpltools.training import (build_network, check_loaders, checkpoint_meta, device_batch, make_streams, open_data,
                                prepare_run_folder, use_channels_last, write_run_info)
 
@@ -141,11 +143,13 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     tracker = tracking.start(trackers, out, recipe.to_dict()) if runtime.is_main else None
 
     labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised",
-                                                    extras=(export.teacher_inputs,) if reduced else ())
+                                                    extras=(export.teacher_inputs,) if reduced else (),
+                                                    hidden_labels=find_hidden_labels(data.unlabeled, data.classes))
     step_fn = STEPS[method]
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
     wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
+    h_window = FeedbackWindow()
     with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main,
                                                start=step) as bar:
         while step < total:
@@ -162,13 +166,18 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
                                f"it would have caused was not applied and nothing of this step was saved. The last good state is in {out}/state/. "
                                "Lower the learning rates, check the data, or resume with different settings.") from None
+            if "feedback/h" in metrics:
+                h_window.add(metrics["feedback/h"].detach())
             step += 1
             window_steps += 1
             if step % every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
                           "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
-                          "data/wait_fraction": wait_time / max(elapsed, 1e-9)}
+                          "data/wait_fraction": wait_time / max(elapsed, 1e-9), **h_window.summary()}
+                collapsed = collapse_warning(metrics["hist/pseudo_labels"].tolist(), data.classes) if "hist/pseudo_labels" in metrics else None
+                if collapsed and runtime.is_main:
+                    log.warn(f"step {step}: {collapsed}")
                 if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:
                     record.update(_validate(nets, data, recipe, runtime, with_teacher=not reduced))
                 if metrics_file:
@@ -206,7 +215,7 @@ def _loss_scalers(recipe: Recipe, mixed_precision: str, teacher_trained: bool) -
 
 
 def _summary(record: dict) -> str:
-    keys = (("throughput/images_per_s", "img/s"), ("teacher/loss", "T"), ("student/loss", "S"), ("feedback/h", "h"), ("val/student_top1", "val"))
+    keys = (("throughput/images_per_s", "img/s"), ("teacher/loss", "T"), ("student/loss", "S"), ("feedback/h", "h"), ("diag/pl_entropy_norm", "plH"), ("val/student_top1", "val"))
     return " ".join(f"{short}={record[k]:.4g}" for k, short in keys if k in record)
 
 

@@ -152,7 +152,7 @@ def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool
 
 
 def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool,
-                 extras: tuple[str, ...] = ()):
+                 extras: tuple[str, ...] = (), hidden_labels: dict | None = None):
     d = recipe.data
     for batch, what in ((d.batch_size, "data.batch_size"), (d.batch_size * d.unlabeled_ratio, "the unlabelled batch")):
         if batch % world:
@@ -167,7 +167,7 @@ def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, positio
     if need_unlabeled:
         unl = plan.stream("unlabelled")
         unlabeled = make_stream(data.unlabeled, StreamConfig("unlabeled", d.batch_size * d.unlabeled_ratio, stream_id=UNLABELED,
-                                                             workers=unl.workers, prefetch=unl.prefetch, **common),
+                                                             workers=unl.workers, prefetch=unl.prefetch, hidden_labels=hidden_labels, **common),
                                 data.augment, data.in_memory, position, cache)
     return labeled, unlabeled
 
@@ -178,6 +178,8 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
     prep = lambda x: to_model_input(x, norm, device, channels_last)  # noqa: E731
     batch = Batch(labeled_x=prep(lab["x"]), labeled_y=lab["y"].to(device),
                   unlabeled_weak=prep(unl["weak"]) if unl else None, unlabeled_strong=prep(unl["strong"]) if unl else None)
+    if unl is not None and "hidden_y" in unl:  # diagnostics only (diag/pl_accuracy), never trained on
+        batch.unlabeled_y = unl["hidden_y"].to(device, non_blocking=True)
     if teacher_inputs:
         batch.teacher_labeled = lab[teacher_inputs].to(device, non_blocking=True)
         batch.teacher_unlabeled = unl[teacher_inputs].to(device, non_blocking=True)

@@ -89,8 +89,11 @@ def choose(labels: np.ndarray, num_classes: int, sizes: SplitSizes, seed: int, c
     return dest
 
 
+from mpltools.data.hidden_labels import HIDDEN_LABELS, write_hidden_labels  # noqa: E402
+
+
 def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None, max_per_shard: int,
-        force: bool, command: str) -> dict:
+        force: bool, command: str, keep_hidden_labels: bool = False) -> dict:
     check_can_write(out, force)  # before reading anything
     shards = open_shard_set(src)
     shards.require_labels("splitting")
@@ -143,10 +146,14 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
                     _copy_decoded(path, keys[first: first + count], flags, writers, sha256, manifest, shards.num_classes)
                 first += count
                 bar.advance(count)
+        if keep_hidden_labels:
+            write_hidden_labels(tmp, keys, np.concatenate(labels) if labels else np.zeros(0, np.int64), (dest & UNLABELED) != 0, shards.classes)
         manifests = {name: writers[flag].close() for name, flag in (("labeled", LABELED), ("unlabeled", UNLABELED), ("val", VAL))}
     report = {"out": str(out), "seed": seed}
     for name, m in manifests.items():
         report[name] = {"path": str(out / name), "num_samples": m["num_samples"], "class_counts": m["class_counts"]}
+    if keep_hidden_labels:
+        report["hidden_labels"] = str(out / HIDDEN_LABELS)
     return report
 
 

@@ -50,6 +50,9 @@ class StreamConfig:
     # with the images, each as float32 logits (B, C) under its own name; they use no randomness, so
     # the images, augmentations and resume positions are the same with or without them.
     extras: tuple[str, ...] = ()
+    # Key -> true class of unlabelled samples (data/hidden_labels.py), delivered as "hidden_y" for the
+    # diagnostics only; like extras it draws no randomness, so the batches are the same without it.
+    hidden_labels: dict | None = None
 
     @property
     def local_batch(self) -> int:
@@ -180,7 +183,10 @@ class InMemoryStream(torch.utils.data.IterableDataset):
             if self.labels is not None:
                 out["y"] = torch.from_numpy(self.labels[index].astype(np.int64))
             return out
-        return {"weak": torch.from_numpy(x), "strong": torch.from_numpy(x.copy())}
+        out = {"weak": torch.from_numpy(x), "strong": torch.from_numpy(x.copy())}
+        if "hidden_y" in self.extras:
+            out["hidden_y"] = torch.from_numpy(self.extras["hidden_y"][index])
+        return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -254,6 +260,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             views, labels = [], []
             extras: dict[str, list[np.ndarray]] = {name: [] for name in cfg.extras}
+            if cfg.hidden_labels is not None:
+                extras["hidden_y"] = [np.int64(cfg.hidden_labels.get(s.key, -1)) for s in raw]
             block = self.random.block((k, slot, slots), len(raw))
             for sample, row in zip(raw, block):
                 views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, Uniforms(row)))
@@ -289,12 +297,14 @@ def make_stream(shards: ShardSet, cfg: StreamConfig, aug: transforms.AugmentSpec
     if in_memory:
         key = (str(shards.root), cfg.extras)
         if cache is not None and key in cache:
-            inputs, labels, extras = cache[key]
+            inputs, labels, extras, keys = cache[key]
         else:
-            inputs, labels, _ = load_in_memory(shards)
+            inputs, labels, keys = load_in_memory(shards)
             extras = load_extras_in_memory(shards, cfg.extras) if cfg.extras else {}
             if cache is not None:
-                cache[key] = (inputs, labels, extras)
+                cache[key] = (inputs, labels, extras, keys)
+        if cfg.hidden_labels is not None:
+            extras = {**extras, "hidden_y": np.array([cfg.hidden_labels.get(k, -1) for k in keys], np.int64)}
         if cfg.views == "labeled" and labels is None:
             raise MplError(f"{shards.root} has no labels but is used as the labelled set.")
         dataset = InMemoryStream(inputs, labels, cfg, aug, extras)

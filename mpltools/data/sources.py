@@ -20,7 +20,7 @@ from mpltools.data.shards import InputSpec, Sample, ShardError, encode_npy, enco
 from mpltools.errors import MplError, UsageError
 
 BUILTIN_SOURCES = ("twomoon", "digits", "synthetic")
-DATASET_SOURCES = ("imagefolder", "cifar10", "cifar100", "svhn")
+DATASET_SOURCES = ("imagefolder", "cifar10", "cifar100", "svhn", "mnist", "fashion-mnist")
 SOURCES = BUILTIN_SOURCES + DATASET_SOURCES
 
 
@@ -54,7 +54,8 @@ def load_source(name: str, path: Path | None, opts: SourceOptions) -> Source:
     if name in DATASET_SOURCES and not Path(path).exists():
         raise MplError(f"{path} does not exist; pass the {name} dataset's file or folder.")
     loaders = {"twomoon": _twomoon, "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
-               "cifar10": _cifar, "cifar100": _cifar, "svhn": _svhn}
+               "cifar10": _cifar, "cifar100": _cifar, "svhn": _svhn,
+               "mnist": _idx, "fashion-mnist": _idx}
     if name not in loaders:
         import difflib
 
@@ -277,6 +278,14 @@ def _svhn(name, path: Path, o: SourceOptions) -> Source:
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2)).astype(np.uint8)
     return _in_memory(name, f"svhn-{path.stem.split('_')[0]}", [str(c) for c in range(10)],
                       InputSpec("image", "png", (32, 32, 3)), images, labels, _png, o.seed, {"file": path.name})
+
+
+def _idx(name, root: Path, o: SourceOptions) -> Source:
+    from mpltools.data.idx import CLASSES, load_idx_part
+
+    images, labels, details = load_idx_part(name, root, o.split)
+    return _in_memory(name, f"{name}-{o.split}", CLASSES[name], InputSpec("image", "png", images.shape[1:]), images,
+                      labels, _png, o.seed, details)
 
 
 __all__ = ["Source", "SourceOptions", "load_source", "SOURCES", "make_two_moons", "make_synthetic", "ShardError"]
