@@ -46,7 +46,7 @@ def hyper_from(recipe: Recipe) -> MPLHyper:
         uda_weight=m.uda_weight, uda_ramp_steps=m.uda_ramp_steps, teacher_supervised_weight=m.teacher_supervised_weight,
         pseudo_labels=m.pseudo_labels, pseudo_label_view=m.pseudo_label_view, feedback=m.feedback, baseline=m.baseline,
         baseline_decay=m.baseline_decay, feedback_bn=m.feedback_bn, teacher_weak_no_grad=m.teacher_weak_no_grad,
-        mpl_weight=m.mpl_weight)
+        mpl_weight=m.mpl_weight, feedback_sign=m.feedback_sign)
 
 
 @dataclass
