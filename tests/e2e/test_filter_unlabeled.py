@@ -294,6 +294,6 @@ def test_existing_output_is_kept_and_a_failure_mid_write_leaves_nothing(run_cli,
     monkeypatch.setattr(ShardWriter, "write", failing)
     r = run_cli("data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--top-k", "3",
                 "--out", work / "half")
-    assert r.exit_code == 1 and "No space left" in r.stderr
+    assert r.exit_code == 1 and "the disk is full" in r.stderr and str(work / "half") in r.stderr
     assert not (work / "half").exists() and not list(work.glob(".half.tmp-*"))
     shutil.rmtree(work / "exists")
