@@ -188,7 +188,7 @@ def test_a_prediction_set_that_no_longer_matches_its_source_is_refused(run_cli, 
 
 @pytest.mark.parametrize("override, code, needle", [
     ([f"--set", f"data.labeled={D}/split/labeled"], 1, "holds no stored teacher predictions"),
-    (["--set", "model.teacher_name=mlp"], 2, "reduced_teacher"),
+    (["--set", "model.teacher_name=mlp"], 2, "model.teacher_name"),
     (["--set", "method.name=uda"], 2, "method.name"),
 ])
 def test_bad_step_2_input(run_cli, work, monkeypatch, override, code, needle):
