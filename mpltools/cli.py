@@ -17,6 +17,7 @@ from mpltools import __version__, log
 from mpltools.cli_common import MplGroup, _command_line, _emit, _execute, _state, resolve_path_arg  # noqa: F401
 from mpltools.cli_data import data_app
 from mpltools.cli_env import env_command
+from mpltools.cli_plot_feedback import plot_feedback
 from mpltools.cli_recipes import recipes_app
 from mpltools.errors import MplError  # noqa: F401
 
@@ -211,7 +212,7 @@ def reduced_train(
 
 
 # --- plot command goes here ---
-plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves of runs, decision regions of 2-D models (needs matplotlib).\n\n"
+plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves and feedback diagnostics of runs, decision regions of 2-D models (needs matplotlib).\n\n"
                        "\b\nExample:\n  mpl plot curves runs/digits --out curves.png")
 app.add_typer(plot_app, name="plot")
 
@@ -235,6 +236,9 @@ def plot_curves(
 
     for path in _execute(lambda: command.run_curves(runs, out, labels=labels, smooth=smooth, dpi=dpi, force=force)):
         typer.echo(path)
+
+
+plot_app.command("feedback")(plot_feedback)  # defined in mpltools/cli_plot_feedback.py
 
 
 @plot_app.command("regions")
