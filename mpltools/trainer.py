@@ -26,7 +26,7 @@ from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
 from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
 from mpltools.data.hidden_labels import find_hidden_labels
-from mpltools.methods.feedback_window import FeedbackWindow, collapse_warning
+from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.training import (build_network, check_loaders, checkpoint_meta, device_batch, make_streams, open_data,
                                prepare_run_folder, use_channels_last, write_run_info)
 
@@ -149,7 +149,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
     wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
-    h_window = FeedbackWindow()
+    h_window, collapse_watch = FeedbackWindow(), CollapseWatch()
     with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main,
                                                start=step) as bar:
         while step < total:
@@ -175,7 +175,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                 record = {"step": step, **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
                           "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
                           "data/wait_fraction": wait_time / max(elapsed, 1e-9), **h_window.summary()}
-                collapsed = collapse_warning(metrics["hist/pseudo_labels"].tolist(), data.classes) if "hist/pseudo_labels" in metrics else None
+                collapsed = collapse_watch.check(metrics["hist/pseudo_labels"].tolist(), data.classes) if "hist/pseudo_labels" in metrics else None
                 if collapsed and runtime.is_main:
                     log.warn(f"step {step}: {collapsed}")
                 if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:

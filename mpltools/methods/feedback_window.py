@@ -34,20 +34,36 @@ class FeedbackWindow:
 
 
 def collapse_warning(histogram: Sequence[float], classes: Sequence[str] | None = None,
-                     min_entropy: float = 0.5, max_fraction: float = 0.5) -> str | None:
+                     min_entropy: float = 0.5, max_fraction: float = 0.5, min_count: int = 10) -> str | None:
     """A message when the pseudo labels crowd onto a few classes, else None.
 
-    Collapse: normalised entropy (entropy / log K) below `min_entropy`, or one class holding more than
-    `max_fraction` of the pseudo labels. Checked only for K >= 4 classes (with 2 or 3, a majority is normal)."""
+    Collapse: one class holding more than `max_fraction` of the pseudo labels, or their entropy below
+    `min_entropy` of the largest entropy N labels can have over K classes (log min(K, N): a batch of 32
+    labels over 1,000 classes cannot reach log 1000, and is not collapsed for that). Checked only for
+    K >= 4 classes (with 2 or 3, a majority is normal) and N >= `min_count` labels (fewer tell nothing)."""
     counts = [max(0.0, float(c)) for c in histogram]
     total, k = sum(counts), len(counts)
-    if k < 4 or total <= 0:
+    if k < 4 or total < min_count:
         return None
     probs = [c / total for c in counts]
-    entropy = -sum(p * math.log(p) for p in probs if p > 0) / math.log(k)
+    entropy = max(0.0, -sum(p * math.log(p) for p in probs if p > 0) / math.log(min(k, total)))
     top = max(range(k), key=lambda i: probs[i])
     if entropy >= min_entropy and probs[top] <= max_fraction:
         return None
     name = classes[top] if classes is not None else str(top)
     return (f"pseudo labels are collapsing: class {name!r} holds {probs[top]:.0%} of them and the normalised entropy "
             f"is {entropy:.2f} (1 = balanced); lower the teacher's lr or mpl_weight, or check the teacher's warm-up.")
+
+
+class CollapseWatch:
+    """`collapse_warning` once per episode: at the logging step a collapse starts, not again while it lasts
+    (the progress line's plH= and metrics.jsonl keep showing it), again if it ends and comes back."""
+
+    def __init__(self) -> None:
+        self.collapsed = False
+
+    def check(self, histogram: Sequence[float], classes: Sequence[str] | None = None) -> str | None:
+        message = collapse_warning(histogram, classes)
+        onset = message is not None and not self.collapsed
+        self.collapsed = message is not None
+        return message if onset else None
