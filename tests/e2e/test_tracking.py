@@ -48,6 +48,13 @@ def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
                 expected.setdefault(k, []).append((rec["step"], v))
     assert [rec["step"] for rec in records] == [5, 10, 15, 20]
     assert set(logged) == set(expected) and "throughput/images_per_s" in logged
+    # the feedback diagnostics reach TensorBoard as scalars; the pseudo-label class histogram is not a scalar and is
+    # carried by its summaries (diag/pl_entropy_norm, diag/pl_max_class_fraction), in metrics.jsonl as here
+    assert {"diag/h_mean", "diag/h_abs_median", "diag/h_pos_frac", "diag/t_grad_norm_sup", "diag/t_grad_norm_uda",
+            "diag/t_grad_norm_mpl", "diag/cos_mpl_aux", "diag/pl_entropy_norm", "diag/pl_max_class_fraction",
+            "diag/pl_agreement"} <= set(logged)
+    assert [s for s, _ in logged["diag/t_grad_norm_mpl"]] == [5, 10, 15, 20]
+    assert not any(tag.startswith("hist/") for tag in logged)
     for tag, points in expected.items():
         assert [s for s, _ in logged[tag]] == [s for s, _ in points], tag
         assert [v for _, v in logged[tag]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-12), tag  # float32 in events
