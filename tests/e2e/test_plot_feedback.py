@@ -104,3 +104,17 @@ def test_refusals(work):
     r = mpl("plot", "feedback", "runs/mpl", "runs/sup", "--labels", "one", "--out", "x.png", cwd=work, check=False)
     assert r.returncode == 2 and "--labels" in r.stderr
     assert not (work / "x.png").exists() and not (work / "x.jpg").exists()
+
+
+def test_plot_feedback_help_does_not_import_torch_or_matplotlib():
+    import subprocess
+    import sys
+
+    from tests.e2e.helpers import env
+
+    code = ("import sys; from mpltools.cli import main\n"
+            "try:\n    main(['plot', 'feedback', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]")
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mpl plot feedback runs/digits" in r.stdout and "--json" in r.stdout
