@@ -195,8 +195,8 @@ class ShardSet:
 
     @property
     def classes_unknown(self) -> bool:
-        """An unlabelled set scanned without a manifest: it names no classes, so it fits any label set."""
-        return bool(self.manifest and self.manifest.get("classes_unknown"))
+        """An unlabelled set that names no classes (scanned, or adopted without --classes): it fits any label set."""
+        return bool(self.manifest) and (bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes))
 
     @property
     def num_classes(self) -> int | None:

@@ -23,6 +23,15 @@ LABEL_MEMBERS = ("label.txt", "label", "json")
 IMPORT_HINT = "run `mpl data import webdataset PATTERN --out DIR` to adopt the shards into a shard set"
 
 
+def classes_hint(*sets) -> str:
+    """What to add to a class-mismatch message when a set's classes were only inferred by a scan."""
+    scanned = [s.root for s in sets if s.provenance.get("scanned")]
+    if not scanned:
+        return ""
+    return (f" {scanned[0]} has no manifest.json, so its classes are just its label numbers: adopt it with "
+            "`mpl data import webdataset PATTERN --classes FILE --out DIR` to give them names.")
+
+
 @dataclass
 class Scan:
     counts: list[int]  # samples per shard
