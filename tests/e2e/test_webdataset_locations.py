@@ -120,6 +120,16 @@ def test_manifest_less_pattern_for_info_split_eval_train(run_cli, moons, student
                                           f"{plain}/split/val/shard-000000.tar", tmp_path / "run"))
     assert code == 0, err
     assert (tmp_path / "run/student.safetensors").is_file()
+    # filter-unlabeled: a scanned unlabelled set names no classes, so the checkpoint's are used
+    code, out, err = run_cli("data", "filter-unlabeled", f"{plain}/split/unlabeled/{THREE}", "--model", student, "--top-k", "3",
+                             "--out", tmp_path / "filtered", "--json")
+    assert code == 0, err
+    code, _, err = run_cli("data", "filter-unlabeled", moons / "split/unlabeled", "--model", student, "--top-k", "3",
+                           "--out", tmp_path / "filtered-folder")
+    assert code == 0, err
+    kept, reference = (json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("filtered", "filtered-folder"))
+    assert kept["provenance"]["source"] == f"{plain}/split/unlabeled/{THREE}"
+    assert kept["num_samples"] == reference["num_samples"] > 0 and kept["classes"] == reference["classes"]
 
 
 @pytest.fixture(scope="module")
