@@ -172,7 +172,7 @@ def open_location(text: str) -> ShardSet:
     found = _neighbour_manifest(urls, [_kind(u) for u in urls])
     manifest = _select(found[0], found[1], urls) if found else None
     if manifest is not None:
-        verify.register(paths, [s["sha256"] for s in manifest["shards"]])
+        verify.register(paths, [s["sha256"] for s in manifest["shards"]], names)
         return ShardSet(root=text, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(found[2]).hexdigest(),
                         origin=found[1])
     from mpltools.data.wdscan import scan_shards

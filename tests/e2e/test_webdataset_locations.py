@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -161,6 +162,13 @@ def test_http_urls_for_eval_and_train(run_cli, moons, student, served, tmp_path)
     assert code == 0, err
     code, _, err = run_cli("eval", student, "--data", f"{served}/all/shard-000009.tar")
     assert code == 1 and f"{served}/all/shard-000009.tar: download failed (HTTP 404" in err
+    # The manifest beside remote shards is checked: a changed shard is named by its URL.
+    shutil.copytree(moons / "all", moons / "tampered")
+    data = bytearray((moons / "tampered/shard-000001.tar").read_bytes())
+    data[700] ^= 0x01  # inside the first member's payload
+    (moons / "tampered/shard-000001.tar").write_bytes(bytes(data))
+    code, _, err = run_cli("eval", student, "--data", f"{served}/tampered/{THREE}")
+    assert code == 1 and f"{served}/tampered/shard-000001.tar: sha256" in err, err
 
 
 def test_url_in_a_message_is_not_mangled(run_cli):
