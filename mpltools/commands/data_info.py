@@ -12,7 +12,7 @@ def run(location: str, verify: bool) -> dict:
     shards = open_shard_set(location)
     report: dict = {
         "path": str(location),
-        "has_manifest": shards.manifest is not None,
+        "has_manifest": shards.manifest is not None and not shards.provenance.get("scanned"),  # else read by a scan
         "shards": len(shards.shard_paths),
         "metadata": shards.origin,
         "checksums": shards.manifest is not None and None not in shards.shard_checksums,
@@ -74,7 +74,7 @@ def run(location: str, verify: bool) -> dict:
 def render(report: dict) -> str:
     """Human-readable report for stdout (the JSON form is for scripts)."""
     lines = [f"shard set   {report['path']}"]
-    if report.get("has_manifest"):
+    if "input" in report:
         spec = report["input"]
         lines.append(f"samples     {report['num_samples']:,} in {report['shards']} shard(s), {'labelled' if report['labeled'] else 'unlabelled'}")
         lines.append(f"input       {spec['kind']} {spec['encoding']} shape={spec['shape']} dtype={spec['dtype']}")

@@ -91,7 +91,7 @@ def test_brace_pattern_with_manifest_beside_it_keeps_checksums(run_cli, moons, s
     assert code == 0, err
     report = json.loads(out)
     assert report["num_samples"] == 120 and report["checksums"] and report["verified"]
-    assert report["metadata"] == str(moons / "all/manifest.json")
+    assert report["metadata"] == str(moons / "all/manifest.json") and report["has_manifest"]
     # Two shards of three: counts from the manifest, per-class counts unknown (not faked).
     code, out, _ = run_cli("data", "info", f"{moons}/all/shard-{{000000..000001}}.tar", "--json")
     assert json.loads(out)["num_samples"] == 80 and json.loads(out)["class_counts"] is None
@@ -105,7 +105,7 @@ def test_manifest_less_pattern_for_info_split_eval_train(run_cli, moons, student
     assert code == 0, err
     report = json.loads(out)
     assert report["num_samples"] == report["counted_samples"] == 120 and report["verified"]
-    assert report["checksums"] is False and "no checksums" in report["metadata"]
+    assert report["checksums"] is False and "no checksums" in report["metadata"] and report["has_manifest"] is False
     code, out, _ = run_cli("data", "info", f"{plain}/all/{THREE}")
     assert "no checksums" in out
     # split: the same samples as the split of the folder with the manifest
