@@ -30,8 +30,8 @@ from pathlib import Path
 
 from mpltools import log
 from mpltools.data import pipes, verify
-from mpltools.data.manifest_schema import check_manifest
-from mpltools.data.shards import FORMAT, FORMAT_VERSION, MANIFEST, ShardSet
+from mpltools.data.manifest_schema import build_manifest, check_manifest, shard_names, sub_manifest
+from mpltools.data.shards import MANIFEST, ShardSet
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import UsageError
 
@@ -132,17 +132,12 @@ def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, b
 
 def _select(manifest: dict, where: str, urls: list[str]) -> dict | None:
     """The manifest restricted to the shards the pattern names; None if it does not list them all."""
-    entries = {s["name"]: s for s in manifest["shards"]}
     names = [posixpath.basename(urllib.parse.urlparse(u).path) if "://" in u else Path(u).name for u in urls]
-    missing = [n for n in names if n not in entries]
+    missing = [n for n in names if n not in shard_names(manifest)]
     if missing:
         log.warn(f"{where} does not list {missing[0]}; reading the shards' metadata by scanning them instead.")
         return None
-    chosen = [entries[n] for n in names]
-    if chosen == manifest["shards"]:
-        return manifest
-    # A subset of the set: its per-class counts are unknown without reading the shards.
-    return {**manifest, "shards": chosen, "num_samples": sum(s["count"] for s in chosen), "class_counts": None}
+    return sub_manifest(manifest, names)
 
 
 def resolve(text: str) -> tuple[list[Path], list[str]]:
@@ -179,10 +174,8 @@ def open_location(text: str) -> ShardSet:
 
     log.info(f"{text}: no manifest.json beside the shards; scanning them for counts, classes and input shape")
     scan = scan_shards(paths, names, adopt=False)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "num_samples": sum(scan.counts), "labeled": scan.labeled,
-        "classes": scan.classes, "class_counts": scan.class_counts, "input": scan.input_spec.to_json(), "extras": [],
-        "shards": [{"name": n, "count": c, "sha256": None} for n, c in zip(names, scan.counts)],
-        "provenance": {"source": text, "scanned": True}, "classes_unknown": not scan.labeled,
-    }
+    manifest = build_manifest(num_samples=sum(scan.counts), labeled=scan.labeled, classes=scan.classes,
+                              class_counts=scan.class_counts, input_spec=scan.input_spec.to_json(), extras=[],
+                              shards=[{"name": n, "count": c, "sha256": None} for n, c in zip(names, scan.counts)],
+                              provenance={"source": text, "scanned": True}, classes_unknown=not scan.labeled)
     return ShardSet(root=text, shard_paths=paths, manifest=manifest, manifest_sha256=None, origin=NO_CHECKSUMS)

@@ -23,7 +23,7 @@ import numpy as np
 
 from mpltools.data import verify
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
-from mpltools.data.manifest_schema import check_manifest
+from mpltools.data.manifest_schema import build_manifest, check_manifest
 from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
 FORMAT = "mpltools.shardset"
@@ -146,18 +146,9 @@ class ShardWriter:
     def close(self) -> dict:
         """Finish the last shard and write the manifest; return it."""
         self._close_shard()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "num_samples": self.num_samples,
-            "labeled": self.labeled,
-            "classes": self.classes,
-            "class_counts": self.class_counts if self.labeled else None,
-            "input": self.input_spec.to_json(),
-            "extras": list(self.extras),
-            "shards": self._shards,
-            "provenance": self.provenance,
-        }
+        manifest = build_manifest(num_samples=self.num_samples, labeled=self.labeled, classes=self.classes,
+                                  class_counts=self.class_counts if self.labeled else None, input_spec=self.input_spec.to_json(),
+                                  extras=list(self.extras), shards=self._shards, provenance=self.provenance)
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         return manifest
 
