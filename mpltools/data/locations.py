@@ -150,8 +150,9 @@ def resolve(text: str) -> tuple[list[Path], list[str]]:
     local = [_local_path(u) for u, k in zip(urls, kinds) if k in ("local", "file")]
     present = [p for p in local if p.is_file()]
     if local and not present:
+        hint = " (`*` and `?` are not expanded: name the shards with braces)" if any(c in text for c in "*?[") else ""
         raise ShardError(f"no shard matches {text}: none of the {len(local)} file(s) it names exists (e.g. {local[0]}); "
-                         "check the folder and the numbers in the braces.")
+                         f"check the folder and the numbers in the braces{hint}.")
     if len(present) != len(local):
         absent = next(p for p in local if not p.is_file())
         raise ShardError(f"shard file {absent} does not exist (one of the {len(local)} the pattern {text} names).")

@@ -162,6 +162,12 @@ def test_http_urls_for_eval_and_train(run_cli, moons, student, served, tmp_path)
     assert code == 0, err
     code, _, err = run_cli("eval", student, "--data", f"{served}/all/shard-000009.tar")
     assert code == 1 and f"{served}/all/shard-000009.tar: download failed (HTTP 404" in err
+    code, out, err = run_cli("data", "import", "webdataset", f"{served}/plain/split/val/shard-000000.tar", "--classes", "upper,lower",
+                             "--out", tmp_path / "adopted")
+    assert code == 0, err
+    adopted = json.loads((tmp_path / "adopted/manifest.json").read_text())
+    assert adopted["provenance"]["source_shards"] == [f"{served}/plain/split/val/shard-000000.tar"]
+    assert adopted["class_counts"] == json.loads((moons / "split/val/manifest.json").read_text())["class_counts"]
     # The manifest beside remote shards is checked: a changed shard is named by its URL.
     shutil.copytree(moons / "all", moons / "tampered")
     data = bytearray((moons / "tampered/shard-000001.tar").read_bytes())
@@ -293,6 +299,8 @@ def _npy(array: np.ndarray) -> bytes:
 def test_bad_webdataset_inputs_name_the_shard(run_cli, tmp_path):
     code, _, err = run_cli("data", "import", "webdataset", f"{tmp_path}/none/x-{{000000..000003}}.tar", "--out", tmp_path / "o")
     assert code == 1 and f"no shard matches {tmp_path}/none/x-{{000000..000003}}.tar" in err
+    code, _, err = run_cli("data", "info", f"{tmp_path}/none/*.tar")
+    assert code == 1 and "not expanded" in err
     code, _, err = run_cli("data", "import", "webdataset", "--out", tmp_path / "o")
     assert code == 2 and "brace pattern" in err
     rng = np.random.default_rng(1)
