@@ -208,6 +208,13 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
     code, _, err = run_cli("--allow-pipe", "train", recipe, "--out", tmp_path / "b", "--set", f"data.unlabeled={moons}/split/unlabeled",
                            "--set", f"data.val={moons}/split/val")
     assert code == 2 and "--allow-pipe" in err and "never from a recipe" in err
+    # recipes validate makes the same check as train: the recipe's pipe is refused, the typed one accepted
+    code, _, err = run_cli("--allow-pipe", "recipes", "validate", recipe, "--out", tmp_path / "v")
+    assert code == 2 and "never from a recipe" in err and "data.labeled" in err
+    code, _, err = run_cli("--allow-pipe", "recipes", "validate", "recipes/tiny/twomoon.toml", "--out", tmp_path / "v",
+                           "--set", f"data.labeled={moons}/split/labeled", "--set", f"data.unlabeled={unlabeled}",
+                           "--set", f"data.val={moons}/split/val/shard-000000.tar")
+    assert code == 0, err
     code, _, err = run_cli("data", "info", "pipe:false")
     assert code == 2
     code, _, err = run_cli("--allow-pipe", "data", "info", "pipe:exit 3")
