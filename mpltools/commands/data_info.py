@@ -63,7 +63,7 @@ def run(location: str, verify: bool) -> dict:
     if label_seen:
         report["counted_class_counts"] = [counts[c] for c in range(max(counts) + 1)] if shards.manifest is None \
             else [counts[c] for c in range(shards.num_classes)]
-        if shards.manifest is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
+        if shards.class_counts is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
             problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
     if verify:
         report["verified"] = not problems

@@ -93,8 +93,9 @@ def test_brace_pattern_with_manifest_beside_it_keeps_checksums(run_cli, moons, s
     assert report["num_samples"] == 120 and report["checksums"] and report["verified"]
     assert report["metadata"] == str(moons / "all/manifest.json") and report["has_manifest"]
     # Two shards of three: counts from the manifest, per-class counts unknown (not faked).
-    code, out, _ = run_cli("data", "info", f"{moons}/all/shard-{{000000..000001}}.tar", "--json")
-    assert json.loads(out)["num_samples"] == 80 and json.loads(out)["class_counts"] is None
+    code, out, _ = run_cli("data", "info", f"{moons}/all/shard-{{000000..000001}}.tar", "--json", "--verify")
+    report = json.loads(out)
+    assert report["num_samples"] == report["counted_samples"] == 80 and report["class_counts"] is None and report["verified"]
     folder = _eval(run_cli, student, str(moons / "all"))
     assert _eval(run_cli, student, f"{moons}/all/{THREE}") == folder
 
