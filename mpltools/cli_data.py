@@ -42,7 +42,7 @@ def data_import(
     channels: int = typer.Option(3, help="synthetic: 1 or 3 channels."),
     noise: float = typer.Option(0.1, min=0.0, help="twomoon: standard deviation of the Gaussian noise."),
     scale: float = typer.Option(1.0, help="twomoon: multiply the coordinates by this."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="webdataset: class names, a file with one per line or a,b,c (default: from the labels)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="webdataset: class names in index order, a file with one per line or a,b,c (default: 0..N-1 for integer labels, sorted names for named ones)."),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
