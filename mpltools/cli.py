@@ -39,7 +39,11 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output on stderr."),
+    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="Accept `pipe:CMD` shard locations typed on this command line (runs CMD in a shell; never from a recipe or manifest)."),
 ) -> None:
+    from mpltools.data import pipes
+
+    pipes.allow_from_command_line(_state.get("raw_args", []) if allow_pipe else [])
     _state["debug"] = debug
     log.set_quiet(quiet)
 
@@ -66,6 +70,7 @@ def train(
     Example:
       mpl train recipes/digits.toml --out runs/digits
       mpl train recipes/digits.toml --set schedule.steps=50 --print-config
+      mpl train recipes/digits.toml --set 'data.unlabeled=data/pool/shard-{000000..000099}.tar'
     """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
@@ -111,7 +116,7 @@ def finetune(
 @app.command("eval")
 def evaluate_checkpoint(
     checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint, or - to read its path from stdin."),
-    data: str = typer.Option(..., "--data", help="Labelled shard set to evaluate on."),
+    data: str = typer.Option(..., "--data", help="Labelled shard set to evaluate on: a folder, a brace pattern or a URL of shards."),
     real: Optional[Path] = typer.Option(None, "--real", help="JSON file {sample key: [class, ...]} for ReaL-style precision@1."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write per-sample probabilities as a shard set here."),
     batch_size: int = typer.Option(256, min=1, help="Evaluation batch size per process."),
@@ -123,6 +128,7 @@ def evaluate_checkpoint(
     \b
     Example:
       mpl eval runs/digits/finetune/finetuned.safetensors --data data/digits/split/val --json
+      mpl eval runs/digits/student.safetensors --data 'https://host/val/shard-{000000..000003}.tar'
     """
     from mpltools.commands import eval as command
 

@@ -60,11 +60,11 @@ def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
             typer.echo(line)
 
 
-GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug", "--allow-pipe")
 
 
 def hoist_global_flags(args: list[str]) -> list[str]:
-    """Move `-q`/`--quiet`/`--debug` to the front, so `mpl train R -q` means `mpl -q train R`.
+    """Move `-q`/`--quiet`/`--debug`/`--allow-pipe` to the front, so `mpl train R -q` means `mpl -q train R`.
 
     Arguments after a `--` are left alone (they are values, not flags).
     """
@@ -78,4 +78,5 @@ class MplGroup(TyperGroup):
     """The root command group: accepts the global flags after a subcommand too."""
 
     def parse_args(self, ctx, args):
+        _state["raw_args"] = list(args)  # what the user typed: `--allow-pipe` accepts only pipe: locations among it
         return super().parse_args(ctx, hoist_global_flags(list(args)))

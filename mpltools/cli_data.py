@@ -26,12 +26,13 @@ class SourceName(str, Enum):
     svhn = "svhn"
     mnist = "mnist"
     fashion_mnist = "fashion-mnist"
+    webdataset = "webdataset"
 
 
 @data_app.command("import")
 def data_import(
-    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist (needs PATH)."),
-    path: Optional[Path] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files)."),
+    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist | webdataset (needs PATH)."),
+    path: Optional[str] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files); for webdataset, a brace pattern or URL of plain shards."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
     seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
     split: str = typer.Option("train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."),
@@ -41,30 +42,45 @@ def data_import(
     channels: int = typer.Option(3, help="synthetic: 1 or 3 channels."),
     noise: float = typer.Option(0.1, min=0.0, help="twomoon: standard deviation of the Gaussian noise."),
     scale: float = typer.Option(1.0, help="twomoon: multiply the coordinates by this."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="webdataset: class names in index order, a file with one per line or a,b,c (default: 0..N-1 for integer labels, sorted names for named ones)."),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
 ) -> None:
     """Turn a dataset into a shard set (WebDataset tar shards + manifest.json).
 
+    `webdataset` adopts existing plain shards (webdataset.TarWriter, tar): it scans them and writes a
+    copy with a manifest (counts, classes, input shape, sha256) into --out; the originals stay as they are.
+
     \b
     Example:
       mpl data import digits --out data/digits/all
       mpl data import cifar10 data/cifar-10-binary.tar.gz --split test --out data/cifar10/test
+      mpl data import webdataset 'data/raw/shard-{000000..000009}.tar' --classes classes.txt --out data/raw/adopted
     """
+    if source is SourceName.webdataset:
+        from mpltools.commands import data_import_wds
+
+        if path is None:
+            log.error("`mpl data import webdataset` needs the shards: a brace pattern or URL, e.g. 'data/x/shard-{000000..000009}.tar'.")
+            raise typer.Exit(2)
+        report = _execute(lambda: data_import_wds.run(path, out, classes=classes, max_per_shard=max_per_shard,
+                                                      force=force, command=_command_line()))
+        _emit(report, as_json, [report["out"]])
+        return
     from mpltools.commands import data_import as command
     from mpltools.data.sources import SourceOptions
 
     opts = SourceOptions(seed=seed, split=split, num_samples=num_samples, num_classes=num_classes,
                          image_size=image_size, channels=channels, noise=noise, scale=scale)
-    report = _execute(lambda: command.run(source.value, path, out, opts, max_per_shard=max_per_shard,
+    report = _execute(lambda: command.run(source.value, Path(path) if path else None, out, opts, max_per_shard=max_per_shard,
                                           force=force, command=_command_line()))
     _emit(report, as_json, [report["out"]])
 
 
 @data_app.command("split")
 def data_split(
-    src: str = typer.Argument(..., help="A labelled shard set folder."),
+    src: str = typer.Argument(..., help="A labelled shard set: a folder, a brace pattern or a URL of shards."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; gets labeled/, unlabeled/ and val/."),
     preset: Optional[str] = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
     labeled_per_class: Optional[int] = typer.Option(None, min=0, help="Labelled samples per class."),
@@ -140,7 +156,7 @@ def data_info(
 
 @data_app.command("filter-unlabeled")
 def data_filter_unlabeled(
-    unlabeled: str = typer.Argument(..., help="Shard set to filter (unlabelled; labels of a labelled set are ignored), or - for stdin."),
+    unlabeled: str = typer.Argument(..., help="Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin."),
     model: str = typer.Option(..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder (unlabelled; classes = the checkpoint's)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."),

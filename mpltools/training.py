@@ -62,8 +62,11 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
         if other is None:
             continue
         other.require_manifest("training")
-        if other.classes != labeled.classes:
-            raise MplError(f"{other.root} has classes {other.classes[:5]}... but {labeled.root} has {labeled.classes[:5]}...; all sets of a run must share one label set.")
+        if other.classes != labeled.classes and not other.classes_unknown:
+            from mpltools.data.wdscan import classes_hint
+
+            raise MplError(f"{other.root} has classes {other.classes[:5]}... but {labeled.root} has {labeled.classes[:5]}...; all sets of a run must share one label set."
+                           + classes_hint(labeled, other))
         if other.input_spec.kind != labeled.input_spec.kind or (other.input_spec.shape != labeled.input_spec.shape and a.kind != "imagenet"):
             raise MplError(f"{other.root} holds inputs {other.input_spec.shape} but {labeled.root} holds {labeled.input_spec.shape}.")
     spec = labeled.input_spec

@@ -104,6 +104,7 @@ def run(unlabeled: str, checkpoint: Path, out: Path, rule: Rule, *, exclude: lis
 
 
 def _check_fits(meta: CheckpointMeta, shards: ShardSet, path: Path, data: str, ignore_data_classes: bool) -> None:
+    ignore_data_classes = ignore_data_classes or shards.classes_unknown  # manifest-less unlabelled shards name no classes
     check_compatible(meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(), path, data)
     if not ignore_data_classes and shards.classes != meta.classes:
         first = next(i for i, (a, b) in enumerate(zip(shards.classes, meta.classes)) if a != b)

@@ -12,8 +12,10 @@ def run(location: str, verify: bool) -> dict:
     shards = open_shard_set(location)
     report: dict = {
         "path": str(location),
-        "has_manifest": shards.manifest is not None,
+        "has_manifest": shards.manifest is not None and not shards.provenance.get("scanned"),  # else read by a scan
         "shards": len(shards.shard_paths),
+        "metadata": shards.origin,
+        "checksums": shards.manifest is not None and None not in shards.shard_checksums,
     }
     if shards.manifest is not None:
         report.update(num_samples=shards.num_samples, labeled=shards.labeled, classes=shards.classes,
@@ -28,9 +30,9 @@ def run(location: str, verify: bool) -> dict:
     first_seen: dict[str, object] = {}  # key -> shard, to find keys repeated across shards
     with log.progress("verify" if verify else "count", total=len(shards.shard_paths), unit="shards") as bar:
         for i, path in enumerate(shards.shard_paths):
-            if verify and shards.manifest is not None:
+            if verify and shards.manifest is not None and shards.shard_checksums[i] is not None:
                 if sha256_file(path) != shards.shard_checksums[i]:
-                    problems.append(f"{path}: sha256 does not match {shards.root}/manifest.json (the shard changed or is corrupt)")
+                    problems.append(f"{path}: sha256 does not match {shards.origin} (the shard changed or is corrupt)")
             in_shard = 0
             try:
                 for sample in read_shard(path, num_classes=shards.num_classes):
@@ -61,7 +63,7 @@ def run(location: str, verify: bool) -> dict:
     if label_seen:
         report["counted_class_counts"] = [counts[c] for c in range(max(counts) + 1)] if shards.manifest is None \
             else [counts[c] for c in range(shards.num_classes)]
-        if shards.manifest is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
+        if shards.class_counts is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
             problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
     if verify:
         report["verified"] = not problems
@@ -72,7 +74,7 @@ def run(location: str, verify: bool) -> dict:
 def render(report: dict) -> str:
     """Human-readable report for stdout (the JSON form is for scripts)."""
     lines = [f"shard set   {report['path']}"]
-    if report.get("has_manifest"):
+    if "input" in report:
         spec = report["input"]
         lines.append(f"samples     {report['num_samples']:,} in {report['shards']} shard(s), {'labelled' if report['labeled'] else 'unlabelled'}")
         lines.append(f"input       {spec['kind']} {spec['encoding']} shape={spec['shape']} dtype={spec['dtype']}")
@@ -86,8 +88,12 @@ def render(report: dict) -> str:
             lines.append(f"extras      {', '.join(report['extras'])}")
     else:
         lines.append(f"samples     {report.get('counted_samples', '?'):,} in {report['shards']} shard(s) (no manifest)")
+    if report.get("metadata") and not report.get("checksums"):
+        lines.append(f"metadata    {report['metadata']}")
     if "verified" in report:
-        lines.append("verify      OK: checksums match, every sample decodes" if report["verified"]
+        ok = "OK: checksums match, every sample decodes" if report.get("checksums") else \
+            "OK: every sample decodes (no checksums to compare: the shards have no manifest.json)"
+        lines.append(f"verify      {ok}" if report["verified"]
                      else f"verify      FAILED: {len(report['problems'])} problem(s)")
         lines += [f"  - {p}" for p in report["problems"]]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import numpy as np
 
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
-from mpltools.data.shards import (MANIFEST, Sample, ShardError, ShardIndex, ShardWriter, index_shard, open_shard_set,
+from mpltools.data.shards import (Sample, ShardError, ShardIndex, ShardWriter, index_shard, open_shard_set,
                                   read_keys_and_labels, read_shard, sha256_file)
 from mpltools.errors import MplError, UsageError
 
@@ -97,7 +97,7 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
     check_can_write(out, force)  # before reading anything
     shards = open_shard_set(src)
     shards.require_labels("splitting")
-    manifest = shards.root / MANIFEST
+    manifest = shards.origin  # named in messages: a manifest.json, or a scan of manifest-less shards
     indexes: list[ShardIndex | None] = []
     keys: list[str] = []
     labels: list[np.ndarray] = []
@@ -215,14 +215,14 @@ def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sh
             pass
         for pending in hashed:
             pending.result()
-    if digest.hexdigest() != sha256:
+    if sha256 is not None and digest.hexdigest() != sha256:  # None: a manifest-less set has no checksums
         raise _mismatch(path, manifest)
 
 
 def _copy_decoded(path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path,
                   num_classes: int) -> None:
     """The path through tarfile, for shards `index_shard` leaves to it: members are re-written by ShardWriter."""
-    if sha256_file(path) != sha256:
+    if sha256 is not None and sha256_file(path) != sha256:
         raise _mismatch(path, manifest)
     count = 0
     for sample in read_shard(path, num_classes=num_classes):

@@ -46,3 +46,26 @@ def check_manifest(m: object, path: Path) -> None:
             raise bad(f"input.shape of images must be [H, W, C], not {shape!r}")
         if m["input"]["kind"] == "vector" and len(shape) != 1:
             raise bad(f"input.shape of vectors must be [D], not {shape!r}")
+
+
+def build_manifest(*, num_samples: int, labeled: bool, classes: list[str], class_counts: list[int] | None, input_spec: dict,
+                   extras: list[str], shards: list[dict], provenance: dict, **more) -> dict:
+    """A manifest dict (ShardWriter's, and the one a scan of manifest-less shards stands in for); `more` adds fields."""
+    from mpltools.data.shards import FORMAT, FORMAT_VERSION
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "num_samples": num_samples, "labeled": labeled,
+            "classes": classes, "class_counts": class_counts, "input": input_spec, "extras": extras, "shards": shards,
+            "provenance": provenance, **more}
+
+
+def shard_names(m: dict) -> list[str]:
+    return [s["name"] for s in m["shards"]]
+
+
+def sub_manifest(m: dict, names: list[str]) -> dict:
+    """`m` restricted to the named shards (in that order); per-class counts are then unknown, so None (not faked)."""
+    entries = {s["name"]: s for s in m["shards"]}
+    chosen = [entries[n] for n in names]
+    if chosen == m["shards"]:
+        return m
+    return {**m, "shards": chosen, "num_samples": sum(s["count"] for s in chosen), "class_counts": None}

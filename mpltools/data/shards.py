@@ -23,7 +23,7 @@ import numpy as np
 
 from mpltools.data import verify
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
-from mpltools.data.manifest_schema import check_manifest
+from mpltools.data.manifest_schema import build_manifest, check_manifest
 from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
 FORMAT = "mpltools.shardset"
@@ -146,18 +146,9 @@ class ShardWriter:
     def close(self) -> dict:
         """Finish the last shard and write the manifest; return it."""
         self._close_shard()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "num_samples": self.num_samples,
-            "labeled": self.labeled,
-            "classes": self.classes,
-            "class_counts": self.class_counts if self.labeled else None,
-            "input": self.input_spec.to_json(),
-            "extras": list(self.extras),
-            "shards": self._shards,
-            "provenance": self.provenance,
-        }
+        manifest = build_manifest(num_samples=self.num_samples, labeled=self.labeled, classes=self.classes,
+                                  class_counts=self.class_counts if self.labeled else None, input_spec=self.input_spec.to_json(),
+                                  extras=list(self.extras), shards=self._shards, provenance=self.provenance)
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         return manifest
 
@@ -172,12 +163,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class ShardSet:
-    """A readable shard set: a manifest folder, or a plain brace pattern of shards (no manifest)."""
+    """A readable shard set: a manifest folder, or a brace pattern / URL of shards (`root` is then that string)."""
 
     root: Path
     shard_paths: list[Path]
     manifest: dict | None
     manifest_sha256: str | None = None
+    origin: str | None = None  # where the metadata came from: a manifest.json, or a scan (no checksums)
 
     # Properties read the manifest; a manifest-less set knows only its shard files.
     @property
@@ -191,6 +183,11 @@ class ShardSet:
     @property
     def classes(self) -> list[str] | None:
         return self.manifest["classes"] if self.manifest else None
+
+    @property
+    def classes_unknown(self) -> bool:
+        """An unlabelled set that names no classes (scanned, or adopted without --classes): it fits any label set."""
+        return bool(self.manifest) and (bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes))
 
     @property
     def num_classes(self) -> int | None:
@@ -236,16 +233,13 @@ class ShardSet:
 
 
 def open_shard_set(location: str | Path) -> ShardSet:
-    """Open a shard set folder (validating its manifest) or a brace pattern such as `d/shard-{000000..000003}.tar`."""
+    """Open a shard set folder (validating its manifest), or a brace pattern / URL of shards (data/locations.py)."""
     text = str(location)
-    if "{" in text or text.endswith(".tar"):
-        import braceexpand
+    if not Path(text).is_dir():
+        from mpltools.data.locations import looks_like_shards, open_location
 
-        paths = [Path(p) for p in braceexpand.braceexpand(text)]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise ShardError(f"shard file {missing[0]} does not exist (from the pattern {text}).")
-        return ShardSet(root=Path(text), shard_paths=paths, manifest=None)
+        if looks_like_shards(text):
+            return open_location(text)
     root = Path(location)
     if not root.exists():
         raise ShardError(f"{root} does not exist; pass a shard set folder (made by `mpl data import` or `mpl data split`).")
@@ -253,7 +247,9 @@ def open_shard_set(location: str | Path) -> ShardSet:
         raise ShardError(f"{root} is not a shard set: expected a folder with {MANIFEST} and shard-*.tar files.")
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise ShardError(f"{root} is not a shard set: it has no {MANIFEST}. Create shard sets with `mpl data import`.")
+        raise ShardError(f"{root} is not a shard set: it has no {MANIFEST}. Create shard sets with `mpl data import`; plain "
+                         f"WebDataset shards can be read as a brace pattern ('{root}/shard-{{000000..000009}}.tar') or adopted "
+                         "with `mpl data import webdataset PATTERN --out DIR`.")
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -265,7 +261,8 @@ def open_shard_set(location: str | Path) -> ShardSet:
         if not path.is_file():
             raise ShardError(f"{path} is listed in {manifest_path} but missing; the shard set is incomplete, re-create it.")
     verify.register(paths, [s["sha256"] for s in manifest["shards"]])
-    return ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
+    return ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest(),
+                    origin=str(manifest_path))
 
 
 def _check_manifest(m: object, path: Path) -> None:

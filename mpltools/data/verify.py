@@ -18,11 +18,14 @@ from mpltools.data.tarindex import ShardError
 
 _expected: dict[str, str] = {}
 _verified: set[tuple[str, str]] = set()
+_names: dict[str, str] = {}  # local copy of a remote shard -> its URL, for messages
 
 
-def register(paths: list[Path], checksums: list[str]) -> None:
-    for path, digest in zip(paths, checksums):
+def register(paths: list[Path], checksums: list[str], names: list[str] | None = None) -> None:
+    for i, (path, digest) in enumerate(zip(paths, checksums)):
         _expected[os.path.abspath(path)] = digest
+        if names is not None:
+            _names[os.path.abspath(path)] = names[i]
 
 
 class CheckedFile:
@@ -64,7 +67,7 @@ class CheckedFile:
         got = self._digest.hexdigest()
         self._digest = None
         if got != self.expected:
-            raise ShardError(f"{self.path}: sha256 {got[:12]}… does not match {self.expected[:12]}… in the manifest; the shard "
+            raise ShardError(f"{_names.get(os.path.abspath(self.path), self.path)}: sha256 {got[:12]}… does not match {self.expected[:12]}… in the manifest; the shard "
                              "was modified or corrupted after it was written: re-create or re-download it.")
         _verified.add((os.path.abspath(self.path), self.expected))
 

@@ -268,7 +268,9 @@ def test_open_shard_set_errors_name_the_file(tmp_path):
 def test_brace_pattern_without_manifest(tmp_path):
     _write_set(tmp_path / "set", _samples(6), max_per_shard=2)
     shards = open_shard_set(f"{tmp_path}/set/shard-{{000000..000002}}.tar")
-    assert shards.manifest is None and len(shards.shard_paths) == 3
+    # The manifest.json beside the shards supplies the metadata and checksums (issue 10).
+    assert shards.origin == str(tmp_path / "set/manifest.json") and len(shards.shard_paths) == 3
+    assert shards.num_samples == 6 and shards.shard_checksums == [s["sha256"] for s in shards.manifest["shards"]]
     assert [s.key for s in shards.samples()] == [f"s-{i:04d}" for i in range(6)]
     with pytest.raises(ShardError, match="shard-000003.tar does not exist"):
         open_shard_set(f"{tmp_path}/set/shard-{{000000..000003}}.tar")

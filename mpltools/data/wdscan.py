@@ -1,0 +1,165 @@
+"""One pass over plain WebDataset shards (no manifest): counts, labels, classes and the input spec.
+
+`mpl data import webdataset` uses it to adopt shards written by `webdataset.TarWriter` or `tar`,
+and `open_shard_set` uses it (strict mode) for a brace pattern or URL with no manifest.json beside it.
+A sample's input is one `png`/`jpg`/`jpeg`/`npy` member. Its label is `cls` (an integer); adopting
+also reads `label.txt`/`label` (an integer or a class name) and `json` (an integer, a name, or an
+object with "label", "cls" or "class"). Images are sized from their headers; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mpltools.data.shards import InputSpec, Sample, read_shard
+from mpltools.data.tarindex import ShardError
+
+LABEL_MEMBERS = ("label.txt", "label", "json")
+IMPORT_HINT = "run `mpl data import webdataset PATTERN --out DIR` to adopt the shards into a shard set"
+
+
+def classes_hint(*sets) -> str:
+    """What to add to a class-mismatch message when a set's classes were only inferred by a scan."""
+    scanned = [s.root for s in sets if s.provenance.get("scanned")]
+    if not scanned:
+        return ""
+    return (f" {scanned[0]} has no manifest.json, so its classes are just its label numbers: adopt it with "
+            "`mpl data import webdataset PATTERN --classes FILE --out DIR` to give them names.")
+
+
+@dataclass
+class Scan:
+    counts: list[int]  # samples per shard
+    labeled: bool
+    classes: list[str]
+    class_counts: list[int] | None
+    input_spec: InputSpec
+    label_index: dict = field(default_factory=dict)  # raw label value (int or name) -> class index
+
+
+def raw_label(sample: Sample, where: str, adopt: bool) -> int | str | None:
+    """The label a sample carries: `cls`, or (when adopting) one of LABEL_MEMBERS; None if it has none."""
+    if sample.label is not None:
+        return sample.label
+    for ext in LABEL_MEMBERS:
+        if ext in sample.extras:
+            if not adopt:
+                raise ShardError(f"{where}: sample {sample.key!r} keeps its label in a {ext!r} member, but mpltools reads "
+                                 f"labels from `cls` members; {IMPORT_HINT} (it rewrites the labels).")
+            return _parse_label(sample.extras[ext], ext, sample.key, where)
+    return None
+
+
+def _parse_label(payload: bytes, ext: str, key: str, where: str) -> int | str:
+    try:
+        text = payload.decode("utf-8").strip()
+        value = json.loads(text) if ext == "json" else text
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ShardError(f"{where}: sample {key!r} has a {ext!r} label member that is not UTF-8 text/JSON.") from None
+    if isinstance(value, dict):
+        value = next((value[k] for k in ("label", "cls", "class") if k in value), None)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise ShardError(f"{where}: sample {key!r} has a {ext!r} member without a usable label "
+                         "(expected an integer, a class name, or JSON with \"label\").")
+    return value
+
+
+def input_shape(sample: Sample, where: str) -> tuple[str, tuple[int, ...]]:
+    """(kind, shape) of a sample's input, from the image header or the .npy array; errors name the key."""
+    try:
+        if sample.ext == "npy":
+            array = np.load(io.BytesIO(sample.data), allow_pickle=False)
+            return ("vector" if array.ndim == 1 else "image"), tuple(int(n) for n in array.shape)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(sample.data)) as img:
+            width, height = img.size
+            channels = 1 if img.mode in ("L", "1", "I;16") else 3  # what decode_input converts to
+        return "image", (height, width, channels)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt sample
+        raise ShardError(f"{where}: sample {sample.key!r} cannot be read as {sample.ext} ({exc}); the file is corrupt.") from None
+
+
+def scan_shards(paths: list[Path], names: list[str], *, adopt: bool, classes: list[str] | None = None) -> Scan:
+    """Read every shard once. `names` are what messages call the shards (a URL, not its local copy)."""
+    counts: list[int] = []
+    labels: list[int | str] = []
+    unlabeled_at: tuple[str, str] | None = None
+    labeled_at: tuple[str, str] | None = None
+    first: tuple[str, str, tuple] | None = None  # shard, key, (kind, shape) of the first sample
+    encodings: set[str] = set()
+    for path, name in zip(paths, names):
+        n = 0
+        for sample in read_shard(path):
+            n += 1
+            label = raw_label(sample, name, adopt)
+            if label is None:
+                unlabeled_at = unlabeled_at or (name, sample.key)
+            else:
+                labeled_at = labeled_at or (name, sample.key)
+                labels.append(label)
+            if labeled_at and unlabeled_at:
+                raise ShardError(f"{unlabeled_at[0]}: sample {unlabeled_at[1]!r} has no label but {labeled_at[0]}: sample "
+                                 f"{labeled_at[1]!r} has one; a shard set is all labelled or all unlabelled (missing labels?).")
+            shape = input_shape(sample, name)
+            encodings.add("jpg" if sample.ext == "jpeg" else sample.ext)
+            if first is None:
+                first = (name, sample.key, shape)
+            elif shape != first[2]:
+                raise ShardError(f"{name}: sample {sample.key!r} has an input of shape {shape[1]} but {first[0]}: "
+                                 f"sample {first[1]!r} has {first[2][1]}; a shard set holds one input shape (resize the inputs first).")
+        counts.append(n)
+    if first is None:
+        raise ShardError(f"{names[0] if len(names) == 1 else f'{names[0]} .. {names[-1]}'} holds no samples; nothing to read.")
+    kind, shape = first[2]
+    if kind == "image" and "npy" in encodings:
+        if not adopt or len(shape) not in (2, 3):
+            raise ShardError(f"{first[0]}: sample {first[1]!r} is a {len(shape)}-D .npy array; mpltools reads .npy inputs as "
+                             f"1-D vectors and images as png/jpg: {IMPORT_HINT} (it converts uint8 arrays to png).")
+        shape = shape if len(shape) == 3 else (*shape, 1)
+        encodings = {"png"}
+    if "npy" in encodings and len(encodings) > 1:
+        raise ShardError(f"{first[0]}: the shards mix .npy vectors and images; a shard set holds one kind of input.")
+    spec = InputSpec(kind, encodings.pop() if len(encodings) == 1 else "mixed", shape, "float32" if kind == "vector" else "uint8")
+    index = _class_index(labels, classes, names)
+    class_counts = None
+    if labels:
+        class_counts = [0] * len(index["classes"])
+        for label in labels:
+            class_counts[index["map"][label]] += 1
+    return Scan(counts, bool(labels), index["classes"], class_counts, spec, index["map"])
+
+
+def _class_index(labels: list[int | str], classes: list[str] | None, names: list[str]) -> dict:
+    values = set(labels)
+    where = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+    if classes is not None:
+        mapping: dict = {}
+        for value in values:
+            if isinstance(value, int):
+                if not 0 <= value < len(classes):
+                    raise ShardError(f"{where}: label {value} is outside 0..{len(classes) - 1} (the {len(classes)} classes given).")
+                mapping[value] = value
+            elif value in classes:
+                mapping[value] = classes.index(value)
+            else:
+                raise ShardError(f"{where}: label {value!r} is not one of the classes given ({', '.join(classes[:5])}, ...).")
+        return {"classes": list(classes), "map": mapping}
+    if not values:
+        return {"classes": [], "map": {}}
+    if all(isinstance(v, int) for v in values):
+        if min(values) < 0:
+            raise ShardError(f"{where}: label {min(values)} is negative; labels are class indices 0..N-1.")
+        top = max(values)
+        return {"classes": [str(i) for i in range(top + 1)], "map": {v: v for v in values}}
+    if any(isinstance(v, int) for v in values):
+        raise ShardError(f"{where}: labels mix integers and class names; pass --classes to say which name is which index.")
+    names_sorted = sorted(values)
+    return {"classes": names_sorted, "map": {v: i for i, v in enumerate(names_sorted)}}
