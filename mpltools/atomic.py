@@ -35,11 +35,10 @@ def _umask() -> int:
 
 
 def check_can_write(out: Path, force: bool) -> None:
+    """Refuse an existing `out` without --force. Creates nothing: a command that fails later leaves no folder."""
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -52,6 +51,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out` in one rename."""
     out = Path(out)
     check_can_write(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now that there is something to write
     _remove_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
