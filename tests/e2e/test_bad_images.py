@@ -3,7 +3,7 @@
 Every reader decodes through `decode_input(sample, shard, spec)`, so a 16x16 image in an [8, 8, 1]
 set, an RGB image in a grey set (or grey in an RGB one), a label outside the classes and a truncated
 PNG are refused by `data info --verify`, `eval`, `train` (in memory, and streamed by 0 or 2
-DataLoader workers), `finetune` and `data filter-unlabeled` with exit 1 and a message naming the
+DataLoader workers), `finetune`, `data filter-unlabeled` and `reduced predict` (decoding in 0 or 2 workers) with exit 1 and a message naming the
 shard file and the sample key, with no traceback and no temp file left. The shards are written by the
 project's own ShardWriter (which does not decode), and the label is patched into the tar bytes.
 
@@ -113,6 +113,10 @@ CASES = [
                                                     "--set", "finetune.batch_size=4", "--out", o]) for f in ("big", "rgb", "trunc", "label")],
     *[(f"filter-unlabeled-{f}", f, lambda w, o, f=f: ["data", "filter-unlabeled", w[f], "--model", w["ck"], "--top-k", "2",
                                                             "--out", o]) for f in ("big", "rgb", "trunc", "label")],
+    *[(f"reduced-predict-{f}", f, lambda w, o, f=f: ["reduced", "predict", w["ck"], "--data", w[f], "--out", o])
+      for f in ("rgb", "trunc")],
+    ("reduced-predict-2-workers-big", "big", lambda w, o: ["reduced", "predict", w["ck"], "--data", w["big"], "--workers", "2",
+                                                           "--out", o]),
     ("filter-unlabeled-2-workers-big", "big", lambda w, o: ["data", "filter-unlabeled", w["big"], "--model", w["ck"],
                                                             "--top-k", "2", "--workers", "2", "--out", o]),
 ]
