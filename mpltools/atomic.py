@@ -35,11 +35,10 @@ def _umask() -> int:
 
 
 def check_can_write(out: Path, force: bool) -> None:
+    """Refuse an existing `out` without --force. Creates nothing: a command that fails later leaves no folder."""
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -47,11 +46,27 @@ def _remove_stale_temps(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
+def _make_parents(out: Path) -> list[Path]:
+    """Create the missing parent folders of `out`; return them (outermost first) to remove on failure."""
+    missing = [p for p in reversed(out.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_made(made: list[Path]) -> None:
+    for folder in reversed(made):  # innermost first; a folder someone else filled meanwhile stays
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out` in one rename."""
     out = Path(out)
     check_can_write(out, force)
+    made = _make_parents(out)  # only now that there is something to write; removed again on failure
     _remove_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
@@ -72,6 +87,7 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         fsync_dir(out.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_made(made)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise
@@ -83,7 +99,7 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(out)
     _remove_stale_temps(out)  # left by a killed writer of the same file
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
@@ -97,6 +113,7 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
         fsync_dir(out.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _remove_made(made)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise

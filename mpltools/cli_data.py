@@ -150,7 +150,7 @@ def data_info(
     report = _execute(lambda: command.run(resolve_path_arg(location), verify))
     _emit(report, as_json, [command.render(report)])
     if verify and not report["verified"]:
-        log.error(f"{report['path']}: {len(report['problems'])} problem(s) found; see above.")
+        log.error(f"{report['path']}: {report['problem_count']} problem(s) found; see above.")
         raise typer.Exit(1)
 
 

@@ -129,9 +129,10 @@ def _references(locations: list[str], rule: Rule) -> References:
     keys: list[str] = []
     for location in locations:
         ref = open_shard_set(location)
+        spec = ref.input_spec
         for path in ref.shard_paths:
             for _, sample in shard_samples(path, ref.num_classes):
-                decoded = decode_input(sample, path)
+                decoded = decode_input(sample, path, spec)
                 name = f"{location}:{sample.key}"
                 exact.setdefault(pixel_digest(decoded), name)
                 if rule.near_duplicates:

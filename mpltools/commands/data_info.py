@@ -7,6 +7,19 @@ from collections import Counter
 from mpltools import log
 from mpltools.data.shards import ShardError, decode_input, open_shard_set, read_shard, sha256_file
 
+MAX_LISTED = 20  # problems listed one by one; the rest are only counted (a set of wrong images has one per sample)
+
+
+class _Problems(list):
+    """The first MAX_LISTED problems, and how many there were in all."""
+
+    total = 0
+
+    def append(self, problem: str) -> None:
+        self.total += 1
+        if len(self) < MAX_LISTED:
+            super().append(problem)
+
 
 def run(location: str, verify: bool) -> dict:
     shards = open_shard_set(location)
@@ -24,7 +37,8 @@ def run(location: str, verify: bool) -> dict:
     if not verify and shards.manifest is not None:
         return report
     # A manifest-less pattern is counted by reading it; --verify checks everything, reporting every fault.
-    problems: list[str] = []
+    problems = _Problems()
+    spec = shards.input_spec  # --verify decodes every sample and checks it against the manifest's shape
     counts: Counter = Counter()
     total, label_seen = 0, False
     first_seen: dict[str, object] = {}  # key -> shard, to find keys repeated across shards
@@ -50,7 +64,7 @@ def run(location: str, verify: bool) -> dict:
                         label_seen = True
                     if verify:
                         try:
-                            decode_input(sample, path)
+                            decode_input(sample, path, spec)
                         except ShardError as exc:
                             problems.append(exc.message)
             except ShardError as exc:
@@ -67,7 +81,8 @@ def run(location: str, verify: bool) -> dict:
             problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
     if verify:
         report["verified"] = not problems
-        report["problems"] = problems
+        report["problems"] = list(problems)
+        report["problem_count"] = problems.total
     return report
 
 
@@ -94,6 +109,8 @@ def render(report: dict) -> str:
         ok = "OK: checksums match, every sample decodes" if report.get("checksums") else \
             "OK: every sample decodes (no checksums to compare: the shards have no manifest.json)"
         lines.append(f"verify      {ok}" if report["verified"]
-                     else f"verify      FAILED: {len(report['problems'])} problem(s)")
+                     else f"verify      FAILED: {report['problem_count']} problem(s)")
         lines += [f"  - {p}" for p in report["problems"]]
+        if report["problem_count"] > len(report["problems"]):
+            lines.append(f"  - ... and {report['problem_count'] - len(report['problems'])} more (the first {MAX_LISTED} are listed)")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from mpltools.data import transforms
 from mpltools.data import verify
 from mpltools.data.shards import INPUT_EXTENSIONS, Sample, ShardError, ShardSet, decode_input, index_shard, read_shard
 from mpltools.data.tarindex import BLOCK
+from mpltools.data.worker_errors import Carrying, unwrap
 
 
 @dataclass
@@ -48,6 +49,7 @@ Inspect = Callable[[Sample, np.ndarray], object]
 class _Chunks(torch.utils.data.IterableDataset):
     def __init__(self, shards: ShardSet, aug, batch_size: int, rank: int, world: int, indices: list[int], inspect):
         self.shards, self.aug, self.batch_size, self.inspect = shards, aug, batch_size, inspect
+        self.spec = shards.input_spec  # every decoded sample is checked against it
         self.by_shard = len(indices) >= world
         self.mine = [i for k, i in enumerate(indices) if k % world == rank] if self.by_shard else list(indices)
         self.rank, self.world = rank, world
@@ -79,7 +81,7 @@ class _Chunks(torch.utils.data.IterableDataset):
                     rows = None
                 if rows is None:
                     rows = ([], [], [], [], [], position // self.batch_size)  # positions, keys, views, labels, rejected, chunk
-                decoded = decode_input(sample, path)
+                decoded = decode_input(sample, path, self.spec)
                 verdict = self.inspect(sample, decoded) if self.inspect is not None else None
                 if verdict is not None:
                     rows[4].append(verdict)
@@ -155,8 +157,9 @@ def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, 
     if workers <= 0:
         yield from _ahead(iter(dataset))
         return
-    yield from torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                                           persistent_workers=False)
+    for item in torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                                            persistent_workers=False):
+        yield unwrap(item)  # a worker's MplError is raised here with its own message
 
 
 _DONE = object()

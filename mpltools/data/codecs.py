@@ -12,26 +12,33 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mpltools.data.input_check import channels_of_mode, check_shape
 from mpltools.data.tarindex import ShardError
 
 if TYPE_CHECKING:
-    from mpltools.data.shards import Sample
+    from mpltools.data.shards import InputSpec, Sample
 
 
-def decode_input(sample: Sample, where: Path | str = "") -> np.ndarray:
-    """Fully decode an input: images to uint8 HxWxC, vectors to float32 (D,). Errors name the key."""
+def decode_input(sample: Sample, where: Path | str = "", spec: InputSpec | None = None) -> np.ndarray:
+    """Fully decode an input: images to uint8 HxWxC, vectors to float32 (D,). Errors name the shard `where`
+    and the key. Readers of a shard set pass its `spec`: a shape other than the manifest's is an error."""
     try:
         if sample.ext == "npy":
-            return np.load(io.BytesIO(sample.data), allow_pickle=False).astype(np.float32, copy=False)
-        from PIL import Image
+            array = np.load(io.BytesIO(sample.data), allow_pickle=False).astype(np.float32, copy=False)
+        else:
+            from PIL import Image
 
-        with Image.open(io.BytesIO(sample.data)) as img:
-            img.load()  # a full decode: verify() lets truncated JPEGs through
-            # Grayscale stays one channel (digits, MNIST-like data); everything else becomes RGB.
-            array = np.asarray(img.convert("L") if img.mode in ("L", "1", "I;16") else img.convert("RGB"))
-        return array[:, :, None] if array.ndim == 2 else array
+            with Image.open(io.BytesIO(sample.data)) as img:
+                img.load()  # a full decode: verify() lets truncated JPEGs through
+                # Grayscale stays one channel (digits, MNIST-like data); everything else becomes RGB.
+                array = np.asarray(img.convert("L") if channels_of_mode(img.mode) == 1 else img.convert("RGB"))
+            array = array[:, :, None] if array.ndim == 2 else array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt sample
-        raise ShardError(f"{where}: sample {sample.key!r} cannot be decoded as {sample.ext} ({exc}); the file is corrupt.") from None
+        raise ShardError(f"{where}: sample {sample.key!r} cannot be decoded as {sample.ext} ({exc}); the file is "
+                         "corrupt: re-create the shard set from its source (`mpl data import`).") from None
+    if spec is not None:
+        check_shape(array, spec.shape, where, sample.key)
+    return array
 
 
 def decode_extra(sample: Sample, name: str, where: Path | str = "") -> np.ndarray:

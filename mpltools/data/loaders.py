@@ -30,6 +30,7 @@ from mpltools.data import predictions, transforms
 from mpltools.data.chunks import shard_samples
 from mpltools.data.sample_random import BatchRandom, Uniforms
 from mpltools.data.shards import Sample, ShardError, ShardSet, decode_input, read_shard
+from mpltools.data.worker_errors import Carrying, unwrap
 from mpltools.errors import MplError
 
 LABELED, UNLABELED = 0, 1  # stream ids, part of every seed
@@ -59,16 +60,17 @@ class StreamConfig:
         return self.global_batch // self.world
 
 
-def _decode(sample, where) -> np.ndarray:
-    return decode_input(sample, where)
+def _decode(sample, where, spec) -> np.ndarray:
+    return decode_input(sample, where, spec)  # the shape is checked against the manifest's input spec
 
 
 def load_in_memory(shards: ShardSet) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Decode a whole shard set: inputs (N, ...) uint8 images or float32 vectors, labels, keys."""
     inputs, labels, keys = [], [], []
+    spec = shards.input_spec
     for path in shards.shard_paths:
         for sample in read_shard(path, num_classes=shards.num_classes):
-            inputs.append(_decode(sample, path))
+            inputs.append(_decode(sample, path, spec))
             labels.append(sample.label if sample.label is not None else -1)
             keys.append(sample.key)
     if not inputs:
@@ -210,17 +212,17 @@ class ShardStream(torch.utils.data.IterableDataset):
         order = np.random.default_rng([cfg.seed, cfg.stream_id, epoch]).permutation(len(paths))
         if len(paths) >= slots:
             for i in order[slot::slots]:
-                yield from read_shard(paths[i], self.shards.num_classes)
+                yield from ((paths[i], sample) for sample in read_shard(paths[i], self.shards.num_classes))
         else:  # fewer shards than slots: every slot reads everything and keeps its share of samples
             counter = 0
             for i in order:
                 for sample in read_shard(paths[i], self.shards.num_classes):
                     if counter % slots == slot:
-                        yield sample
+                        yield paths[i], sample
                     counter += 1
 
     def _raw_batches(self, slot: int, slots: int):
-        """Batches of undecoded samples after a seeded shuffle buffer, endlessly over epochs."""
+        """Batches of undecoded (shard path, sample) after a seeded shuffle buffer, endlessly over epochs."""
         cfg = self.cfg
         batch, epoch = [], 0
         while True:
@@ -255,18 +257,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         role = (worker + self.start) % num_workers
         done = (self.start - role + num_workers - 1) // num_workers  # batches this role produced already
         slot, slots = cfg.rank * num_workers + role, cfg.world * num_workers
+        spec = self.shards.input_spec
         for k, raw in enumerate(self._raw_batches(slot, slots)):
             if k < done:
                 continue
             views, labels = [], []
             extras: dict[str, list[np.ndarray]] = {name: [] for name in cfg.extras}
             if cfg.hidden_labels is not None:
-                extras["hidden_y"] = [np.int64(cfg.hidden_labels.get(s.key, -1)) for s in raw]
+                extras["hidden_y"] = [np.int64(cfg.hidden_labels.get(s.key, -1)) for _, s in raw]
             block = self.random.block((k, slot, slots), len(raw))
-            for sample, row in zip(raw, block):
-                views.append(_views(_decode(sample, self.shards.root), cfg, self.aug, Uniforms(row)))
+            for (path, sample), row in zip(raw, block):
+                views.append(_views(_decode(sample, path, spec), cfg, self.aug, Uniforms(row)))
                 labels.append(sample.label)
-                for name, row in zip(cfg.extras, extra_logits(sample, cfg.extras, self.shards.num_classes, self.shards.root)):
+                for name, row in zip(cfg.extras, extra_logits(sample, cfg.extras, self.shards.num_classes, path)):
                     extras[name].append(row)
             yield _collate(views, labels if cfg.views == "labeled" else None, extras)
 
@@ -278,13 +281,13 @@ class Batches:
         dataset.start = position
         self.position, self.workers, self.prefetch = position, workers, prefetch if workers > 0 else 0
         if workers > 0:
-            self._it = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+            self._it = iter(torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers,
                                                         persistent_workers=False, prefetch_factor=max(1, prefetch)))
         else:
             self._it = iter(dataset)
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self._it)
+        batch = unwrap(next(self._it))  # a worker's MplError is raised here with its own message
         self.position += 1
         return batch
 
@@ -320,9 +323,10 @@ def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int,
                  ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
     """Each sample exactly once across processes (no padding): (keys, inputs uint8/float, labels)."""
     keys, xs, ys = [], [], []
+    spec = shards.input_spec
     for path, sample in _owned_samples(shards, rank, world):
         keys.append(sample.key)
-        xs.append(transforms.eval_view(_decode(sample, path), aug))
+        xs.append(transforms.eval_view(_decode(sample, path, spec), aug))
         ys.append(sample.label)
         if len(keys) == batch_size:
             yield _eval_batch(keys, xs, ys)

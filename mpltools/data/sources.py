@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mpltools.data.shards import InputSpec, Sample, ShardError, encode_npy, encode_png
+from mpltools.data.input_check import channels_of_mode
 from mpltools.errors import MplError, UsageError
 
 BUILTIN_SOURCES = ("twomoon", "digits", "synthetic")
@@ -164,7 +165,7 @@ def _imagefolder(name, root: Path, o: SourceOptions) -> Source:
         try:
             with Image.open(f) as img:
                 img.load()
-                shapes.add((img.height, img.width, 1 if img.mode == "L" else 3))
+                shapes.add((img.height, img.width, channels_of_mode(img.mode)))  # as decode_input decodes it
         except Exception as exc:  # noqa: BLE001
             raise MplError(f"{f} is not a readable image ({exc}); remove or replace it.") from None
     encodings = {_IMAGE_EXTS[f.suffix.lower()] for f, _ in files}

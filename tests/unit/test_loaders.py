@@ -77,14 +77,14 @@ def test_each_epoch_visits_every_sample_once_across_processes_and_workers(shard_
         stream = ShardStream(shards, StreamConfig("labeled", 5, seed=0, stream_id=LABELED, rank=rank, world=2), AUG)
         slot, slots = rank * 2 + worker, 4
         # One epoch of this slot's raw samples (shards split 6 -> slots of 2/2/1/1).
-        keys_seen += [s.key for s in stream._samples(slot, slots, epoch=0)]
+        keys_seen += [s.key for _, s in stream._samples(slot, slots, epoch=0)]
     assert sorted(keys_seen) == [f"s{i:03d}" for i in range(60)]
 
 
 def test_fewer_shards_than_slots_splits_by_sample(shard_set):
     shards = open_shard_set(shard_set)
     stream = ShardStream(shards, StreamConfig("labeled", 5, seed=0, stream_id=LABELED, world=4), AUG)
-    keys = [s.key for slot in range(8) for s in stream._samples(slot, 8, epoch=0)]
+    keys = [s.key for slot in range(8) for _, s in stream._samples(slot, 8, epoch=0)]
     assert sorted(keys) == [f"s{i:03d}" for i in range(60)]
 
 
