@@ -34,12 +34,46 @@ def _umask() -> int:
     return mask
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first (what `mkdir -p` would create)."""
+    folder, missing = Path(folder).absolute(), []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders, deepest first, while they are empty (a folder someone else filled stays)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def check_can_write(out: Path, force: bool) -> None:
+    """Refuse an existing `out` without --force, or one whose parent cannot be a folder; creates nothing."""
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MplError(f"cannot write {out}: {ancestor} is a file, not a folder; choose another --out.")
+
+
+@contextmanager
+def _parents(out: Path) -> Iterator[None]:
+    """Create `out`'s missing parent folders; remove them again (only those, if still empty) when the block fails."""
+    made = missing_folders(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        remove_empty(made)
+        raise
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -52,7 +86,14 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out` in one rename."""
     out = Path(out)
     check_can_write(out, force)
-    _remove_stale_temps(out)
+    with _parents(out):
+        _remove_stale_temps(out)
+        with _replace_dir(out) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _replace_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
     try:
