@@ -46,6 +46,8 @@ def missing_folders(folder: Path) -> list[Path]:
 def remove_empty(folders: list[Path]) -> None:
     """Remove the given folders, deepest first, while they are empty (a folder someone else filled stays)."""
     for folder in folders:
+        if not folder.exists():
+            continue
         try:
             os.rmdir(folder)
         except OSError:

@@ -183,7 +183,7 @@ CASES = [
     ("finetune-negative-count", lambda w: ["finetune", w["ck"], "--labeled", w["neg"]], 1, "negn"),
     # --- failing mid-run, after the output folder exists (item 1): a new run leaves nothing, nor the parents of --out
     ("train-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['corrupt']}"], 1, "corrupt"),
-    ("train-nonfinite-before-first-checkpoint", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", "student.lr=1e30", "--set", "schedule.steps=4"], 1, "not finite"),
+    ("train-nonfinite-before-first-checkpoint", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", "student.lr=1e38", "--set", "schedule.steps=4"], 1, "not finite"),
     ("train-mpl-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.unlabeled={w['corrupt']}"], 1, "corrupt"),
     ("finetune-shard-corrupt-mid-run", lambda w: ["finetune", w["ck"], "--labeled", w["corrupt"]], 1, "corrupt"),
     ("eval-predictions-shard-corrupt", lambda w: ["eval", w["ck"], "--data", w["corrupt_val"], "--predictions", "OUT"], 1, "corrupt_val"),

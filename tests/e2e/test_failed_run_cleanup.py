@@ -24,8 +24,8 @@ def base(tmp_path_factory) -> list[str]:
             "--set", "data.val=", "--set", "method.name=supervised", "--set", "eval.every=0"]
 
 
-# lr 1e30: step 1 is finite, its update is not, so step 2 stops with a NonFinite error (an honest mid-run failure).
-DIVERGE = ["--set", "student.lr=1e30", "--set", "schedule.steps=4"]
+# lr 1e38: step 1 is finite, its update overflows float32, so step 2 stops with a NonFinite error (an honest mid-run failure).
+DIVERGE = ["--set", "student.lr=1e38", "--set", "schedule.steps=4"]
 
 
 def test_failure_after_first_checkpoint_keeps_the_run_and_a_resume_changes_nothing(base, tmp_path):
