@@ -126,8 +126,14 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)  # left by a killed writer of the same file
+    with _parents(out):
+        _remove_stale_temps(out)  # left by a killed writer of the same file
+        with _replace_file(out) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _replace_file(out: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
