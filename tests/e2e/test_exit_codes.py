@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_bad_inputs import TWOMOON, _with_weights, cli, ok
+from tests.e2e.test_bad_inputs import TWOMOON, _corrupt_shards, _edit_manifest, _with_weights, cli, ok
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,13 @@ def world(tmp_path_factory) -> dict:
     bad = {"missing": str(root / "gone.safetensors"), "garbage": str(root / "garbage.safetensors"),
            "nan": _with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
            "classes": str(root / "three.safetensors")}
-    return dict(root=root, base=base, bad=bad, **sets)
+    labeled = Path(sets["labeled"])
+    (root / "notjson").mkdir()
+    (root / "notjson/manifest.json").write_text("{ not json")
+    data = {"missing": str(root / "nowhere"), "notjson": str(root / "notjson"),
+            "negative": _edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
+            "corrupt": _corrupt_shards(labeled, root / "corrupt")}
+    return dict(root=root, base=base, bad=bad, data=data, ck=str(good), **sets)
 
 
 COMMANDS = {
@@ -71,3 +77,28 @@ def test_recipes_validate_reports_a_bad_teacher_checkpoint_as_a_recipe_error(wor
                      "--set", f"method.teacher_checkpoint={ck}", "--out", world["root"] / "never")
     assert code == 2 and "method.teacher_checkpoint" in text and Path(ck).name in text, text[-2000:]
     assert "Traceback" not in text and not (world["root"] / "never").exists()
+
+
+DATA_COMMANDS = {
+    "eval": lambda w, d: ["eval", w["ck"], "--data", d],
+    "finetune": lambda w, d: ["finetune", w["ck"], "--labeled", d, "--out", "OUT"],
+    "data-info": lambda w, d: ["data", "info", d, "--verify"],
+    "data-split": lambda w, d: ["data", "split", d, "--labeled-per-class", "1", "--out", "OUT"],
+    "filter-unlabeled": lambda w, d: ["data", "filter-unlabeled", d, "--model", w["ck"], "--top-k", "1", "--out", "OUT"],
+    "train": lambda w, d: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={d}", "--out", "OUT"],
+    "reduced-predict": lambda w, d: ["reduced", "predict", w["ck"], "--data", d, "--out", "OUT"],
+}
+BAD_DATA = ["missing", "notjson", "negative", "corrupt"]
+
+
+@pytest.mark.parametrize("bad", BAD_DATA)
+@pytest.mark.parametrize("command", list(DATA_COMMANDS))
+def test_the_same_bad_shard_set_gives_exit_1_from_every_command(world, tmp_path, command, bad):
+    data = world["data"][bad]
+    out = tmp_path / "deep" / "out"
+    code, text = cli(*[out if a == "OUT" else a for a in DATA_COMMANDS[command](world, data)])
+    assert code == 1, text[-2000:]
+    errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
+    assert Path(data).name in errors, text[-2000:]
+    assert "Traceback" not in text
+    assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
