@@ -22,6 +22,9 @@ from mpltools.cli import app
 from tests.e2e.helpers import REPO
 
 TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
+REDUCED = str(REPO / "recipes/tiny/reduced_b7_yfcc.toml")
+VECTOR_STUDENT = ["--set", "augment.kind=none", "--set", "augment.image_size=0", "--set", "augment.normalisation=none",
+                  "--set", "model.name=mlp", "--set", "model.kwargs={}"]
 
 
 def cli(*args) -> tuple[int, str]:
@@ -98,6 +101,10 @@ def w(tmp_path_factory) -> dict:
     d["broken"] = str(root / "broken.toml")
     d["corrupt"] = _corrupt_shards(labeled, root / "corrupt")
     d["corrupt_val"] = _corrupt_shards(Path(sets["val"]), root / "corrupt_val")
+    for part in ("labeled", "unlabeled"):  # Reduced MPL's prediction sets of the TwoMoon student
+        ok("reduced", "predict", ck, "--data", sets[part], "--dtype", "float32", "--out", root / f"pred_{part}")
+    d["pred_labeled"] = str(root / "pred_labeled")
+    d["pred_corrupt"] = _corrupt_shards(root / "pred_unlabeled", root / "pred_corrupt")
     (root / "badtree/a").mkdir(parents=True)
     (root / "badtree/b").mkdir()
     for i in range(3):
@@ -185,6 +192,8 @@ CASES = [
     ("train-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['corrupt']}"], 1, "corrupt"),
     ("train-nonfinite-before-first-checkpoint", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", "student.lr=1e38", "--set", "schedule.steps=4"], 1, "not finite"),
     ("train-mpl-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.unlabeled={w['corrupt']}"], 1, "corrupt"),
+    ("reduced-train-prediction-shard-corrupt-mid-run", lambda w: ["reduced", "train", REDUCED, "--set", f"data.labeled={w['pred_labeled']}",
+                                                              "--set", f"data.unlabeled={w['pred_corrupt']}", "--set", "data.val=", *VECTOR_STUDENT, "--out", "OUT"], 1, "pred_corrupt"),
     ("finetune-shard-corrupt-mid-run", lambda w: ["finetune", w["ck"], "--labeled", w["corrupt"]], 1, "corrupt"),
     ("eval-predictions-shard-corrupt", lambda w: ["eval", w["ck"], "--data", w["corrupt_val"], "--predictions", "OUT"], 1, "corrupt_val"),
     ("split-shard-corrupt", lambda w: ["data", "split", w["corrupt"], "--labeled-per-class", "1", "--out", "OUT"], 1, "corrupt"),
