@@ -28,7 +28,7 @@ from mpltools.errors import Interrupted, MplError
 
 
 class RunFolderGuard:
-    """`with RunFolderGuard(out, force, is_main) as guard: ...; guard.resuming = True` (see the module docstring)."""
+    """`with RunFolderGuard(out, force, is_main) as guard: resume_from = guard.prepared(prepare_run_folder(...)); ...`"""
 
     def __init__(self, out: Path, force: bool, is_main: bool):
         self.out, self.is_main, self.resuming = Path(out), is_main, False
@@ -39,10 +39,19 @@ class RunFolderGuard:
     def __enter__(self) -> "RunFolderGuard":
         return self
 
+    def prepared(self, resume_from: Path | None) -> Path | None:
+        """Call with what `prepare_run_folder` returned (the state a resumed run starts from, or None)."""
+        self.is_prepared, self.resuming = True, resume_from is not None
+        return resume_from
+
+    is_prepared = False
+
     def __exit__(self, kind, exc, tb) -> bool:
         if exc is None or not self.is_main or self.resuming:
             return False
         state = latest_state(self.out) if self.out.is_dir() else None
+        if state is not None and not self.is_prepared:
+            return False  # the folder was refused as it is (another recipe's run): untouched, nothing to say
         if state is not None:
             note = f"{self.out} is kept: it holds a resume state ({state.name}); fix the cause, then resume with the same command."
         else:

@@ -80,8 +80,7 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     preflight.check_training(recipe, data, runtime, export.init_student, (export.teacher_inputs,) if reduced else ())
     trackers = tracking.requested(recipe.runtime)
     with RunFolderGuard(out, force, runtime.is_main) as guard:  # a new run that fails before its first state leaves nothing
-        resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
-        guard.resuming = resume_from is not None
+        resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main))
         runtime.barrier()
         return _train(recipe, out, command, export, runtime, data, trackers, resume_from)
 

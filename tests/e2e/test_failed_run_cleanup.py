@@ -69,3 +69,12 @@ def test_ctrl_c_before_the_first_checkpoint_removes_the_new_run(base, tmp_path, 
     code, text = cli("train", TWOMOON, *base, "--out", out)
     assert code == 130 and "interrupted" in text and "Traceback" not in text
     assert "Removed" in text and not (tmp_path / "deep").exists()
+
+
+def test_a_refused_folder_is_left_as_it_was_without_a_resume_note(base, tmp_path):
+    out = tmp_path / "run"
+    ok("train", TWOMOON, *base, "--set", "schedule.steps=2", "--set", "checkpoint.every=1", "--out", out)
+    before = _tree(out)
+    code, text = cli("train", TWOMOON, *base, "--set", "schedule.steps=3", "--out", out)
+    assert code == 2 and "different recipe" in text and "resume with the same command" not in text
+    assert _tree(out) == before
