@@ -31,7 +31,7 @@ class RunFolderGuard:
     """`with RunFolderGuard(out, force, is_main) as guard: resume_from = guard.prepared(prepare_run_folder(...)); ...`"""
 
     def __init__(self, out: Path, force: bool, is_main: bool):
-        self.out, self.is_main, self.resuming = Path(out), is_main, False
+        self.out, self.is_main, self.resuming, self.is_prepared = Path(out), is_main, False, False
         self.created = missing_folders(self.out)  # the run folder and its parents, deepest first
         # An existing folder that --force empties counts as empty: what it held is gone by the user's choice.
         self.entries = None if self.created else (set() if force else set(os.listdir(self.out)) if self.out.is_dir() else None)
@@ -43,8 +43,6 @@ class RunFolderGuard:
         """Call with what `prepare_run_folder` returned (the state a resumed run starts from, or None)."""
         self.is_prepared, self.resuming = True, resume_from is not None
         return resume_from
-
-    is_prepared = False
 
     def __exit__(self, kind, exc, tb) -> bool:
         if exc is None or not self.is_main or self.resuming:
