@@ -34,11 +34,48 @@ def _umask() -> int:
     return mask
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first (what `mkdir -p` would create)."""
+    folder, missing = Path(folder).absolute(), []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders, deepest first, while they are empty (a folder someone else filled stays)."""
+    for folder in folders:
+        if not folder.exists():
+            continue
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def check_can_write(out: Path, force: bool) -> None:
-    """Refuse an existing `out` without --force. Creates nothing: a command that fails later leaves no folder."""
+    """Refuse an existing `out` without --force, or one whose parent cannot be a folder; creates nothing."""
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MplError(f"cannot write {out}: {ancestor} is a file, not a folder; choose another --out.")
+
+
+@contextmanager
+def _parents(out: Path) -> Iterator[None]:
+    """Create `out`'s missing parent folders; remove them again (only those, if still empty) when the block fails."""
+    made = missing_folders(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        remove_empty(made)
+        raise
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -46,28 +83,19 @@ def _remove_stale_temps(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
-def _make_parents(out: Path) -> list[Path]:
-    """Create the missing parent folders of `out`; return them (outermost first) to remove on failure."""
-    missing = [p for p in reversed(out.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _remove_made(made: list[Path]) -> None:
-    for folder in reversed(made):  # innermost first; a folder someone else filled meanwhile stays
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out` in one rename."""
     out = Path(out)
     check_can_write(out, force)
-    made = _make_parents(out)  # only now that there is something to write; removed again on failure
-    _remove_stale_temps(out)
+    with _parents(out):
+        _remove_stale_temps(out)
+        with _replace_dir(out) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _replace_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
     try:
@@ -87,7 +115,6 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         fsync_dir(out.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_made(made)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise
@@ -99,8 +126,14 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it.")
-    made = _make_parents(out)
-    _remove_stale_temps(out)  # left by a killed writer of the same file
+    with _parents(out):
+        _remove_stale_temps(out)  # left by a killed writer of the same file
+        with _replace_file(out) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _replace_file(out: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -113,7 +146,6 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
         fsync_dir(out.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        _remove_made(made)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise

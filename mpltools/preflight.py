@@ -46,6 +46,12 @@ def validate(recipe, command: str = "train", source: str = "recipe") -> None:
         raise bad("eval.every", f"must be >= 0, not {recipe.eval.every}.")
     if recipe.runtime.log_every < 1:
         raise bad("runtime.log_every", f"must be at least 1, not {recipe.runtime.log_every}.")
+    check_models(recipe, source)
+
+
+def check_models(recipe, source: str = "recipe") -> None:
+    """Registry lookup of every network's name and kwargs (cheap; also what --print-config checks). A teacher
+    without model.teacher_name is the student's architecture, checked as model.name."""
     _check_model("model.name", recipe.model.name, recipe.model.kwargs, source)
     if recipe.model.teacher_name:
         _check_model("model.teacher_name", recipe.model.teacher_name, recipe.model.teacher_kwargs, source)
@@ -66,21 +72,46 @@ def check_nonempty(shards, what: str) -> None:
         raise MplError(f"{shards.root} holds no samples; {what} needs at least one (re-create it, or point {what} elsewhere).")
 
 
-def check_run(recipe, data, init_student: Path | None) -> None:
-    """What `trainer.fit` will load, checked before the run folder is created."""
+def check_training(recipe, data, runtime, init_student: Path | None = None, extras: tuple[str, ...] = ()):
+    """Every check `train`, `finetune` and `reduced train` make once the data is open, before the run folder is
+    written: the optimiser settings' cross-field rules, the loaders' memory, the data sets' sizes, the checkpoints
+    the run will load, the trackers. `mpl recipes validate` calls exactly this (one implementation).
+
+    `runtime` needs `.world` and `.is_main` (the loaders' plan is logged by the main process only).
+    Returns (the loaders' plan, {recipe key: checkpoint metadata} of the checkpoints read)."""
+    from mpltools import tracking
+    from mpltools.trainer import hyper_from
+    from mpltools.training import check_loaders
+
+    hyper_from(recipe)
+    plan = check_loaders(data, recipe, runtime, recipe.method.name != "supervised", extras)
+    checkpoints = check_run(recipe, data, init_student)
+    tracking.check(tracking.requested(recipe.runtime))
+    return plan, checkpoints
+
+
+def check_run(recipe, data, init_student: Path | None) -> dict:
+    """What `trainer.fit` will load, checked before the run folder is created; returns the checkpoints' metadata."""
     from mpltools.checkpoint import check_compatible, read_checkpoint
 
     check_nonempty(data.labeled, "data.labeled")
     check_nonempty(data.val, "data.val")
     spec = data.input_spec.to_json()
+    checkpoints = {}
     if recipe.method.name == "pseudo-label":
         path = Path(recipe.method.teacher_checkpoint)
-        _, meta = read_checkpoint(path)  # exists, readable, finite
-        check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled))
-        _check_teacher_input(meta, data, path)
+        try:
+            _, meta = read_checkpoint(path)  # exists, readable, finite
+            check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled))
+            _check_teacher_input(meta, data, path)
+        except MplError as exc:
+            raise MplError(f"method.teacher_checkpoint = {str(path)!r}: {exc.message}", exc.exit_code) from None
+        checkpoints["method.teacher_checkpoint"] = meta
     if init_student is not None:
         _, meta = read_checkpoint(init_student)
         check_compatible(meta, data.num_classes, spec, init_student, str(data.labeled.root))
+        checkpoints["init_student"] = meta
+    return checkpoints
 
 
 def _check_teacher_input(meta, data, path: Path) -> None:

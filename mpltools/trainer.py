@@ -27,7 +27,8 @@ from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
 from mpltools.data.hidden_labels import find_hidden_labels
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
-from mpltools.training import (build_network, check_loaders, checkpoint_meta, device_batch, make_streams, open_data,
+from mpltools.run_cleanup import RunFolderGuard
+from mpltools.training import (build_network, checkpoint_meta, device_batch, make_streams, open_data,
                                prepare_run_folder, use_channels_last, write_run_info)
 
 TWO_NETWORKS = ("mpl", "released")
@@ -76,12 +77,16 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                          if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
-    check_loaders(data, recipe, runtime, method != "supervised", (export.teacher_inputs,) if reduced else ())
-    preflight.check_run(recipe, data, export.init_student)
+    preflight.check_training(recipe, data, runtime, export.init_student, (export.teacher_inputs,) if reduced else ())
     trackers = tracking.requested(recipe.runtime)
-    tracking.check(trackers)  # before the run folder is written
-    resume_from = prepare_run_folder(out, recipe, force, runtime.is_main)
-    runtime.barrier()
+    with RunFolderGuard(out, force, runtime.is_main) as guard:  # a new run that fails before its first state leaves nothing
+        resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main))
+        runtime.barrier()
+        return _train(recipe, out, command, export, runtime, data, trackers, resume_from)
+
+
+def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, data, trackers, resume_from) -> dict:
+    method, reduced = recipe.method.name, bool(export.teacher_inputs)
     hp = hyper_from(recipe)
 
     # Networks. Baselines train one network, called the student; pseudo-label adds a fixed teacher.
@@ -164,8 +169,8 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
                     metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator, diagnose=logging)
             except NonFiniteError as exc:
                 raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
-                               f"it would have caused was not applied and nothing of this step was saved. The last good state is in {out}/state/. "
-                               "Lower the learning rates, check the data, or resume with different settings.") from None
+                               "it would have caused was not applied and nothing of this step was saved. "
+                               "Lower the learning rates or check the data.") from None
             if "feedback/h" in metrics:
                 h_window.add(metrics["feedback/h"].detach())
             step += 1

@@ -137,7 +137,7 @@ def _encoded_bytes(shards: ShardSet | None) -> int:
     return sum(p.stat().st_size for p in shards.shard_paths) // shards.num_samples
 
 
-def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> None:
+def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> sizing.LoaderPlan:
     """Print the loaders' plan and memory estimate; refuse a run whose loaders cannot fit on this machine.
 
     The limit is the machine's memory (or the container's), the same for every process, so every
@@ -152,6 +152,7 @@ def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool
     problem = sizing.refusal(plan, here, sizing.machine_memory())
     if problem:
         raise UsageError(problem)
+    return plan
 
 
 def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool,

@@ -10,9 +10,13 @@ Every problem exits 2 with a message that names the recipe key.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from mpltools.config import Recipe, load_recipe
 from mpltools.errors import MplError, UsageError
+from mpltools.preflight import check_models, check_training
+
+__all__ = ["check", "check_models", "render"]
 
 TWO_NETWORKS = ("mpl", "released")
 _ACTIONS = {"new": "a new run", "resume": "resumes the run there", "restart": "deleted and started over (--force)"}
@@ -26,17 +30,6 @@ def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
         kwargs = m.teacher_kwargs or (m.kwargs if not m.teacher_name else {})
         nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", m.teacher_name or m.name, dict(kwargs)))
     return nets
-
-
-def check_models(recipe: Recipe, source: str) -> None:
-    """Registry lookup of every network's name and kwargs (cheap; what --print-config checks)."""
-    from mpltools.models.registry import validate_model_args
-
-    for role, key, name, kwargs in _networks(recipe):
-        try:
-            validate_model_args(name, kwargs)
-        except ValueError as exc:
-            raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc}") from None
 
 
 def _open_key(source: str, key: str, location: str, need_labels: bool):
@@ -59,9 +52,7 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
 
     import torch
 
-    from mpltools.data import sizing
-    from mpltools.trainer import hyper_from
-    from mpltools.training import build_network, check_run_folder, loader_plan, open_data
+    from mpltools.training import build_network, check_run_folder, open_data
 
     recipe = load_recipe(path, list(overrides), seed=seed)
     source = str(path) if path is not None else "defaults"
@@ -70,10 +61,6 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
     if reduced and method not in TWO_NETWORKS:
         raise UsageError(f"{source}: model.teacher_name = \"reduced_teacher\" needs method.name = \"mpl\" or \"released\".")
     check_models(recipe, source)
-    try:
-        hyper_from(recipe)
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc.message}") from None
 
     if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
         from mpltools.commands import reduced as reduced_command
@@ -110,15 +97,15 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
                 raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
             networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = loader_plan(data, recipe, world, need_unlabeled, (member,) if reduced else ())
-    problem = sizing.refusal(plan, int(os.environ.get("LOCAL_WORLD_SIZE", world)), sizing.machine_memory())
-    if problem:
-        raise UsageError(f"{source}: {problem}")
-
-    checkpoints = {}
-    if method == "pseudo-label":
-        checkpoints["method.teacher_checkpoint"] = _check_checkpoint(recipe.method.teacher_checkpoint, data, source)
+    # What `trainer.fit` checks before it writes (preflight.check_training), the same function, as one process of
+    # WORLD_SIZE that logs nothing.
+    try:
+        plan, metas = check_training(recipe, data, SimpleNamespace(world=int(os.environ.get("WORLD_SIZE", "1")), is_main=False),
+                                     None, (member,) if reduced else ())
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
+    checkpoints = {key: {"path": recipe.method.teacher_checkpoint, "architecture": meta.architecture, "role": meta.role}
+                   for key, meta in metas.items()}
     run_dir = Path(out) if out is not None else Path("runs") / (Path(path).stem if path is not None else "defaults")
     try:
         action = "restart" if force and run_dir.exists() else check_run_folder(run_dir, recipe)
@@ -127,18 +114,6 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
     return {"recipe": source, "ok": True, "method": method, "command": "mpl reduced train" if reduced else "mpl train",
             "data": data_report, "networks": networks, "checkpoints": checkpoints,
             "run_folder": {"path": str(run_dir), "action": action}, "loaders": plan.describe()}
-
-
-def _check_checkpoint(location: str, data, source: str) -> dict:
-    from mpltools.checkpoint import check_compatible, read_checkpoint
-
-    key = "method.teacher_checkpoint"
-    try:
-        _, meta = read_checkpoint(location, check_finite=True)
-        check_compatible(meta, data.num_classes, data.input_spec.to_json(), Path(location), data.labeled.root)
-    except MplError as exc:
-        raise UsageError(f"{source}: {key} = {location!r}: {exc.message}") from None
-    return {"path": location, "architecture": meta.architecture, "role": meta.role}
 
 
 def render(report: dict) -> str:

@@ -22,6 +22,9 @@ from mpltools.cli import app
 from tests.e2e.helpers import REPO
 
 TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
+REDUCED = str(REPO / "recipes/tiny/reduced_b7_yfcc.toml")
+VECTOR_STUDENT = ["--set", "augment.kind=none", "--set", "augment.image_size=0", "--set", "augment.normalisation=none",
+                  "--set", "model.name=mlp", "--set", "model.kwargs={}"]
 
 
 def cli(*args) -> tuple[int, str]:
@@ -96,10 +99,37 @@ def w(tmp_path_factory) -> dict:
     d["notjson"] = str(root / "notjson")
     (root / "broken.toml").write_text("[data\nlabeled = ")
     d["broken"] = str(root / "broken.toml")
+    d["corrupt"] = _corrupt_shards(labeled, root / "corrupt")
+    d["corrupt_val"] = _corrupt_shards(Path(sets["val"]), root / "corrupt_val")
+    for part in ("labeled", "unlabeled"):  # Reduced MPL's prediction sets of the TwoMoon student
+        ok("reduced", "predict", ck, "--data", sets[part], "--dtype", "float32", "--out", root / f"pred_{part}")
+    d["pred_labeled"] = str(root / "pred_labeled")
+    d["pred_corrupt"] = _corrupt_shards(root / "pred_unlabeled", root / "pred_corrupt")
+    (root / "badtree/a").mkdir(parents=True)
+    (root / "badtree/b").mkdir()
+    for i in range(3):
+        (root / f"badtree/b/ok{i}.png").write_bytes(_png_bytes())
+    (root / "badtree/a/broken.png").write_bytes(b"\x89PNG not really an image")
+    d["badtree"] = str(root / "badtree")
     (root / "preds").mkdir()
     (root / "preds/keep.txt").write_text("previous good output")
     d["preds"] = str(root / "preds")
     return d
+
+
+def _corrupt_shards(src: Path, dst: Path) -> str:
+    """A copy whose manifest is intact but whose shards are garbage of the same length: the preflight (which
+    reads manifests) passes, the command fails only once it streams the samples, after its output exists."""
+    shutil.copytree(src, dst)
+    for tar in dst.glob("*.tar"):
+        tar.write_bytes(bytes(range(256)) * (tar.stat().st_size // 256) + b"x" * (tar.stat().st_size % 256))
+    return str(dst)
+
+
+def _png_bytes() -> bytes:
+    from mpltools.data.shards import encode_png
+
+    return encode_png(np.zeros((8, 8, 1), dtype=np.uint8))
 
 
 def T(d, key):  # a path of the world, resolved when the case runs
@@ -158,6 +188,17 @@ CASES = [
     ("finetune-garbage-checkpoint", lambda w: ["finetune", w["garbage"], "--labeled", w["labeled"]], 1, "garbage.safetensors"),
     ("finetune-empty-labeled", lambda w: ["finetune", w["ck"], "--labeled", w["empty"]], 1, "empty"),
     ("finetune-negative-count", lambda w: ["finetune", w["ck"], "--labeled", w["neg"]], 1, "negn"),
+    # --- failing mid-run, after the output folder exists (item 1): a new run leaves nothing, nor the parents of --out
+    ("train-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['corrupt']}"], 1, "corrupt"),
+    ("train-nonfinite-before-first-checkpoint", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", "student.lr=1e38", "--set", "schedule.steps=4"], 1, "not finite"),
+    ("train-mpl-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.unlabeled={w['corrupt']}"], 1, "corrupt"),
+    ("reduced-train-prediction-shard-corrupt-mid-run", lambda w: ["reduced", "train", REDUCED, "--set", f"data.labeled={w['pred_labeled']}",
+                                                              "--set", f"data.unlabeled={w['pred_corrupt']}", "--set", "data.val=", *VECTOR_STUDENT, "--out", "OUT"], 1, "pred_corrupt"),
+    ("finetune-shard-corrupt-mid-run", lambda w: ["finetune", w["ck"], "--labeled", w["corrupt"]], 1, "corrupt"),
+    ("eval-predictions-shard-corrupt", lambda w: ["eval", w["ck"], "--data", w["corrupt_val"], "--predictions", "OUT"], 1, "corrupt_val"),
+    ("split-shard-corrupt", lambda w: ["data", "split", w["corrupt"], "--labeled-per-class", "1", "--out", "OUT"], 1, "corrupt"),
+    ("import-imagefolder-broken-image", lambda w: ["data", "import", "imagefolder", w["badtree"], "--out", "OUT"], 1, "broken.png"),
+    ("filter-unlabeled-shard-corrupt", lambda w: ["data", "filter-unlabeled", w["corrupt"], "--model", w["ck"], "--top-k", "1", "--out", "OUT"], 1, "corrupt"),
     # --- data info
     ("info-negative-count", lambda w: ["data", "info", w["neg"]], 1, "negn"),
     ("info-dup-classes", lambda w: ["data", "info", w["dupcls"]], 1, "dupcls"),
@@ -172,7 +213,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("argv, code, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(w, tmp_path, argv, code, names):
     out = tmp_path / "deep" / "out"
-    args = argv(w)
+    args = [out if a == "OUT" else a for a in argv(w)]
     if args[0] in ("train", "finetune") and "--print-config" not in args:
         args = [*args, "--out", out]
     before = _tree(w["root"])

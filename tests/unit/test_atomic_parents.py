@@ -1,28 +1,44 @@
-"""atomic_dir / atomic_file create the missing parents of their output only when they write, and remove
-those (and only those) again when the write fails."""
+"""Issue 9, item 1: an output written atomically leaves none of the parent folders it created when it fails,
+and never removes a folder that existed (or that something else filled meanwhile)."""
 
 from __future__ import annotations
 
 import pytest
 
 from mpltools.atomic import atomic_dir, atomic_file, check_can_write
+from mpltools.errors import MplError
+
+
+def test_check_can_write_creates_nothing(tmp_path):
+    check_can_write(tmp_path / "a/b/out", force=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_can_write_refuses_a_file_on_the_way(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(MplError, match="is a file, not a folder"):
+        check_can_write(tmp_path / "f/b/out", force=False)
 
 
 @pytest.mark.parametrize("writer", [atomic_dir, atomic_file])
-def test_a_failed_write_removes_the_parents_it_created_and_keeps_the_others(tmp_path, writer):
+def test_a_failed_write_removes_the_parents_it_created_only(tmp_path, writer):
     (tmp_path / "kept").mkdir()
-    out = tmp_path / "kept" / "a" / "b" / "out"
-    check_can_write(out, force=False)
-    assert not (tmp_path / "kept" / "a").exists()  # the check creates nothing
     with pytest.raises(RuntimeError):
-        with writer(out):
-            assert (tmp_path / "kept" / "a" / "b").is_dir()
-            raise RuntimeError("a reader failed half-way")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+        with writer(tmp_path / "kept/a/b/out") as tmp:
+            assert tmp.parent == tmp_path / "kept/a/b"
+            raise RuntimeError("mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_parent_someone_filled_meanwhile_stays(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "a/b/out"):
+            (tmp_path / "a/other.txt").write_text("not ours")
+            raise KeyboardInterrupt
+    assert not (tmp_path / "a/b").exists() and (tmp_path / "a/other.txt").read_text() == "not ours"
 
 
 def test_a_successful_write_keeps_its_parents(tmp_path):
-    out = tmp_path / "a" / "out"
-    with atomic_dir(out) as tmp:
-        (tmp / "x").write_text("x")
-    assert (out / "x").read_text() == "x" and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]
+    with atomic_file(tmp_path / "a/b/out.txt") as tmp:
+        tmp.write_text("ok")
+    assert (tmp_path / "a/b/out.txt").read_text() == "ok"

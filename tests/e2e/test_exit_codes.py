@@ -1,0 +1,104 @@
+"""Issue 9, item 2: one exit code per kind of fault, whichever command meets it (errors.py, README "exit codes").
+
+The same bad checkpoint (missing, not safetensors, NaN weights, another label set) handed to every
+command that reads one gives exit 1 (bad file content), names the file, prints no traceback and
+leaves no output. `mpl recipes validate` is the one documented exception: it is a recipe check, so
+everything it finds is a recipe error (exit 2), naming the key as well as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_bad_inputs import TWOMOON, _corrupt_shards, _edit_manifest, _with_weights, cli, ok
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    from mpltools.checkpoint import read_checkpoint, save_model
+    from mpltools.models import build_model
+
+    root = tmp_path_factory.mktemp("codes")
+    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
+    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
+    sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
+    base = ["--set", f"data.labeled={sets['labeled']}", "--set", f"data.unlabeled={sets['unlabeled']}",
+            "--set", f"data.val={sets['val']}", "--set", "schedule.steps=1", "--set", "eval.every=0"]
+    ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
+    good = root / "run/student.safetensors"
+    _, meta = read_checkpoint(good)
+    three = build_model(meta.architecture, 3, tuple(meta.input_shape), **meta.architecture_kwargs)
+    save_model(root / "three.safetensors", three, dataclasses.replace(meta, num_classes=3, classes=["a", "b", "c"]))
+    (root / "garbage.safetensors").write_bytes(b"\x00not a checkpoint" * 10)
+    bad = {"missing": str(root / "gone.safetensors"), "garbage": str(root / "garbage.safetensors"),
+           "nan": _with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
+           "classes": str(root / "three.safetensors")}
+    labeled = Path(sets["labeled"])
+    (root / "notjson").mkdir()
+    (root / "notjson/manifest.json").write_text("{ not json")
+    data = {"missing": str(root / "nowhere"), "notjson": str(root / "notjson"),
+            "negative": _edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
+            "corrupt": _corrupt_shards(labeled, root / "corrupt")}
+    return dict(root=root, base=base, bad=bad, data=data, ck=str(good), **sets)
+
+
+COMMANDS = {
+    "eval": lambda w, ck: ["eval", ck, "--data", w["val"]],
+    "eval-predictions": lambda w, ck: ["eval", ck, "--data", w["val"], "--predictions", "OUT"],
+    "finetune": lambda w, ck: ["finetune", ck, "--labeled", w["labeled"], "--out", "OUT"],
+    "filter-unlabeled": lambda w, ck: ["data", "filter-unlabeled", w["unlabeled"], "--model", ck, "--top-k", "1", "--out", "OUT"],
+    "train-pseudo-label-teacher": lambda w, ck: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label",
+                                                 "--set", f"method.teacher_checkpoint={ck}", "--out", "OUT"],
+    "reduced-predict": lambda w, ck: ["reduced", "predict", ck, "--data", w["labeled"], "--out", "OUT"],
+}
+BAD = ["missing", "garbage", "nan", "classes"]
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_the_same_bad_checkpoint_gives_exit_1_from_every_command(world, tmp_path, command, bad):
+    ck = world["bad"][bad]
+    out = tmp_path / "deep" / "out"
+    code, text = cli(*[out if a == "OUT" else a for a in COMMANDS[command](world, ck)])
+    assert code == 1, text[-2000:]
+    errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
+    assert Path(ck).name in errors, text[-2000:]
+    assert "Traceback" not in text
+    assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_recipes_validate_reports_a_bad_teacher_checkpoint_as_a_recipe_error(world, bad):
+    ck = world["bad"][bad]
+    code, text = cli("recipes", "validate", TWOMOON, *world["base"], "--set", "method.name=pseudo-label",
+                     "--set", f"method.teacher_checkpoint={ck}", "--out", world["root"] / "never")
+    assert code == 2 and "method.teacher_checkpoint" in text and Path(ck).name in text, text[-2000:]
+    assert "Traceback" not in text and not (world["root"] / "never").exists()
+
+
+DATA_COMMANDS = {
+    "eval": lambda w, d: ["eval", w["ck"], "--data", d],
+    "finetune": lambda w, d: ["finetune", w["ck"], "--labeled", d, "--out", "OUT"],
+    "data-info": lambda w, d: ["data", "info", d, "--verify"],
+    "data-split": lambda w, d: ["data", "split", d, "--labeled-per-class", "1", "--out", "OUT"],
+    "filter-unlabeled": lambda w, d: ["data", "filter-unlabeled", d, "--model", w["ck"], "--top-k", "1", "--out", "OUT"],
+    "train": lambda w, d: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={d}", "--out", "OUT"],
+    "reduced-predict": lambda w, d: ["reduced", "predict", w["ck"], "--data", d, "--out", "OUT"],
+}
+BAD_DATA = ["missing", "notjson", "negative", "corrupt"]
+
+
+@pytest.mark.parametrize("bad", BAD_DATA)
+@pytest.mark.parametrize("command", list(DATA_COMMANDS))
+def test_the_same_bad_shard_set_gives_exit_1_from_every_command(world, tmp_path, command, bad):
+    data = world["data"][bad]
+    out = tmp_path / "deep" / "out"
+    code, text = cli(*[out if a == "OUT" else a for a in DATA_COMMANDS[command](world, data)])
+    assert code == 1, text[-2000:]
+    errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
+    assert Path(data).name in errors, text[-2000:]
+    assert "Traceback" not in text
+    assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"

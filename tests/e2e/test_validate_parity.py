@@ -1,0 +1,42 @@
+"""Issue 9, item 3: `mpl recipes validate` runs exactly the checks `mpl train` runs before writing
+(`preflight.check_training`, one implementation). Whatever train refuses before its first byte,
+validate refuses too (as a recipe error, exit 2), naming the same file or key; and neither writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_bad_inputs import TWOMOON, cli, w  # noqa: F401 - `w` is the catalogue's module fixture
+
+CASES = [
+    ("empty-val", lambda w: ["--set", f"data.val={w['empty_vec']}"], "empty_vec"),
+    ("empty-labeled", lambda w: ["--set", "method.name=supervised", "--set", f"data.labeled={w['empty_vec']}"], "empty_vec"),
+    ("tracker-not-installed", lambda w: ["--set", 'runtime.trackers=["wandb"]'], "runtime.trackers"),
+    ("teacher-student-momentum", lambda w: ["--set", "teacher.momentum=0.5", "--set", "student.momentum=0.9"], "momentum"),
+    ("nan-teacher", lambda w: ["--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"], "nan.safetensors"),
+]
+
+
+@pytest.fixture(scope="module")
+def wv(w):
+    """An empty vector set with the TwoMoon classes (the catalogue's `empty` holds images)."""
+    from pathlib import Path
+
+    from mpltools.data.shards import InputSpec, ShardWriter, open_shard_set
+
+    like = open_shard_set(w["labeled"])
+    folder = Path(w["root"]) / "empty_vec"
+    if not folder.exists():
+        ShardWriter(folder, input_spec=like.input_spec, classes=like.classes, labeled=True, provenance={"test": "parity"}).close()
+    return {**w, "empty_vec": str(folder)}
+
+
+@pytest.mark.parametrize("extra, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_validate_refuses_what_train_refuses(wv, tmp_path, extra, names):
+    args = [*wv["base"], *extra(wv)]
+    out = tmp_path / "deep" / "run"
+    train_code, train_text = cli("train", TWOMOON, *args, "--out", out)
+    assert train_code in (1, 2) and names in train_text and "Traceback" not in train_text, train_text[-2000:]
+    code, text = cli("recipes", "validate", TWOMOON, *args, "--out", out)
+    assert code == 2 and names in text and "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "deep").exists()
