@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/digits.toml"
 METHODS = ("supervised", "pseudo-label", "uda", "mpl", "mpl+finetune")
+DIGITS_SPLIT = ("--labeled-per-class", "5", "--val-per-class", "30")
 
 
 def mpl_command() -> list[str]:
@@ -58,40 +59,59 @@ def top1(checkpoint: str, data: str, log: list[str]) -> float:
     return float(json.loads(mpl("eval", checkpoint, "--data", data, "--json", log=log))["top1"])
 
 
-def one_seed(seed: int, out: Path, extra: list[str], methods: tuple[str, ...]) -> dict:
-    """All methods on one split; returns {method: test top-1} plus the commands run and seconds."""
+def one_seed(seed: int, out: Path, extra: list[str], methods: tuple[str, ...], *, recipe: str = RECIPE,
+             data_all: Path | None = None, split_args: tuple[str, ...] = DIGITS_SPLIT, test: str | None = None) -> dict:
+    """All methods on one split; returns {method: test top-1} plus the commands run and seconds.
+
+    The keywords let other studies reuse it (recipes/fashion_study.py): the recipe, the imported
+    data set to split (default OUT/data/all), the `mpl data split` size options and the held-out
+    set (default the split's val). Seconds per method (its training and evals) are in "method_seconds".
+    """
     log: list[str] = []
     start = time.perf_counter()
-    all_data = out / "data" / "all"
+    all_data = data_all or out / "data" / "all"
     split = out / "data" / f"seed{seed}"
-    mpl("data", "split", all_data, "--labeled-per-class", "5", "--val-per-class", "30", "--seed", seed, "--out", split, "--force", log=log)
+    mpl("data", "split", all_data, *split_args, "--seed", seed, "--out", split, "--force", log=log)
     runs = out / "runs" / f"seed{seed}"
-    data_sets = [f'data.labeled="{split}/labeled"', f'data.unlabeled="{split}/unlabeled"', f'data.val="{split}/val"']
+    test = test or f"{split}/val"
+    data_sets = [f'data.labeled="{split}/labeled"', f'data.unlabeled="{split}/unlabeled"', f'data.val="{test}"']
     sets = [a for s in data_sets + list(extra) for a in ("--set", s)]
-    test = f"{split}/val"
     result: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(method: str) -> None:
+        now = time.perf_counter()
+        seconds[method], clock[0] = now - clock[0], now
 
     def train(method: str, *more: str) -> str:
-        return mpl("train", RECIPE, *sets, "--set", f"method.name={method}", *more, "--seed", seed,
+        return mpl("train", recipe, *sets, "--set", f"method.name={method}", *more, "--seed", seed,
                    "--out", runs / method, "--force", log=log)
 
+    lap("split")
     supervised = None
     if "supervised" in methods or "pseudo-label" in methods:
         supervised = train("supervised")
         result["supervised"] = top1(supervised, test, log)
+        lap("supervised")
     if "pseudo-label" in methods:
         result["pseudo-label"] = top1(train("pseudo-label", "--set", f'method.teacher_checkpoint="{supervised}"'), test, log)
+        lap("pseudo-label")
     if "uda" in methods:
         result["uda"] = top1(train("uda"), test, log)
+        lap("uda")
     if "mpl" in methods or "mpl+finetune" in methods:
         student = train("mpl")
         result["mpl"] = top1(student, test, log)
         result["mpl teacher"] = top1(str(runs / "mpl" / "teacher.safetensors"), test, log)
+        lap("mpl")
         if "mpl+finetune" in methods:
-            finetuned = mpl("finetune", student, "--labeled", f"{split}/labeled", "--recipe", RECIPE,
+            finetuned = mpl("finetune", student, "--labeled", f"{split}/labeled", "--recipe", recipe,
                             "--out", runs / "mpl" / "finetune", "--force", log=log)
             result["mpl+finetune"] = top1(finetuned, test, log)
-    return {"seed": seed, "top1": result, "seconds": time.perf_counter() - start, "commands": log}
+            lap("mpl+finetune")
+    return {"seed": seed, "top1": result, "seconds": time.perf_counter() - start, "method_seconds": seconds,
+            "commands": log}
 
 
 def table(rows: list[dict]) -> tuple[str, dict]:
