@@ -3,6 +3,7 @@ pickle) and an interrupted run resumes to bitwise the weights of an uninterrupte
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -13,13 +14,15 @@ from safetensors import safe_open
 from tests.e2e.helpers import REPO, env, mpl
 from tests.e2e.test_train import TWOMOON, _interrupt_and_resume, tensors
 
-ADAM = ["--set", 'teacher.optimizer="adam"', "--set", "teacher.lr=0.01", "--set", "schedule.steps=600",
+ADAM = ["--set", 'teacher.optimizer="adam"', "--set", "teacher.lr=0.01", "--set", "schedule.steps=300",
         "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("adam")
+    (root / TWOMOON).parent.mkdir(parents=True)
+    shutil.copy(REPO / TWOMOON, root / TWOMOON)
     for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
         subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
     return root
@@ -40,7 +43,7 @@ def test_adam_teacher_is_used_and_its_state_is_saved(work):
     mpl("train", TWOMOON, "--out", adam, *ADAM, cwd=work)
     mpl("train", TWOMOON, "--out", sgd, *ADAM[2:], cwd=work)
     assert {"exp_avg", "exp_avg_sq", "step"} <= _teacher_opt_keys(adam)
-    assert _teacher_opt_keys(sgd) == {"momentum_buffer"}
+    assert _teacher_opt_keys(sgd) <= {"momentum_buffer"}  # none at all with this recipe's momentum 0
     a, b = tensors(adam / "teacher.safetensors"), tensors(sgd / "teacher.safetensors")
     assert any(not (a[k] == b[k]).all() for k in a)
 
