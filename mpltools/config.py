@@ -85,6 +85,7 @@ class OptimConfig:
     nesterov: bool = True
     max_grad_norm: float = 0.0  # 0 = no clipping
     ema_decay: float = 0.0  # student only; 0 = no EMA
+    optimizer: Literal["sgd", "adam"] = "sgd"  # teacher only: "adam" is a study option (feedback-only MPL)
 
 
 @dataclass
@@ -292,6 +293,8 @@ def validate(r: Recipe, source: str) -> None:
         o: OptimConfig = getattr(r, name)
         if o.lr < 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.max_grad_norm < 0 or not 0 <= o.ema_decay < 1:
             raise bad(f"[{name}] lr, weight_decay and max_grad_norm must be >= 0; momentum and ema_decay in [0, 1).")
+    if r.student.optimizer != "sgd":
+        raise bad('student.optimizer must be "sgd" (the one-step feedback assumes an SGD student); only [teacher] may use "adam".')
 
 
 def to_toml(recipe: Recipe) -> str:

@@ -23,7 +23,7 @@ from mpltools.errors import Interrupted, MplError, UsageError
 from mpltools.evaluation import evaluate
 from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
-from mpltools.methods.optim import EMA, build_sgd, norm_parameter_names
+from mpltools.methods.optim import EMA, build_adam, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
 from mpltools.data.hidden_labels import find_hidden_labels
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
@@ -127,7 +127,10 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
     t_no_decay = frozenset()
     if method in TWO_NETWORKS:
         t_no_decay = norm_parameter_names(teacher)
-        teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
+        if recipe.teacher.optimizer == "adam":  # a study option, see build_adam
+            teacher_opt = build_adam(teacher, hp.teacher_lr, hp.teacher_weight_decay, t_no_decay)
+        else:
+            teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
     ema = EMA(student, hp.ema_decay) if hp.ema_decay > 0 else None
     nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay,
                     *_loss_scalers(recipe, runtime.mixed_precision, teacher_opt is not None))

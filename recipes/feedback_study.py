@@ -72,6 +72,7 @@ def diagnostics(run: Path) -> dict:
         "median_teacher_mpl_loss": _median([abs(x["teacher/mpl"]) for x in steps if "teacher/mpl" in x]),
         "final_pl_entropy_norm": last.get("diag/pl_entropy_norm"),
         "final_pl_agreement": last.get("diag/pl_agreement"),
+        "final_pl_accuracy": last.get("diag/pl_accuracy"),  # where the split kept the hidden labels
         "final_student_ce_labeled": last.get("student/ce_new"),
     }
 
@@ -83,7 +84,7 @@ def feedback_only(seed: int, out: Path, extra: list[str], fo_extra: list[str], v
     split = out / "data" / f"seed{seed}"
     if not (split / "val").exists():
         mpl("data", "split", out / "data" / "all", "--labeled-per-class", "5", "--val-per-class", "30",
-            "--seed", seed, "--out", split, "--force", log=log)
+            "--seed", seed, "--out", split, "--keep-hidden-labels", "--force", log=log)  # diag/pl_accuracy only
     data = [f'data.labeled="{split}/labeled"', f'data.unlabeled="{split}/unlabeled"', f'data.val="{split}/val"']
     result, diag = {}, {}
     for name in variants:
@@ -111,7 +112,7 @@ def table(rows: list[dict], names: list[str]) -> tuple[str, dict]:
 
 def diag_table(rows: list[dict], variants: tuple[str, ...]) -> str:
     keys = ("median_abs_h", "median_t_grad_norm_mpl", "median_teacher_mpl_loss", "final_pl_entropy_norm",
-            "final_pl_agreement", "final_student_ce_labeled")
+            "final_pl_agreement", "final_pl_accuracy", "final_student_ce_labeled")
     lines = ["| variant (mean over seeds) | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for v in variants:
         cells = []

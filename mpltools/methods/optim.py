@@ -52,6 +52,28 @@ def build_sgd(
     Raises:
         ValueError: a name in `no_decay_names` is not a trainable parameter of `model`.
     """
+    return torch.optim.SGD(
+        _decay_groups(model, weight_decay, no_decay_names), lr=lr, momentum=momentum,
+        nesterov=nesterov and momentum > 0, weight_decay=0.0
+    )
+
+
+def build_adam(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    no_decay_names: Iterable[str] = frozenset(),
+) -> torch.optim.Adam:
+    """Adam (torch defaults: betas 0.9/0.999, eps 1e-8) with the same decay groups as `build_sgd`.
+
+    Not in the paper: a study option for the teacher (``[teacher] optimizer = "adam"``), whose
+    step is scale-free, so a tiny feedback gradient still moves the teacher. The decay stays
+    coupled (``g += wd * theta`` before Adam's normalisation, i.e. Adam with L2, not AdamW).
+    """
+    return torch.optim.Adam(_decay_groups(model, weight_decay, no_decay_names), lr=lr, weight_decay=0.0)
+
+
+def _decay_groups(model: nn.Module, weight_decay: float, no_decay_names: Iterable[str]) -> list[dict]:
     no_decay_names = frozenset(no_decay_names)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unknown = no_decay_names - {n for n, _ in named}
@@ -59,10 +81,7 @@ def build_sgd(
         raise ValueError(f"no_decay_names not among the model's parameters: {sorted(unknown)}")
     decay = [p for n, p in named if n not in no_decay_names]
     no_decay = [p for n, p in named if n in no_decay_names]
-    groups = [{"params": ps, WD_KEY: wd} for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
-    return torch.optim.SGD(
-        groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=0.0
-    )
+    return [{"params": ps, WD_KEY: wd} for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
