@@ -59,6 +59,7 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
 
     import torch
 
+    from mpltools import tracking
     from mpltools.data import sizing
     from mpltools.trainer import hyper_from
     from mpltools.training import build_network, check_run_folder, loader_plan, open_data
@@ -71,6 +72,7 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
         raise UsageError(f"{source}: model.teacher_name = \"reduced_teacher\" needs method.name = \"mpl\" or \"released\".")
     check_models(recipe, source)
     try:
+        tracking.check(tracking.requested(recipe.runtime))
         hyper_from(recipe)
     except UsageError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
