@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from mpltools import api_inputs
 from mpltools.checkpoint import CheckpointMeta, load_model
 from mpltools.config import Recipe, validate
 from mpltools.config import load_recipe as _load_recipe
 from mpltools.data import transforms
-from mpltools.data.loaders import to_model_input
 from mpltools.errors import MplError
 
 
@@ -44,29 +44,14 @@ class Model:
 
     @property
     def transform(self) -> transforms.AugmentSpec:
-        a = self.meta.augment
-        return transforms.AugmentSpec(kind=a.get("kind", "none"), image_size=a.get("image_size", 1) or 1)
+        """The eval view (resize/crop) applied to images, as `mpl eval` applies it; normalisation follows."""
+        return api_inputs.eval_spec(self.meta)
 
     def inputs(self, x: Any) -> torch.Tensor:
-        """A batch of model inputs from a PIL image, a uint8 image array/tensor (HxWxC, or NxHxWxC), a float
-        tensor of model inputs (already normalised), or a list of these."""
-        items = x if isinstance(x, (list, tuple)) else [x]
-        arrays = [self._one(item) for item in items]
-        batch = torch.cat(arrays) if len(arrays) > 1 else arrays[0]
-        return batch.to(self.device)
-
-    def _one(self, x: Any) -> torch.Tensor:
-        shape = list(self.meta.input_shape)
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            return x.float().unsqueeze(0) if list(x.shape) == shape else x.float()
-        a = np.asarray(x)
-        if a.dtype != np.uint8:
-            raise MplError(f"predict: expected a PIL image, uint8 image data or float model inputs of shape {shape}, "
-                           f"got {a.dtype} of shape {list(a.shape)}.", exit_code=2)
-        many = a.ndim == 4 or (a.ndim == 3 and len(shape) == 3 and shape[0] == 1 and a.shape[-1] != 1)  # N x H x W grey
-        views = [transforms.eval_view(img, self.transform) for img in (a if many else [a])]
-        norm = (self.meta.normalisation["mean"], self.meta.normalisation["std"])
-        return to_model_input(torch.from_numpy(np.stack(views)), norm, self.device)
+        """A batch of model inputs from a PIL image, uint8 image data (HxWxC, or NxHxWxC), float model inputs
+        (already normalised), or a list of these; prepared as `mpl eval` prepares a shard set's images.
+        See mpltools/api_inputs.py for what is accepted; anything else raises MplError (exit_code 2)."""
+        return api_inputs.to_batch(x, self.meta, self.device)
 
     @torch.no_grad()
     def predict(self, x: Any) -> torch.Tensor:
@@ -99,20 +84,51 @@ def validate_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[st
     return load_recipe(recipe, overrides)
 
 
-def run(command: str, *args: Any) -> str:
-    """Run `mpl COMMAND ARGS...` in this process; return what it printed on stdout (its result).
-    A failure raises MplError whose exit_code is the command's exit status and whose message is its stderr."""
+def run(command: str, *args: Any, echo_logs: bool = True) -> str:
+    """Run `mpl COMMAND ARGS...` in this process, as the CLI would; return what it printed on stdout (its result).
+
+    A failure raises the command's own MplError (its message is the one the CLI prints, its `exit_code` the CLI's
+    exit status; 130 after Ctrl-C); usage errors from the argument parser raise MplError(exit_code=2) with the usage
+    text. Nothing calls sys.exit. Logs and progress go to sys.stderr as the CLI's do (`echo_logs=False` drops them).
+    """
+    from mpltools import log
     from mpltools.cli import main
+    from mpltools.cli_common import _state
 
     argv = [*str(command).split(), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
+    saved = dict(_state), log._quiet
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    _state["api"] = True
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(_Tee(err, sys.stderr) if echo_logs else err):
+            try:
+                main(argv)
+            except SystemExit as exc:  # typer's standalone mode ends every command with one
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        _state.clear()
+        _state.update(saved[0])
+        log.set_quiet(saved[1])
     if code:
-        message = err.getvalue().strip() or f"mpl {' '.join(argv)} exited {code}"
-        raise MplError(message, exit_code=code)
+        raise MplError(err.getvalue().strip() or f"mpl {' '.join(argv)} exited {code}", exit_code=code)
     return out.getvalue()
+
+
+class _Tee(io.TextIOBase):
+    """stderr for run(): kept (for a usage error's message) and passed on to the caller's stderr."""
+
+    def __init__(self, *targets):
+        self.targets = targets
+
+    def write(self, text: str) -> int:
+        for t in self.targets:
+            t.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for t in self.targets:
+            t.flush()
+
+    def isatty(self) -> bool:
+        return False

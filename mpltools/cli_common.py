@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from mpltools import log
-from mpltools.errors import MplError
+from mpltools.errors import Interrupted, MplError
 
 _state = {"debug": False}
 
@@ -23,14 +23,17 @@ def _command_line() -> str:
 
 def _execute(fn: Callable[[], object]) -> object:
     """Run a command; map failures to DESIGN §2's exit codes with a one-paragraph message."""
+    api = _state.get("api", False)  # mpltools.run(): the caller gets the MplError itself, nothing is printed
     try:
         return fn()
     except MplError as exc:
-        if _state["debug"]:
+        if _state["debug"] or api:
             raise
         log.error(exc.message)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        if api:
+            raise Interrupted("interrupted.") from None
         log.error("interrupted.")
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
@@ -38,6 +41,8 @@ def _execute(fn: Callable[[], object]) -> object:
     except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
         if _state["debug"]:
             raise
+        if api:
+            raise MplError(f"{type(exc).__name__}: {exc}") from exc
         log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")
         raise typer.Exit(1) from None
 

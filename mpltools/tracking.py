@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from mpltools import log
-from mpltools.errors import MplError, UsageError
+from mpltools.errors import UsageError
 
 # tracker name -> the module it needs (the extra of meta-pseudo-labels has the tracker's name)
 KNOWN = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -27,13 +27,14 @@ def requested(runtime_cfg) -> list[str]:
 
 
 def check(names: list[str]) -> None:
-    """Fail (before anything is written) on an unknown tracker or one whose package is not installed."""
+    """Fail with exit 2 (a recipe the machine cannot run, before anything is written) on an unknown tracker or
+    one whose package is not installed; the message names the key and the extra to install."""
     for name in names:
         if name not in KNOWN:
             raise UsageError(f"runtime.trackers: unknown tracker {name!r}; choose from {', '.join(KNOWN)}.")
         if importlib.util.find_spec(KNOWN[name]) is None:
-            raise MplError(f"runtime.trackers includes {name!r} but the {KNOWN[name]!r} package is not installed: "
-                           f"pip install 'meta-pseudo-labels[{name}]' (or drop {name!r} from runtime.trackers).")
+            raise UsageError(f"runtime.trackers includes {name!r} but the {KNOWN[name]!r} package is not installed: "
+                             f"pip install 'meta-pseudo-labels[{name}]' (or drop {name!r} from runtime.trackers).")
 
 
 class Trackers:

@@ -75,10 +75,11 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
         raise UsageError("model.teacher_name = \"reduced_teacher\" is the teacher of Reduced MPL, which reads a large teacher's "
                          "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
                          if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
+    trackers = tracking.requested(recipe.runtime)
+    tracking.check(trackers)  # first: before the data are opened and the run folder is written
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
     preflight.check_training(recipe, data, runtime, export.init_student, (export.teacher_inputs,) if reduced else ())
-    trackers = tracking.requested(recipe.runtime)
     with RunFolderGuard(out, force, runtime.is_main) as guard:  # a new run that fails before its first state leaves nothing
         resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main))
         runtime.barrier()

@@ -68,4 +68,4 @@ def test_missing_tracker_package_fails_before_the_run_folder(work, monkeypatch):
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MplError, match=r"pip install 'meta-pseudo-labels\[wandb\]'") as exc:
         tracking.check(["wandb"])
-    assert exc.value.exit_code == 1
+    assert exc.value.exit_code == 2

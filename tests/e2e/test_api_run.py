@@ -1,0 +1,67 @@
+"""`mpltools.run()` has the CLI's semantics: the same outputs (byte-identical checkpoints), the same result on
+stdout, the same error message and exit code as an MplError (never a SystemExit), and no state left behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import mpltools
+from mpltools import log
+from mpltools.cli_common import _state
+from mpltools.errors import UsageError
+from tests.e2e.helpers import REPO, mpl
+
+DIGITS = "recipes/tiny/digits.toml"
+ARGS = ("--set", "schedule.steps=3", "--set", "checkpoint.every=2", "--set", "data.labeled=d/split/labeled",
+        "--set", "data.unlabeled=d/split/unlabeled", "--set", "data.val=d/split/val")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("apirun")
+    (root / "recipes").symlink_to(REPO / "recipes")
+    mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
+    mpl("data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root)
+    return root
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_run_train_writes_the_cli_bytes_and_prints_the_cli_result(work, monkeypatch):
+    cli = mpl("train", DIGITS, "--out", "cli", *ARGS, cwd=work)
+    monkeypatch.chdir(work)
+    printed = [mpltools.run("train", DIGITS, "--out", out, *ARGS, echo_logs=False) for out in ("api1", "api2")]
+    for name in ("student.safetensors", "teacher.safetensors"):
+        assert _sha(work / "api1" / name) == _sha(work / "cli" / name) == _sha(work / "api2" / name), name
+    assert printed[0] == cli.stdout.replace("cli", "api1") and printed[1] == cli.stdout.replace("cli", "api2")
+    assert printed[0].strip()  # the result: the paths written
+    ev = mpl("eval", "cli/student.safetensors", "--data", "d/split/val", "--json", cwd=work).stdout
+    assert mpltools.run("eval", "api1/student.safetensors", "--data", "d/split/val", "--json", echo_logs=False) == \
+        ev.replace("cli/", "api1/")
+
+
+@pytest.mark.parametrize("args", [("recipes/tiny/nosuch.toml",), (DIGITS, "--set", 'runtime.trackers=["nosuch"]'),
+                                  (DIGITS, "--set", "schedule.steps=0")])
+def test_run_raises_the_cli_message_and_exit_code(work, monkeypatch, args):
+    cli = mpl("train", *args, "--out", "x", cwd=work, check=False)
+    monkeypatch.chdir(work)
+    with pytest.raises(mpltools.MplError) as exc:
+        mpltools.run("train", *args, "--out", "x", echo_logs=False)
+    assert isinstance(exc.value, UsageError) and exc.value.exit_code == cli.returncode == 2
+    assert cli.stderr.strip().splitlines()[-1] == f"error: {exc.value.message}"
+    assert not (work / "x").exists()
+
+
+def test_run_usage_error_state_and_logs(work, monkeypatch, capsys):
+    monkeypatch.chdir(work)
+    with pytest.raises(mpltools.MplError) as exc:
+        mpltools.run("train", DIGITS, "--no-such-option")
+    assert exc.value.exit_code == 2 and "--no-such-option" in exc.value.message
+    assert "--no-such-option" in capsys.readouterr().err  # echoed to the caller's stderr, as the CLI prints it
+    assert "digits" in mpltools.run("-q", "recipes", "ls")
+    assert log._quiet is False and "api" not in _state  # the global flags of one call do not leak into the next
