@@ -82,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
     data_rng = np.random.default_rng(args.seed)
     cases = {
-        "cifar_32x32_rgb": (AugmentSpec(kind="cifar", image_size=32, magnitude=16),
-                            _smooth_images(data_rng, 256, 32, 32, 3)),
-        "cifar_8x8_gray": (AugmentSpec(kind="cifar", image_size=8, magnitude=16, flip=False),
-                           _smooth_images(data_rng, 256, 8, 8, 1)),
-        "imagenet_224_rgb": (AugmentSpec(kind="imagenet", image_size=224, magnitude=17),
-                             _smooth_images(data_rng, 16, 375, 500, 3)),
+        "cifar_32x32_rgb": (AugmentSpec(kind="cifar", image_size=32, magnitude=16), _smooth_images(data_rng, 256, 32, 32, 3)),
+        "cifar_8x8_gray": (
+            AugmentSpec(kind="cifar", image_size=8, magnitude=16, flip=False),
+            _smooth_images(data_rng, 256, 8, 8, 1),
+        ),
+        "imagenet_224_rgb": (
+            AugmentSpec(kind="imagenet", image_size=224, magnitude=17),
+            _smooth_images(data_rng, 16, 375, 500, 3),
+        ),
     }
     views = ("weak", "strong", "weak+strong", "eval")
     results: dict[str, dict[str, float]] = {}

@@ -56,8 +56,11 @@ def shard_set(n: int) -> Path:
     except Exception:  # noqa: BLE001 - missing or stale cache: rebuild
         pass
     start = time.perf_counter()
-    subprocess.run(_mpl("data", "import", "synthetic", "--num-samples", str(n), "--image-size", "32", "--out", str(path),
-                        "--force"), check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        _mpl("data", "import", "synthetic", "--num-samples", str(n), "--image-size", "32", "--out", str(path), "--force"),
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     print(f"built {path.name} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return path
 
@@ -99,8 +102,11 @@ def split_subprocess(src: Path, dst: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of `mpl data split` as its own process."""
     shutil.rmtree(dst, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(_mpl("data", "split", str(src), "--out", str(dst), "--preset", "cifar10-4k", "--force"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _mpl("data", "split", str(src), "--out", str(dst), "--preset", "cifar10-4k", "--force"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -140,27 +146,44 @@ def main() -> None:
         copy_s, hashed_s, split_s, seq_s = min(copies), min(hashed), min(splits), min(sequential)
         wall_s, rss_mb = min(r[0] for r in runs), max(r[1] for r in runs)
         row = {
-            "samples": n, "shard_bytes": nbytes,
-            "copy_s": round(copy_s, 3), "copy_sha256_s": round(hashed_s, 3), "copy_sha256_samples_per_s": round(n / hashed_s),
-            "split_s": round(split_s, 3), "split_samples_per_s": round(n / split_s),
-            "ratio": round(hashed_s / split_s, 3), "ratio_to_bare_copy": round(copy_s / split_s, 3),
-            "split_sequential_index_s": round(seq_s, 3), "ratio_sequential_index": round(hashed_s / seq_s, 3),
-            "split_process_s": round(wall_s, 3), "ratio_process": round(hashed_s / wall_s, 3),
-            "split_peak_rss_mb": round(rss_mb, 1), "load_average_1min": loads,
+            "samples": n,
+            "shard_bytes": nbytes,
+            "copy_s": round(copy_s, 3),
+            "copy_sha256_s": round(hashed_s, 3),
+            "copy_sha256_samples_per_s": round(n / hashed_s),
+            "split_s": round(split_s, 3),
+            "split_samples_per_s": round(n / split_s),
+            "ratio": round(hashed_s / split_s, 3),
+            "ratio_to_bare_copy": round(copy_s / split_s, 3),
+            "split_sequential_index_s": round(seq_s, 3),
+            "ratio_sequential_index": round(hashed_s / seq_s, 3),
+            "split_process_s": round(wall_s, 3),
+            "ratio_process": round(hashed_s / wall_s, 3),
+            "split_peak_rss_mb": round(rss_mb, 1),
+            "load_average_1min": loads,
         }
         results.append(row)
-        print(f"{n:>7,} samples ({nbytes / 1e6:,.0f} MB): copy+sha256 {row['copy_sha256_samples_per_s']:>9,}/s   "
-              f"split {row['split_samples_per_s']:>9,}/s   ratio {row['ratio']:.2f} (target >= {TARGET_RATIO}; "
-              f"{row['ratio_to_bare_copy']:.2f} of a bare copy; {row['ratio_sequential_index']:.2f} with the sequential index)   "
-              f"as a process {wall_s:.2f}s, ratio {row['ratio_process']:.2f}, peak RSS {rss_mb:.0f} MB; load {max(loads):.1f}")
+        print(
+            f"{n:>7,} samples ({nbytes / 1e6:,.0f} MB): copy+sha256 {row['copy_sha256_samples_per_s']:>9,}/s   "
+            f"split {row['split_samples_per_s']:>9,}/s   ratio {row['ratio']:.2f} (target >= {TARGET_RATIO}; "
+            f"{row['ratio_to_bare_copy']:.2f} of a bare copy; {row['ratio_sequential_index']:.2f} with the sequential index)   "
+            f"as a process {wall_s:.2f}s, ratio {row['ratio_process']:.2f}, peak RSS {rss_mb:.0f} MB; load {max(loads):.1f}"
+        )
     shutil.rmtree(OUT / "copy", ignore_errors=True)
     shutil.rmtree(OUT / "split", ignore_errors=True)
     growth = results[-1]["split_peak_rss_mb"] - results[0]["split_peak_rss_mb"]
-    print(f"split peak RSS growth {results[0]['samples']:,} -> {results[-1]['samples']:,} samples: {growth:.1f} MB "
-          f"(target < {TARGET_RSS_GROWTH_MB:.0f} MB)")
+    print(
+        f"split peak RSS growth {results[0]['samples']:,} -> {results[-1]['samples']:,} samples: {growth:.1f} MB "
+        f"(target < {TARGET_RSS_GROWTH_MB:.0f} MB)"
+    )
     report = {
-        "benchmark": "data", "mpltools_version": __version__, "python": platform.python_version(),
-        "machine": platform.machine(), "cpus": os.cpu_count(), "repeats": args.repeats, "results": results,
+        "benchmark": "data",
+        "mpltools_version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "repeats": args.repeats,
+        "results": results,
         "rss_growth_mb": round(growth, 1),
         "targets": {"ratio": TARGET_RATIO, "rss_growth_mb": TARGET_RSS_GROWTH_MB},
         "met": all(r["ratio"] >= TARGET_RATIO for r in results) and growth < TARGET_RSS_GROWTH_MB,

@@ -62,8 +62,28 @@ def shard_set(n: int, seed: int = 0) -> Path:
             return path
     except Exception:  # noqa: BLE001 - missing or stale cache: rebuild
         pass
-    subprocess.run([sys.executable, "-m", "mpltools", "-q", "data", "import", "synthetic", "--num-samples", str(n), "--seed", str(seed),
-                    "--image-size", "32", "--out", str(path), "--force"], check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpltools",
+            "-q",
+            "data",
+            "import",
+            "synthetic",
+            "--num-samples",
+            str(n),
+            "--seed",
+            str(seed),
+            "--image-size",
+            "32",
+            "--out",
+            str(path),
+            "--force",
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     return path
 
 
@@ -72,10 +92,17 @@ def checkpoint(name: str, kwargs: dict, data: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(name, shards.num_classes, (3, 32, 32), **kwargs)
     mean, std = transforms.NORMALISATION["cifar10"]
-    meta = CheckpointMeta(role="supervised", architecture=name, architecture_kwargs=kwargs, num_classes=shards.num_classes,
-                          input_shape=[3, 32, 32], input_spec=shards.input_spec.to_json(),
-                          normalisation={"name": "cifar10", "mean": list(mean), "std": list(std)},
-                          augment={"kind": "cifar", "image_size": 32}, classes=shards.classes)
+    meta = CheckpointMeta(
+        role="supervised",
+        architecture=name,
+        architecture_kwargs=kwargs,
+        num_classes=shards.num_classes,
+        input_shape=[3, 32, 32],
+        input_spec=shards.input_spec.to_json(),
+        normalisation={"name": "cifar10", "mean": list(mean), "std": list(std)},
+        augment={"kind": "cifar", "image_size": 32},
+        classes=shards.classes,
+    )
     return save_model(WORK / f"{name}.safetensors", model, meta)
 
 
@@ -93,7 +120,7 @@ def pure_inference(ckpt: Path, data: Path):
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             for i in range(0, len(images), BATCH):
-                probs = model(to_model_input(images[i:i + BATCH], norm, "cpu")).float().softmax(dim=1)
+                probs = model(to_model_input(images[i : i + BATCH], norm, "cpu")).float().softmax(dim=1)
                 probs.max(dim=1)[0].numpy()
         return time.perf_counter() - t0, time.process_time() - c0
 
@@ -107,8 +134,9 @@ def filter_run(ckpt: Path, data: Path, exclude: Path, near: bool, n: int, worker
 
     def run() -> float:
         t0, c0 = time.perf_counter(), time.process_time()
-        data_filter.run(str(data), ckpt, WORK / "filtered", rule, exclude=[str(exclude)], batch_size=BATCH, force=True,
-                        workers=workers)
+        data_filter.run(
+            str(data), ckpt, WORK / "filtered", rule, exclude=[str(exclude)], batch_size=BATCH, force=True, workers=workers
+        )
         return time.perf_counter() - t0, time.process_time() - c0
 
     return run
@@ -139,8 +167,22 @@ def best(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
 
 def filter_rss(ckpt: Path, data: Path) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of `mpl data filter-unlabeled` as a child process."""
-    cmd = [sys.executable, "-m", "mpltools", "-q", "data", "filter-unlabeled", str(data), "--model", str(ckpt), "--top-k", "100",
-           "--out", str(WORK / "rss_out"), "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpltools",
+        "-q",
+        "data",
+        "filter-unlabeled",
+        str(data),
+        "--model",
+        str(ckpt),
+        "--top-k",
+        "100",
+        "--out",
+        str(WORK / "rss_out"),
+        "--force",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
     _, status, usage = os.wait4(proc.pid, 0)
@@ -163,8 +205,9 @@ def reduced_step(name: str, kwargs: dict, repeats: int, b: int = 8, mu: int = 7,
     g = torch.Generator().manual_seed(0)
     x_l, y = torch.randn(b, *shape, generator=g), torch.randint(0, classes, (b,), generator=g)
     x_u = torch.randn(mu * b, *shape, generator=g)
-    reduced_batch = Batch(x_l, y, x_u, x_u.clone(), teacher_labeled=torch.randn(b, classes) * 3,
-                          teacher_unlabeled=torch.randn(mu * b, classes) * 3)
+    reduced_batch = Batch(
+        x_l, y, x_u, x_u.clone(), teacher_labeled=torch.randn(b, classes) * 3, teacher_unlabeled=torch.randn(mu * b, classes) * 3
+    )
     image_batch = Batch(x_l, y, x_u, x_u.clone())
     reduced = nets(build_model("reduced_teacher", classes, (classes,), hidden=[128]))
     full = nets(build_model(name, classes, shape, **kwargs))
@@ -178,17 +221,26 @@ def reduced_step(name: str, kwargs: dict, repeats: int, b: int = 8, mu: int = 7,
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             return time.perf_counter() - t0, time.process_time() - c0
+
         return run
 
-    fns = {"reduced": timed(lambda: STEPS["mpl"](reduced, reduced_batch, next(counter), hp, generator=gen)),
-           "supervised": timed(lambda: STEPS["supervised"](alone, strong_only, next(counter), hp)),
-           "full_mpl": timed(lambda: STEPS["mpl"](full, image_batch, next(counter), hp, generator=gen))}
+    fns = {
+        "reduced": timed(lambda: STEPS["mpl"](reduced, reduced_batch, next(counter), hp, generator=gen)),
+        "supervised": timed(lambda: STEPS["supervised"](alone, strong_only, next(counter), hp)),
+        "full_mpl": timed(lambda: STEPS["mpl"](full, image_batch, next(counter), hp, generator=gen)),
+    }
     wall, cpu = best(fns, repeats)
-    return {"model": name, "labeled_batch": b, "mu": mu, "wall_s": wall, "cpu_s": cpu,
-            "reduced_over_supervised": wall["reduced"] / wall["supervised"],
-            "reduced_over_supervised_cpu": cpu["reduced"] / cpu["supervised"],
-            "full_mpl_over_supervised": wall["full_mpl"] / wall["supervised"],
-            "full_mpl_over_supervised_cpu": cpu["full_mpl"] / cpu["supervised"]}
+    return {
+        "model": name,
+        "labeled_batch": b,
+        "mu": mu,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "reduced_over_supervised": wall["reduced"] / wall["supervised"],
+        "reduced_over_supervised_cpu": cpu["reduced"] / cpu["supervised"],
+        "full_mpl_over_supervised": wall["full_mpl"] / wall["supervised"],
+        "full_mpl_over_supervised_cpu": cpu["full_mpl"] / cpu["supervised"],
+    }
 
 
 def main() -> None:
@@ -205,38 +257,67 @@ def main() -> None:
     n = args.samples
     bench, small, large = shard_set(n), shard_set(10_000), shard_set(100_000)
     exclude = shard_set(n // 10, seed=1)
-    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-                          "load_average": os.getloadavg()},
-              "mpltools": __version__, "samples": n, "batch": BATCH}
+    result = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg(),
+        },
+        "mpltools": __version__,
+        "samples": n,
+        "batch": BATCH,
+    }
 
     for model_name, kwargs in (("small_cnn", {"width": 16}), ("resnet18", {})):
         path = checkpoint(model_name, kwargs, bench)
-        wall, cpu = best({"inference": pure_inference(path, bench), "filter": filter_run(path, bench, exclude, False, n),
-                          "filter_near": filter_run(path, bench, exclude, True, n),
-                          "filter_1_worker": filter_run(path, bench, exclude, False, n, workers=1),
-                          "eval": eval_run(path, bench)}, args.repeats)
-        row = {"wall_s": wall, "cpu_s": cpu, "images_per_s": {k: n / v for k, v in wall.items()},
-               "ratio_wall": {k: wall["inference"] / v for k, v in wall.items() if k != "inference"},
-               "ratio_cpu": {k: cpu["inference"] / v for k, v in cpu.items() if k != "inference"}}
+        wall, cpu = best(
+            {
+                "inference": pure_inference(path, bench),
+                "filter": filter_run(path, bench, exclude, False, n),
+                "filter_near": filter_run(path, bench, exclude, True, n),
+                "filter_1_worker": filter_run(path, bench, exclude, False, n, workers=1),
+                "eval": eval_run(path, bench),
+            },
+            args.repeats,
+        )
+        row = {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "images_per_s": {k: n / v for k, v in wall.items()},
+            "ratio_wall": {k: wall["inference"] / v for k, v in wall.items() if k != "inference"},
+            "ratio_cpu": {k: cpu["inference"] / v for k, v in cpu.items() if k != "inference"},
+        }
         result[f"throughput_{model_name}"] = row
-        print(f"{model_name}: inference {n / wall['inference']:,.0f} img/s | " + " | ".join(
-            f"{k} {n / wall[k]:,.0f} img/s, ratio {row['ratio_wall'][k]:.2f} wall / {row['ratio_cpu'][k]:.2f} cpu"
-            for k in wall if k != "inference") + f"   (target >= {TARGET_RATIO})")
+        print(
+            f"{model_name}: inference {n / wall['inference']:,.0f} img/s | "
+            + " | ".join(
+                f"{k} {n / wall[k]:,.0f} img/s, ratio {row['ratio_wall'][k]:.2f} wall / {row['ratio_cpu'][k]:.2f} cpu"
+                for k in wall
+                if k != "inference"
+            )
+            + f"   (target >= {TARGET_RATIO})"
+        )
 
     mlp = checkpoint("mlp", {"hidden": [32], "activation": "relu", "init_range": 0.0}, small)
     rss = {n: filter_rss(mlp, path) for n, path in ((10_000, small), (100_000, large))}
     result["filter_peak_rss_mb"] = {str(n): r[0] for n, r in rss.items()}
     result["filter_seconds_as_process"] = {str(n): r[1] for n, r in rss.items()}
-    print(f"filter peak RSS: 10k {rss[10_000][0]:.0f} MB ({rss[10_000][1]:.1f} s), 100k {rss[100_000][0]:.0f} MB "
-          f"({rss[100_000][1]:.1f} s): growth {rss[100_000][0] - rss[10_000][0]:+.1f} MB")
+    print(
+        f"filter peak RSS: 10k {rss[10_000][0]:.0f} MB ({rss[10_000][1]:.1f} s), 100k {rss[100_000][0]:.0f} MB "
+        f"({rss[100_000][1]:.1f} s): growth {rss[100_000][0] - rss[10_000][0]:+.1f} MB"
+    )
 
     step = reduced_step("resnet18", {}, args.step_repeats)
     result["reduced_step"] = step
-    print(f"reduced step {step['wall_s']['reduced'] * 1e3:.0f} ms vs supervised step of the student on its "
-          f"{step['mu'] * step['labeled_batch']} strong images {step['wall_s']['supervised'] * 1e3:.0f} ms: "
-          f"{step['reduced_over_supervised']:.2f}x wall / {step['reduced_over_supervised_cpu']:.2f}x cpu "
-          f"(full MPL with an image teacher: {step['full_mpl_over_supervised']:.2f}x / {step['full_mpl_over_supervised_cpu']:.2f}x)")
+    print(
+        f"reduced step {step['wall_s']['reduced'] * 1e3:.0f} ms vs supervised step of the student on its "
+        f"{step['mu'] * step['labeled_batch']} strong images {step['wall_s']['supervised'] * 1e3:.0f} ms: "
+        f"{step['reduced_over_supervised']:.2f}x wall / {step['reduced_over_supervised_cpu']:.2f}x cpu "
+        f"(full MPL with an image teacher: {step['full_mpl_over_supervised']:.2f}x / {step['full_mpl_over_supervised_cpu']:.2f}x)"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(WORK / "filtered", ignore_errors=True)

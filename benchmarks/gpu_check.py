@@ -48,8 +48,18 @@ PRECISIONS = ("no", "bf16", "fp16")
 
 
 def _hyper(steps: int) -> MPLHyper:
-    return MPLHyper(total_steps=max(steps, 10), teacher_lr=0.05, student_lr=0.05, teacher_warmup=0, student_warmup=0,
-                    student_wait=0, label_smoothing=0.15, uda_weight=8.0, uda_ramp_steps=0, ema_decay=0.0)
+    return MPLHyper(
+        total_steps=max(steps, 10),
+        teacher_lr=0.05,
+        student_lr=0.05,
+        teacher_warmup=0,
+        student_warmup=0,
+        student_wait=0,
+        label_smoothing=0.15,
+        uda_weight=8.0,
+        uda_ramp_steps=0,
+        ema_decay=0.0,
+    )
 
 
 MODEL = {"name": "wrn28_2", "kwargs": {"dropout": 0.2}}  # the dry mode swaps in a WRN-10-1
@@ -62,8 +72,16 @@ def _nets(device: torch.device, hp: MPLHyper, channels_last: bool) -> Networks:
     if channels_last:
         t, s = t.to(memory_format=torch.channels_last), s.to(memory_format=torch.channels_last)
     tn, sn = norm_parameter_names(t), norm_parameter_names(s)
-    return Networks(t, s, build_sgd(t, hp.teacher_lr, weight_decay=hp.teacher_weight_decay, no_decay_names=tn),
-                    build_sgd(s, hp.student_lr, weight_decay=hp.student_weight_decay, no_decay_names=sn), None, None, tn, sn)
+    return Networks(
+        t,
+        s,
+        build_sgd(t, hp.teacher_lr, weight_decay=hp.teacher_weight_decay, no_decay_names=tn),
+        build_sgd(s, hp.student_lr, weight_decay=hp.student_weight_decay, no_decay_names=sn),
+        None,
+        None,
+        tn,
+        sn,
+    )
 
 
 def _batch(step: int, b: int, mu: int, device: torch.device, channels_last: bool) -> Batch:
@@ -119,7 +137,8 @@ def agreement(device: torch.device, steps: int, b: int, mu: int) -> dict:
         cos = [float(flat_cosine(x[1], r[1])) for r, x in pairs]
         rel = [abs(x[0] - r[0]) / max(abs(r[0]), 1e-12) for r, x in pairs]
         report[precision] = {
-            "steps_compared": len(pairs), "steps_skipped_overflow": len(ref) - len(pairs),  # student or teacher
+            "steps_compared": len(pairs),
+            "steps_skipped_overflow": len(ref) - len(pairs),  # student or teacher
             "h_sign_agreement": sum((x[0] > 0) == (r[0] > 0) for r, x in pairs) / max(len(pairs), 1),
             "h_median_relative_error": statistics.median(rel) if rel else None,
             "teacher_mpl_grad_cosine_median": statistics.median(cos) if cos else None,
@@ -156,9 +175,14 @@ def speed(device: torch.device, precision: str, channels_last: bool, compiled: b
         sync()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    return {"precision": precision, "channels_last": channels_last, "compile": compiled, "step_ms": 1000 * step_s,
-            "images_per_s": b * (1 + 2 * mu) / step_s,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+    return {
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compiled,
+        "step_ms": 1000 * step_s,
+        "images_per_s": b * (1 + 2 * mu) / step_s,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
 
 
 def data_wait(dry: bool) -> dict:
@@ -167,15 +191,31 @@ def data_wait(dry: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mpl = [sys.executable, "-m", "mpltools", "-q"]
-        subprocess.run([*mpl, "data", "import", "synthetic", "--out", str(tmp / "all"), "--num-samples", str(samples),
-                        "--image-size", "32"], check=True, capture_output=True)
-        subprocess.run([*mpl, "data", "split", str(tmp / "all"), "--labeled-fraction", "0.2", "--val", "0",
-                        "--out", str(tmp / "split")], check=True, capture_output=True)
+        subprocess.run(
+            [*mpl, "data", "import", "synthetic", "--out", str(tmp / "all"), "--num-samples", str(samples), "--image-size", "32"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*mpl, "data", "split", str(tmp / "all"), "--labeled-fraction", "0.2", "--val", "0", "--out", str(tmp / "split")],
+            check=True,
+            capture_output=True,
+        )
         recipe = Path(__file__).resolve().parents[1] / "recipes/cifar10_4k.toml"
-        sets = {"model.name": MODEL["name"], "model.kwargs": "{ " + ", ".join(f"{k} = {v}" for k, v in MODEL["kwargs"].items()) + " }",
-                "data.labeled": tmp / "split/labeled", "data.unlabeled": tmp / "split/unlabeled", "data.val": '""',
-                "data.workers": workers, "data.batch_size": batch, "data.in_memory": "no", "schedule.steps": steps,
-                "student.wait_steps": 0, "runtime.log_every": max(steps // 3, 1), "eval.every": 0}
+        sets = {
+            "model.name": MODEL["name"],
+            "model.kwargs": "{ " + ", ".join(f"{k} = {v}" for k, v in MODEL["kwargs"].items()) + " }",
+            "data.labeled": tmp / "split/labeled",
+            "data.unlabeled": tmp / "split/unlabeled",
+            "data.val": '""',
+            "data.workers": workers,
+            "data.batch_size": batch,
+            "data.in_memory": "no",
+            "schedule.steps": steps,
+            "student.wait_steps": 0,
+            "runtime.log_every": max(steps // 3, 1),
+            "eval.every": 0,
+        }
         args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
         t0 = time.perf_counter()
         subprocess.run([*mpl, "train", str(recipe), "--out", str(tmp / "run"), *args], check=True, capture_output=True)
@@ -183,9 +223,15 @@ def data_wait(dry: bool) -> dict:
         records = [json.loads(line) for line in (tmp / "run/metrics.jsonl").read_text().splitlines() if line.strip()]
     logged = [r for r in records if "data/wait_fraction" in r]
     steady = logged[1:] or logged  # the first window includes the workers' start
-    return {"steps": steps, "workers": workers, "labeled_batch": batch, "wall_s": wall,
-            "wait_fraction_steady": statistics.mean(r["data/wait_fraction"] for r in steady),
-            "wait_fraction_first_window": logged[0]["data/wait_fraction"], "images_per_s": steady[-1]["throughput/images_per_s"]}
+    return {
+        "steps": steps,
+        "workers": workers,
+        "labeled_batch": batch,
+        "wall_s": wall,
+        "wait_fraction_steady": statistics.mean(r["data/wait_fraction"] for r in steady),
+        "wait_fraction_first_window": logged[0]["data/wait_fraction"],
+        "images_per_s": steady[-1]["throughput/images_per_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +250,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.deterministic = True  # probes of one state must differ by precision only
     b, mu, steps = (2, 1, 3) if dry else (64, 7, args.steps)
     start = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(device) if not dry else f"CPU dry mode ({platform.processor() or platform.machine()})",
-              "dry": dry, "torch": torch.__version__, "model": dict(MODEL), "labeled_batch": b, "mu": mu}
+    report = {
+        "device": torch.cuda.get_device_name(device)
+        if not dry
+        else f"CPU dry mode ({platform.processor() or platform.machine()})",
+        "dry": dry,
+        "torch": torch.__version__,
+        "model": dict(MODEL),
+        "labeled_batch": b,
+        "mu": mu,
+    }
     report["agreement"] = agreement(device, steps, b, mu)
     torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.benchmark = not dry
-    configs = [(p, cl, False) for p in PRECISIONS for cl in (False, True)] + ([] if dry else [("bf16", False, True), ("bf16", True, True)])
+    configs = [(p, cl, False) for p in PRECISIONS for cl in (False, True)] + (
+        [] if dry else [("bf16", False, True), ("bf16", True, True)]
+    )
     report["speed"] = [speed(device, p, cl, comp, b, mu, 2 if dry else 30) for p, cl, comp in configs]
     report["data_wait"] = data_wait(dry)
     report["wall_s"] = time.perf_counter() - start
@@ -222,25 +278,36 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(r: dict) -> str:
     a = r["agreement"]
-    lines = [f"GPU check on {r['device']} (torch {r['torch']}), {r['model']['name']} {r['model']['kwargs']}, "
-             f"labelled batch {r['labeled_batch']}, mu {r['mu']}; "
-             f"{r['wall_s']:.0f} s", "", f"precision agreement with fp32 (teacher-forced; fp32 median |h| {a['fp32_median_abs_h']:.2e}):",
-             "| precision | steps | skipped (overflow) | h sign agreement | h median rel. error | MPL grad cosine median / min |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"GPU check on {r['device']} (torch {r['torch']}), {r['model']['name']} {r['model']['kwargs']}, "
+        f"labelled batch {r['labeled_batch']}, mu {r['mu']}; "
+        f"{r['wall_s']:.0f} s",
+        "",
+        f"precision agreement with fp32 (teacher-forced; fp32 median |h| {a['fp32_median_abs_h']:.2e}):",
+        "| precision | steps | skipped (overflow) | h sign agreement | h median rel. error | MPL grad cosine median / min |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     for p in ("bf16", "fp16"):
         x = a[p]
-        lines.append(f"| {p} | {x['steps_compared']} | {x['steps_skipped_overflow']} | {x['h_sign_agreement']:.3f} | "
-                     f"{fmt(x['h_median_relative_error'], '.2e')} | {fmt(x['teacher_mpl_grad_cosine_median'], '.5f')} / "
-                     f"{fmt(x['teacher_mpl_grad_cosine_min'], '.5f')} |")
+        lines.append(
+            f"| {p} | {x['steps_compared']} | {x['steps_skipped_overflow']} | {x['h_sign_agreement']:.3f} | "
+            f"{fmt(x['h_median_relative_error'], '.2e')} | {fmt(x['teacher_mpl_grad_cosine_median'], '.5f')} / "
+            f"{fmt(x['teacher_mpl_grad_cosine_min'], '.5f')} |"
+        )
     lines += ["", "| precision | channels-last | compile | step ms | images/s | peak GPU MiB |", "|---|---|---|---:|---:|---:|"]
     for s in r["speed"]:
-        lines.append(f"| {s['precision']} | {s['channels_last']} | {s['compile']} | {s['step_ms']:.1f} | {s['images_per_s']:.0f} | "
-                     f"{fmt(s['peak_gpu_mib'], '.0f')} |")
+        lines.append(
+            f"| {s['precision']} | {s['channels_last']} | {s['compile']} | {s['step_ms']:.1f} | {s['images_per_s']:.0f} | "
+            f"{fmt(s['peak_gpu_mib'], '.0f')} |"
+        )
     d = r["data_wait"]
-    lines += ["", f"mpl train, {d['workers']} workers, labelled batch {d['labeled_batch']}, {d['steps']} steps: data wait "
-              f"{d['wait_fraction_steady']:.1%} after the first window ({d['wait_fraction_first_window']:.1%} in it), "
-              f"{d['images_per_s']:.0f} images/s, wall {d['wall_s']:.0f} s"]
+    lines += [
+        "",
+        f"mpl train, {d['workers']} workers, labelled batch {d['labeled_batch']}, {d['steps']} steps: data wait "
+        f"{d['wait_fraction_steady']:.1%} after the first window ({d['wait_fraction_first_window']:.1%} in it), "
+        f"{d['images_per_s']:.0f} images/s, wall {d['wall_s']:.0f} s",
+    ]
     return "\n".join(lines)
 
 

@@ -61,8 +61,19 @@ class PortWideResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         stages = []
         for i, stride in enumerate((1, 2, 2)):
-            stages.append(nn.Sequential(*[_Block(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1,
-                                                 activate_before_residual=i == 0) for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[
+                        _Block(
+                            widths[i] if j == 0 else widths[i + 1],
+                            widths[i + 1],
+                            stride if j == 0 else 1,
+                            activate_before_residual=i == 0,
+                        )
+                        for j in range(n)
+                    ]
+                )
+            )
         self.block1, self.block2, self.block3 = stages
         self.bn1 = nn.BatchNorm2d(widths[3], momentum=0.001)
         self.relu = nn.LeakyReLU(0.1, inplace=True)
@@ -114,16 +125,28 @@ def _cosine(optimizer, warmup: int, total: int, wait: int = 0):
 def _sgd(model: nn.Module, lr: float = 0.05, weight_decay: float = 5e-4):
     decay = [p for n, p in model.named_parameters() if "bn" not in n]
     no_decay = [p for n, p in model.named_parameters() if "bn" in n]
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+    )
 
 
 class PortStep:
     """Teacher, student, optimisers, schedules, scalers and EMA as the port's `main()` builds them
     for the README's CIFAR-10-4K command; `__call__` is one pass of its `train_loop` body."""
 
-    def __init__(self, num_classes: int = 10, threshold: float = 0.6, temperature: float = 0.7, lambda_u: float = 8.0,
-                 uda_steps: int = 5000, grad_clip: float = 1e9, ema: float = 0.995):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        threshold: float = 0.6,
+        temperature: float = 0.7,
+        lambda_u: float = 8.0,
+        uda_steps: int = 5000,
+        grad_clip: float = 1e9,
+        ema: float = 0.995,
+    ):
         self.teacher, self.student = PortWideResNet(num_classes), PortWideResNet(num_classes)
         self.ema = _EMA(self.student, ema) if ema > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.15)

@@ -68,16 +68,24 @@ def make_nets(name: str, kwargs: dict, shape: tuple, classes: int, hp: MPLHyper)
     torch.manual_seed(0)
     t, s = build_model(name, classes, shape, **kwargs), build_model(name, classes, shape, **kwargs)
     t_nd, s_nd = norm_parameter_names(t), norm_parameter_names(s)
-    return Networks(t, s, build_sgd(t, hp.teacher_lr, weight_decay=hp.teacher_weight_decay, no_decay_names=t_nd),
-                    build_sgd(s, hp.student_lr, weight_decay=hp.student_weight_decay, no_decay_names=s_nd),
-                    None, None, t_nd, s_nd)
+    return Networks(
+        t,
+        s,
+        build_sgd(t, hp.teacher_lr, weight_decay=hp.teacher_weight_decay, no_decay_names=t_nd),
+        build_sgd(s, hp.student_lr, weight_decay=hp.student_weight_decay, no_decay_names=s_nd),
+        None,
+        None,
+        t_nd,
+        s_nd,
+    )
 
 
 def bench_model(label: str, name: str, kwargs: dict, shape: tuple, classes: int, b: int, mu: int, repeats: int) -> dict:
     hp = MPLHyper(total_steps=10_000, teacher_warmup=0, student_warmup=0, student_wait=0, ema_decay=0.0)
     nets = make_nets(name, kwargs, shape, classes, hp)
-    g = torch.Generator().manual_seed(0)
-    batch = Batch(torch.randn(b, *shape), torch.randint(0, classes, (b,)), torch.randn(mu * b, *shape), torch.randn(mu * b, *shape))
+    batch = Batch(
+        torch.randn(b, *shape), torch.randint(0, classes, (b,)), torch.randn(mu * b, *shape), torch.randn(mu * b, *shape)
+    )
     gen = torch.Generator().manual_seed(1)
     step_counter = iter(range(10**9))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -109,11 +117,18 @@ def bench_model(label: str, name: str, kwargs: dict, shape: tuple, classes: int,
     sup_batch = Batch(all_x, torch.randint(0, classes, (all_x.shape[0],)))
     sup_step = timed(lambda: STEPS["supervised"](nets, sup_batch, 0, sup_hp), repeats)
     return {
-        "model": label, "labeled_batch": b, "mu": mu,
-        "step_s": step, "passes_s": passes, "step_over_passes": step / passes,
-        "supervised_step_s": sup_step, "step_over_supervised_step": step / sup_step,
-        "supervised_passes_s": supervised, "step_over_supervised_passes": step / supervised,
-        "weak_no_grad_step_s": step_nograd, "weak_no_grad_over_step": step_nograd / step,
+        "model": label,
+        "labeled_batch": b,
+        "mu": mu,
+        "step_s": step,
+        "passes_s": passes,
+        "step_over_passes": step / passes,
+        "supervised_step_s": sup_step,
+        "step_over_supervised_step": step / sup_step,
+        "supervised_passes_s": supervised,
+        "step_over_supervised_passes": step / supervised,
+        "weak_no_grad_step_s": step_nograd,
+        "weak_no_grad_over_step": step_nograd / step,
         "step_peak_rss_growth_mb": rss_step / 1024,
     }
 
@@ -145,9 +160,16 @@ def bench_augment(n: int = 3000, batch: int = 56) -> dict:
                 Uniforms(row).random(per)
         times["new_rng"].append((time.perf_counter() - t0) / (n // batch * batch))
     pair, old, new = (statistics.median(times[k]) for k in ("pairs", "old_rng", "new_rng"))
-    return {"weak_strong_pairs_per_s_one_core": 1 / pair, "pair_us": pair * 1e6, "old_rng_us": old * 1e6,
-            "new_rng_us": new * 1e6, "old_rng_share_of_pair": old / pair, "new_rng_share_of_pair": new / pair,
-            "uniforms_per_pair": per, "target_share": 0.05}
+    return {
+        "weak_strong_pairs_per_s_one_core": 1 / pair,
+        "pair_us": pair * 1e6,
+        "old_rng_us": old * 1e6,
+        "new_rng_us": new * 1e6,
+        "old_rng_share_of_pair": old / pair,
+        "new_rng_share_of_pair": new / pair,
+        "uniforms_per_pair": per,
+        "target_share": 0.05,
+    }
 
 
 RECIPE = """
@@ -178,8 +200,12 @@ threads = 1
 every = 100000
 """
 
-VARIANTS = {"mpl": [], "mpl-contiguous": ["runtime.channels_last=false"], "mpl-weak-no-grad": ["method.teacher_weak_no_grad=true"],
-            "port": None}
+VARIANTS = {
+    "mpl": [],
+    "mpl-contiguous": ["runtime.channels_last=false"],
+    "mpl-weak-no-grad": ["method.teacher_weak_no_grad=true"],
+    "port": None,
+}
 LOG = 4  # `mpl train` logs (and runs the step's diagnostics) every LOG steps; a step's time is a window's / LOG
 SKIP = 1  # first windows (or port steps, x LOG) of each child left out: allocator and oneDNN warm-up, worker start
 
@@ -227,10 +253,12 @@ def child_mpl(work: Path, out: str, sets: list[str]) -> dict:
     records = [json.loads(line) for line in (work / out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "throughput/images_per_s" in r]
     images = 8 * (1 + 2 * 7)  # per step; throughput is over a window of LOG steps
-    return {"step_s": [images / r["throughput/images_per_s"] for r in steps],
-            "data_wait": [r["data/wait_fraction"] for r in steps],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "workers_private_mb": max(workers_mb) if workers_mb else 0.0}
+    return {
+        "step_s": [images / r["throughput/images_per_s"] for r in steps],
+        "data_wait": [r["data/wait_fraction"] for r in steps],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_private_mb": max(workers_mb) if workers_mb else 0.0,
+    }
 
 
 def child_port(steps: int) -> dict:
@@ -239,8 +267,15 @@ def child_port(steps: int) -> dict:
     torch.manual_seed(0)
     step = PortStep()
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g),
-                torch.randn(56, 3, 32, 32, generator=g), torch.randn(56, 3, 32, 32, generator=g)) for _ in range(4)]
+    batches = [
+        (
+            torch.randn(8, 3, 32, 32, generator=g),
+            torch.randint(0, 10, (8,), generator=g),
+            torch.randn(56, 3, 32, 32, generator=g),
+            torch.randn(56, 3, 32, 32, generator=g),
+        )
+        for _ in range(4)
+    ]
     times = []
     for i in range(steps):
         t0 = time.perf_counter()
@@ -252,10 +287,20 @@ def child_port(steps: int) -> dict:
 def prepare(work: Path, steps: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
     mpl = [sys.executable, "-m", "mpltools", "-q"]
-    subprocess.run([*mpl, "data", "import", "synthetic", "--num-samples", "2000", "--image-size", "32", "--out", "all"],
-                   cwd=work, env=env, check=True, capture_output=True)
-    subprocess.run([*mpl, "data", "split", "all", "--labeled-per-class", "40", "--val-per-class", "0", "--out", "split"],
-                   cwd=work, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*mpl, "data", "import", "synthetic", "--num-samples", "2000", "--image-size", "32", "--out", "all"],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*mpl, "data", "split", "all", "--labeled-per-class", "40", "--val-per-class", "0", "--out", "split"],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     (work / "r.toml").write_text(RECIPE.format(steps=steps, log_every=LOG))
 
 
@@ -286,8 +331,11 @@ def bench_rounds(rounds: int, steps: int, seed: int = 0) -> dict:
                 skip = SKIP * (LOG if name == "port" else 1)  # the port times every step, `mpl train` every window
                 got[name]["median_step_s"] = statistics.median(got[name]["step_s"][skip:])
             per_round.append({"round": r, "order": names, "load_average": load, **got})
-            print(f"round {r}: load {load[0]:.2f} | " + " | ".join(f"{n} {got[n]['median_step_s']:.2f} s, {got[n]['peak_rss_mb']:.0f} MB"
-                                                              for n in VARIANTS), file=sys.stderr)
+            print(
+                f"round {r}: load {load[0]:.2f} | "
+                + " | ".join(f"{n} {got[n]['median_step_s']:.2f} s, {got[n]['peak_rss_mb']:.0f} MB" for n in VARIANTS),
+                file=sys.stderr,
+            )
     ratio = lambda a, b: [x[a]["median_step_s"] / x[b]["median_step_s"] for x in per_round]  # noqa: E731
     summary = {
         "mpl_over_port": _stats(ratio("mpl", "port")),
@@ -321,32 +369,49 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_mpl(Path(args.work), f"run-{args.child}", VARIANTS[args.child])))
         return
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                           "processor": platform.processor() or platform.machine(), "threads": 1}}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "threads": 1,
+        }
+    }
     results["augment"] = bench_augment()
     a = results["augment"]
-    print(f"augmentation: {a['weak_strong_pairs_per_s_one_core']:,.0f} weak+strong pairs/s per core ({a['pair_us']:.0f} us a pair); "
-          f"per-sample randomness {a['old_rng_us']:.1f} us ({a['old_rng_share_of_pair']:.1%} of a pair) before, "
-          f"{a['new_rng_us']:.2f} us ({a['new_rng_share_of_pair']:.2%}) now (target <= 5%)")
+    print(
+        f"augmentation: {a['weak_strong_pairs_per_s_one_core']:,.0f} weak+strong pairs/s per core ({a['pair_us']:.0f} us a pair); "
+        f"per-sample randomness {a['old_rng_us']:.1f} us ({a['old_rng_share_of_pair']:.1%} of a pair) before, "
+        f"{a['new_rng_us']:.2f} us ({a['new_rng_share_of_pair']:.2%}) now (target <= 5%)"
+    )
     results["train"] = bench_rounds(args.rounds, args.steps)
     s = results["train"]["summary"]
     fmt = lambda d: f"{d['median']:.3f} ({d['min']:.3f}-{d['max']:.3f}, n={d['n']})"  # noqa: E731
     print(f"mpl train step / port step:                {fmt(s['mpl_over_port'])}")
     print(f"  with runtime.channels_last = false:      {fmt(s['mpl_contiguous_over_port'])}")
     print(f"  with method.teacher_weak_no_grad = true: {fmt(s['mpl_weak_no_grad_over_port'])}")
-    print(f"channels-last / contiguous: {fmt(s['channels_last_over_contiguous'])}; weak-no-grad / default: {fmt(s['weak_no_grad_over_default'])}")
+    print(
+        f"channels-last / contiguous: {fmt(s['channels_last_over_contiguous'])}; weak-no-grad / default: {fmt(s['weak_no_grad_over_default'])}"
+    )
     for n in VARIANTS:
-        print(f"{n:>17}: step {fmt(s['step_s'][n])} s, peak RSS {s['peak_rss_mb'][n]['median']:.0f} MB "
-              f"({s['peak_rss_mb'][n]['min']:.0f}-{s['peak_rss_mb'][n]['max']:.0f})")
-    print(f"mpl train data wait {s['mpl_data_wait']['median']:.2%}; its 2 loader workers' private memory "
-          f"{s['mpl_workers_private_mb']['median']:.0f} MB; load average {fmt(s['load_average_1min'])}")
+        print(
+            f"{n:>17}: step {fmt(s['step_s'][n])} s, peak RSS {s['peak_rss_mb'][n]['median']:.0f} MB "
+            f"({s['peak_rss_mb'][n]['min']:.0f}-{s['peak_rss_mb'][n]['max']:.0f})"
+        )
+    print(
+        f"mpl train data wait {s['mpl_data_wait']['median']:.2%}; its 2 loader workers' private memory "
+        f"{s['mpl_workers_private_mb']['median']:.0f} MB; load average {fmt(s['load_average_1min'])}"
+    )
     if args.in_process:
         results["wrn28_2"] = bench_model("wrn28_2 32x32", "wrn28_2", {"dropout": 0.2}, (3, 32, 32), 10, 8, 7, args.repeats)
         results["mlp"] = bench_model("twomoon mlp", "mlp", {}, (2,), 2, 6, 50, args.repeats * 10)
         for key in ("wrn28_2", "mlp"):
             r = results[key]
-            print(f"{r['model']:>16}: step {r['step_s'] * 1e3:8.2f} ms | step/passes {r['step_over_passes']:.3f} (target <= 1.05) | "
-                  f"step/supervised step {r['step_over_supervised_step']:.2f} | weak-no-grad/step {r['weak_no_grad_over_step']:.2f}")
+            print(
+                f"{r['model']:>16}: step {r['step_s'] * 1e3:8.2f} ms | step/passes {r['step_over_passes']:.3f} (target <= 1.05) | "
+                f"step/supervised step {r['step_over_supervised_step']:.2f} | weak-no-grad/step {r['weak_no_grad_over_step']:.2f}"
+            )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -43,8 +43,10 @@ def expected(meta: CheckpointMeta) -> str:
         return f"float vectors of length {shape[0]} (shape [{shape[0]}] or [N, {shape[0]}])"
     c = shape[0]
     size = "any size (resized and centre-cropped)" if _any_size(meta) else "x".join(map(str, _image_hw(meta)))
-    return (f"a PIL image or uint8 image data HxWx{c} of {size}, or float model inputs of shape {shape} or "
-            f"[N, {', '.join(map(str, shape))}] (already normalised)")
+    return (
+        f"a PIL image or uint8 image data HxWx{c} of {size}, or float model inputs of shape {shape} or "
+        f"[N, {', '.join(map(str, shape))}] (already normalised)"
+    )
 
 
 def _any_size(meta: CheckpointMeta) -> bool:
@@ -78,8 +80,10 @@ def _one(x: Any, meta: CheckpointMeta, device: torch.device) -> torch.Tensor:
             return _floats(x.float(), meta)
         x = x.numpy()
     if isinstance(x, (str, Path)):
-        raise InputError(f"got a {type(x).__name__} ({str(x)!r}); open an image file first with PIL.Image.open(path); "
-                         f"expected {expected(meta)}.")
+        raise InputError(
+            f"got a {type(x).__name__} ({str(x)!r}); open an image file first with PIL.Image.open(path); "
+            f"expected {expected(meta)}."
+        )
     a = np.asarray(x) if isinstance(x, (np.ndarray, int, float, np.number)) else None
     if a is None:
         raise InputError(f"got a {type(x).__name__}; expected {expected(meta)}.")
@@ -131,9 +135,11 @@ def _images(images: list[np.ndarray], meta: CheckpointMeta, device: torch.device
             raise InputError(f"got an image with {img.shape[-1]} channels; expected {expected(meta)}.")
         if not _any_size(meta) and tuple(img.shape[:2]) != _image_hw(meta):
             h, w = _image_hw(meta)
-            raise InputError(f"got an image of {img.shape[0]}x{img.shape[1]} pixels but this checkpoint was trained on "
-                             f"{h}x{w} (as `mpl eval`, predict does not resize it): resize it first, e.g. "
-                             f"img.resize(({w}, {h})); expected {expected(meta)}.")
+            raise InputError(
+                f"got an image of {img.shape[0]}x{img.shape[1]} pixels but this checkpoint was trained on "
+                f"{h}x{w} (as `mpl eval`, predict does not resize it): resize it first, e.g. "
+                f"img.resize(({w}, {h})); expected {expected(meta)}."
+            )
     spec = eval_spec(meta)
     views = np.stack([transforms.eval_view(img, spec) for img in images])
     norm = (meta.normalisation["mean"], meta.normalisation["std"])

@@ -11,9 +11,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from mpltools.errors import MplError
 
@@ -153,6 +153,9 @@ def _replace_file(out: Path) -> Iterator[Path]:
 
 def write_error(path: Path, exc: OSError) -> MplError:
     """A write failure as a message that names the file and says what to do."""
-    why = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than the file-size limit (ulimit -f)",
-           errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, exc.strerror or str(exc))
+    why = {
+        errno.ENOSPC: "the disk is full",
+        errno.EFBIG: "the file is larger than the file-size limit (ulimit -f)",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(exc.errno, exc.strerror or str(exc))
     return MplError(f"cannot write {path}: {why}; free space or raise the limit, then re-run the same command.")

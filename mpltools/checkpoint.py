@@ -22,9 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mpltools import __version__
-from mpltools.atomic import atomic_file, fsync_dir
+from mpltools.atomic import DISK_ERRORS, atomic_file, fsync_dir, write_error
 from mpltools.errors import MplError
-from mpltools.atomic import DISK_ERRORS, write_error
 from mpltools.stwrite import write_safetensors
 
 FORMAT = "mpltools.checkpoint"
@@ -56,12 +55,16 @@ class CheckpointMeta:
         return meta
 
     @staticmethod
-    def from_metadata(meta: dict[str, str], path: Path) -> "CheckpointMeta":
+    def from_metadata(meta: dict[str, str], path: Path) -> CheckpointMeta:
         if meta.get("format") != FORMAT:
-            raise MplError(f"{path} is a safetensors file but not an mpltools checkpoint (no '{FORMAT}' metadata); "
-                           "export it with mpltools or pass a checkpoint written by `mpl train`/`finetune`.")
+            raise MplError(
+                f"{path} is a safetensors file but not an mpltools checkpoint (no '{FORMAT}' metadata); "
+                "export it with mpltools or pass a checkpoint written by `mpl train`/`finetune`."
+            )
         if meta.get("format_version") != str(FORMAT_VERSION):
-            raise MplError(f"{path} has checkpoint format version {meta.get('format_version')}; this mpltools ({__version__}) reads version {FORMAT_VERSION}.")
+            raise MplError(
+                f"{path} has checkpoint format version {meta.get('format_version')}; this mpltools ({__version__}) reads version {FORMAT_VERSION}."
+            )
         values = {}
         try:
             for f in CheckpointMeta.__dataclass_fields__.values():
@@ -104,13 +107,17 @@ def read_checkpoint(path: str | Path, check_finite: bool = True) -> tuple[dict[s
             meta = CheckpointMeta.from_metadata(fh.metadata() or {}, path)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except SafetensorError as exc:
-        raise MplError(f"{path} is not a readable safetensors checkpoint ({exc}); it is truncated or corrupt: "
-                       "use another copy or re-run the command that wrote it.") from None
+        raise MplError(
+            f"{path} is not a readable safetensors checkpoint ({exc}); it is truncated or corrupt: "
+            "use another copy or re-run the command that wrote it."
+        ) from None
     if check_finite:
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise MplError(f"{path}: weight {name!r} contains NaN or inf; the run that wrote it diverged. "
-                               "Use an earlier checkpoint (e.g. from RUN/state/).")
+                raise MplError(
+                    f"{path}: weight {name!r} contains NaN or inf; the run that wrote it diverged. "
+                    "Use an earlier checkpoint (e.g. from RUN/state/)."
+                )
     return tensors, meta
 
 
@@ -129,8 +136,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
         raise MplError(f"{path}: cannot rebuild its model ({exc}).") from None
     missing, unexpected = _diff_keys(model.state_dict(), tensors)
     if missing or unexpected:
-        raise MplError(f"{path}: weights do not fit architecture {meta.architecture} {meta.architecture_kwargs} "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        raise MplError(
+            f"{path}: weights do not fit architecture {meta.architecture} {meta.architecture_kwargs} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})."
+        )
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -145,14 +154,20 @@ def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
 def check_compatible(meta: CheckpointMeta, num_classes: int, input_spec: dict | None, path: Path, data: str) -> None:
     """A checkpoint must fit the data it is used with: same number of classes and input shape."""
     if meta.role == "reduced_teacher":
-        raise MplError(f"{path} is a reduced teacher (Reduced MPL): its input is a large teacher's stored predictions, not "
-                       f"images, so it cannot be applied to {data}. Use the student trained with it "
-                       "(student.safetensors in the same run folder).")
+        raise MplError(
+            f"{path} is a reduced teacher (Reduced MPL): its input is a large teacher's stored predictions, not "
+            f"images, so it cannot be applied to {data}. Use the student trained with it "
+            "(student.safetensors in the same run folder)."
+        )
     if meta.num_classes != num_classes:
-        raise MplError(f"{path} predicts {meta.num_classes} classes but {data} has {num_classes}; use a checkpoint trained on this label set.")
+        raise MplError(
+            f"{path} predicts {meta.num_classes} classes but {data} has {num_classes}; use a checkpoint trained on this label set."
+        )
     if input_spec and input_spec.get("shape") and meta.input_spec.get("shape") and meta.augment.get("kind") != "imagenet":
         if list(input_spec["shape"]) != list(meta.input_spec["shape"]):
-            raise MplError(f"{path} was trained on inputs of shape {meta.input_spec['shape']} but {data} holds {input_spec['shape']}.")
+            raise MplError(
+                f"{path} was trained on inputs of shape {meta.input_spec['shape']} but {data} holds {input_spec['shape']}."
+            )
     if input_spec and input_spec.get("kind") != meta.input_spec.get("kind"):
         raise MplError(f"{path} takes {meta.input_spec.get('kind')} inputs but {data} holds {input_spec.get('kind')} inputs.")
 
@@ -173,8 +188,14 @@ def latest_state(run: Path) -> Path | None:
     return committed[-1] if committed else None
 
 
-def save_state(run: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], scalars: dict, keep_last: int,
-               extra_files: dict[str, Path] | None = None) -> Path:
+def save_state(
+    run: Path,
+    step: int,
+    groups: dict[str, dict[str, torch.Tensor]],
+    scalars: dict,
+    keep_last: int,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
     """Write a state folder, commit it with the marker last, then prune older ones."""
     final = state_dir(run, step)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +217,14 @@ def save_state(run: Path, step: int, groups: dict[str, dict[str, torch.Tensor]],
     return final
 
 
-def _write_state(tmp: Path, final: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], scalars: dict,
-                 extra_files: dict[str, Path] | None) -> None:
+def _write_state(
+    tmp: Path,
+    final: Path,
+    step: int,
+    groups: dict[str, dict[str, torch.Tensor]],
+    scalars: dict,
+    extra_files: dict[str, Path] | None,
+) -> None:
     tmp.mkdir()
     for name, tensors in groups.items():
         write_safetensors(tmp / f"{name}.safetensors", _cpu_tensors(tensors))
@@ -231,7 +258,9 @@ def load_state(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
             with safe_open(f, framework="pt") as fh:
                 groups[f.stem] = {k: fh.get_tensor(k) for k in fh.keys()}
         except SafetensorError as exc:
-            raise MplError(f"resume state file {f} is unreadable ({exc}); delete {folder} to resume from the previous state.") from None
+            raise MplError(
+                f"resume state file {f} is unreadable ({exc}); delete {folder} to resume from the previous state."
+            ) from None
     scalars = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return groups, scalars
 

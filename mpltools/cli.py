@@ -9,7 +9,6 @@ imported inside the functions, so `mpl --help` and `mpl --version` stay instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -22,9 +21,14 @@ from mpltools.cli_recipes import recipes_app
 from mpltools.errors import MplError  # noqa: F401
 
 # Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
-app = typer.Typer(cls=MplGroup, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.\n\n"
-                  "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl train recipes/digits.toml --out runs/digits -q")
+app = typer.Typer(
+    cls=MplGroup,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Meta Pseudo Labels as small Unix-style commands. Results on stdout, logs on stderr.\n\n"
+    "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl train recipes/digits.toml --out runs/digits -q",
+)
 app.add_typer(data_app, name="data")
 
 
@@ -39,7 +43,11 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output on stderr."),
-    allow_pipe: bool = typer.Option(False, "--allow-pipe", help="Accept `pipe:CMD` shard locations typed on this command line (runs CMD in a shell; never from a recipe or manifest)."),
+    allow_pipe: bool = typer.Option(
+        False,
+        "--allow-pipe",
+        help="Accept `pipe:CMD` shard locations typed on this command line (runs CMD in a shell; never from a recipe or manifest).",
+    ),
 ) -> None:
     from mpltools.data import pipes
 
@@ -48,7 +56,7 @@ def _root(
     log.set_quiet(quiet)
 
 
-def _load_recipe(recipe: Optional[Path], overrides: List[str], seed: Optional[int]):
+def _load_recipe(recipe: Path | None, overrides: list[str], seed: int | None):
     from mpltools.config import load_recipe
 
     return _execute(lambda: load_recipe(recipe, overrides, seed=seed))
@@ -57,10 +65,16 @@ def _load_recipe(recipe: Optional[Path], overrides: List[str], seed: Optional[in
 @app.command("train")
 def train(
     recipe: Path = typer.Argument(..., help="TOML recipe (see recipes/)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
-    seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
-    print_config: bool = typer.Option(False, "--print-config", help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."
+    ),
+    seed: int | None = typer.Option(None, help="Same as --set runtime.seed=N."),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too).",
+    ),
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
@@ -92,10 +106,10 @@ def train(
 def finetune(
     checkpoint: str = typer.Argument(..., help="Checkpoint to finetune (usually RUN/student.safetensors), or - for stdin."),
     labeled: str = typer.Option(..., "--labeled", help="Labelled shard set."),
-    val: Optional[str] = typer.Option(None, "--val", help="Labelled shard set to evaluate on at the end (optional)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a setting, e.g. finetune.steps=500 (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/finetune)."),
+    val: str | None = typer.Option(None, "--val", help="Labelled shard set to evaluate on at the end (optional)."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. finetune.steps=500 (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/finetune)."),
     force: bool = typer.Option(False, "--force", help="Delete an existing output folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
 ) -> None:
@@ -107,8 +121,11 @@ def finetune(
     """
     from mpltools.commands import finetune as command
 
-    report = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), labeled, out, recipe, overrides,
-                                          force=force, command=_command_line(), val=val))
+    report = _execute(
+        lambda: command.run(
+            Path(resolve_path_arg(checkpoint)), labeled, out, recipe, overrides, force=force, command=_command_line(), val=val
+        )
+    )
     if report.get("finetuned"):
         _emit(report, as_json, [report["finetuned"]])
 
@@ -116,9 +133,13 @@ def finetune(
 @app.command("eval")
 def evaluate_checkpoint(
     checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint, or - to read its path from stdin."),
-    data: str = typer.Option(..., "--data", help="Labelled shard set to evaluate on: a folder, a brace pattern or a URL of shards."),
-    real: Optional[Path] = typer.Option(None, "--real", help="JSON file {sample key: [class, ...]} for ReaL-style precision@1."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write per-sample probabilities as a shard set here."),
+    data: str = typer.Option(
+        ..., "--data", help="Labelled shard set to evaluate on: a folder, a brace pattern or a URL of shards."
+    ),
+    real: Path | None = typer.Option(None, "--real", help="JSON file {sample key: [class, ...]} for ReaL-style precision@1."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="Also write per-sample probabilities as a shard set here."
+    ),
     batch_size: int = typer.Option(256, min=1, help="Evaluation batch size per process."),
     force: bool = typer.Option(False, "--force", help="Overwrite --predictions if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
@@ -132,8 +153,17 @@ def evaluate_checkpoint(
     """
     from mpltools.commands import eval as command
 
-    result = _execute(lambda: command.run(Path(resolve_path_arg(checkpoint)), data, real=real, predictions=predictions,
-                                          batch_size=batch_size, force=force, command=_command_line()))
+    result = _execute(
+        lambda: command.run(
+            Path(resolve_path_arg(checkpoint)),
+            data,
+            real=real,
+            predictions=predictions,
+            batch_size=batch_size,
+            force=force,
+            command=_command_line(),
+        )
+    )
     if result.get("world_size", 1) == 1 or _is_main_process():
         _emit(result, as_json, [command.render(result)])
 
@@ -144,10 +174,12 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-
-reduced_app = typer.Typer(no_args_is_help=True, help="Reduced Meta Pseudo Labels: store a large teacher's predictions once "
-                          "(predict), then train a small reduced teacher with the student (train).\n\n"
-                          "\b\nExample:\n  mpl reduced predict runs/b7/student.safetensors --data data/yfcc/unlabeled --out data/yfcc/pred")
+reduced_app = typer.Typer(
+    no_args_is_help=True,
+    help="Reduced Meta Pseudo Labels: store a large teacher's predictions once "
+    "(predict), then train a small reduced teacher with the student (train).\n\n"
+    "\b\nExample:\n  mpl reduced predict runs/b7/student.safetensors --data data/yfcc/unlabeled --out data/yfcc/pred",
+)
 app.add_typer(reduced_app, name="reduced")
 
 
@@ -160,9 +192,15 @@ def reduced_predict(
     logits: bool = typer.Option(False, "--logits", help="Store the full logits (teacher_logits.npy); the default."),
     dtype: str = typer.Option("float16", "--dtype", help="teacher_logits.npy precision: float16 (half the disk) or float32."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch and process."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."),
-    max_per_shard: Optional[int] = typer.Option(None, min=1, help="Samples per output shard (default: as in --data)."),
-    ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Unlabelled --data whose class names differ from the teacher's (e.g. an ImageFolder import)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."
+    ),
+    max_per_shard: int | None = typer.Option(None, min=1, help="Samples per output shard (default: as in --data)."),
+    ignore_data_classes: bool = typer.Option(
+        False,
+        "--ignore-data-classes",
+        help="Unlabelled --data whose class names differ from the teacher's (e.g. an ImageFolder import).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the path."),
 ) -> None:
@@ -177,21 +215,40 @@ def reduced_predict(
     if logits and topk:
         log.error("--logits and --topk exclude each other: store the full logits or the top N classes.")
         raise typer.Exit(2)
-    report = _execute(lambda: command.predict(Path(resolve_path_arg(checkpoint)), data, out, topk=topk, dtype=dtype,
-                                              batch_size=batch_size, workers=workers, max_per_shard=max_per_shard,
-                                              ignore_data_classes=ignore_data_classes, force=force,
-                                              command=_command_line()))
+    report = _execute(
+        lambda: command.predict(
+            Path(resolve_path_arg(checkpoint)),
+            data,
+            out,
+            topk=topk,
+            dtype=dtype,
+            batch_size=batch_size,
+            workers=workers,
+            max_per_shard=max_per_shard,
+            ignore_data_classes=ignore_data_classes,
+            force=force,
+            command=_command_line(),
+        )
+    )
     if report.get("out"):
         _emit(report, as_json, [report["out"]])
 
 
 @reduced_app.command("train")
 def reduced_train(
-    recipe: Path = typer.Argument(..., help="TOML recipe whose data.labeled/unlabeled are prediction sets (see recipes/reduced_b7_yfcc.toml)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."),
-    seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
-    print_config: bool = typer.Option(False, "--print-config", help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too)."),
+    recipe: Path = typer.Argument(
+        ..., help="TOML recipe whose data.labeled/unlabeled are prediction sets (see recipes/reduced_b7_yfcc.toml)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default runs/<recipe name>). Re-running on it resumes."
+    ),
+    seed: int | None = typer.Option(None, help="Same as --set runtime.seed=N."),
+    print_config: bool = typer.Option(
+        False,
+        "--print-config",
+        help="Check model names/kwargs, print the resolved recipe (TOML) and exit (`mpl recipes validate` checks the data too).",
+    ),
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
 ) -> None:
@@ -218,16 +275,21 @@ def reduced_train(
 
 
 # --- plot command goes here ---
-plot_app = typer.Typer(no_args_is_help=True, help="Pictures: learning curves and feedback diagnostics of runs, decision regions of 2-D models (needs matplotlib).\n\n"
-                       "\b\nExample:\n  mpl plot curves runs/digits --out curves.png")
+plot_app = typer.Typer(
+    no_args_is_help=True,
+    help="Pictures: learning curves and feedback diagnostics of runs, decision regions of 2-D models (needs matplotlib).\n\n"
+    "\b\nExample:\n  mpl plot curves runs/digits --out curves.png",
+)
 app.add_typer(plot_app, name="plot")
 
 
 @plot_app.command("curves")
 def plot_curves(
-    runs: List[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl files)."),
+    runs: list[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl files)."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated legend names, one per run (default: the run folders' names)."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Comma-separated legend names, one per run (default: the run folders' names)."
+    ),
     smooth: int = typer.Option(1, min=1, help="Moving average over this many logged points (losses and h; not accuracies)."),
     dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -249,11 +311,19 @@ plot_app.command("feedback")(plot_feedback)  # defined in mpltools/cli_plot_feed
 
 @plot_app.command("regions")
 def plot_regions(
-    checkpoints: List[str] = typer.Argument(..., help="Checkpoints with 2-D inputs (e.g. TwoMoon), one panel each; - reads a path from stdin."),
-    data: str = typer.Option(..., "--data", help="Shard set of 2-D points to draw (labelled: coloured by class; sets the plotted area)."),
+    checkpoints: list[str] = typer.Argument(
+        ..., help="Checkpoints with 2-D inputs (e.g. TwoMoon), one panel each; - reads a path from stdin."
+    ),
+    data: str = typer.Option(
+        ..., "--data", help="Shard set of 2-D points to draw (labelled: coloured by class; sets the plotted area)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    labeled: Optional[str] = typer.Option(None, "--labeled", help="Labelled shard set; its points are drawn large with a black edge."),
-    titles: Optional[str] = typer.Option(None, "--titles", help="Comma-separated panel titles, one per checkpoint (default: run folder/file name)."),
+    labeled: str | None = typer.Option(
+        None, "--labeled", help="Labelled shard set; its points are drawn large with a black edge."
+    ),
+    titles: str | None = typer.Option(
+        None, "--titles", help="Comma-separated panel titles, one per checkpoint (default: run folder/file name)."
+    ),
     resolution: int = typer.Option(300, min=10, max=2000, help="Grid points per axis."),
     dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -278,7 +348,7 @@ app.command("env")(env_command)
 app.add_typer(recipes_app, name="recipes")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     _state["argv"] = list(argv) if argv is not None else None
     app(args=argv, prog_name="mpl")
 

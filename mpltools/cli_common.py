@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 from typer.core import TyperGroup

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,8 +11,11 @@ from mpltools import log
 from mpltools.cli_common import _command_line, _emit, _execute, resolve_path_arg
 from mpltools.errors import MplError
 
-data_app = typer.Typer(no_args_is_help=True, help="Prepare data: import datasets, split them, inspect shard sets.\n\n"
-                       "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl data info data/digits/all")
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Prepare data: import datasets, split them, inspect shard sets.\n\n"
+    "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl data info data/digits/all",
+)
 
 
 class SourceName(str, Enum):
@@ -31,18 +33,32 @@ class SourceName(str, Enum):
 
 @data_app.command("import")
 def data_import(
-    source: SourceName = typer.Argument(..., help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist | webdataset (needs PATH)."),
-    path: Optional[str] = typer.Argument(None, help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files); for webdataset, a brace pattern or URL of plain shards."),
+    source: SourceName = typer.Argument(
+        ...,
+        help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist | webdataset (needs PATH).",
+    ),
+    path: str | None = typer.Argument(
+        None,
+        help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files); for webdataset, a brace pattern or URL of plain shards.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
     seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
-    split: str = typer.Option("train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."),
-    num_samples: Optional[int] = typer.Option(None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."),
+    split: str = typer.Option(
+        "train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."
+    ),
+    num_samples: int | None = typer.Option(
+        None, min=1, help="twomoon (default 2000) / synthetic (default 1000): number of samples."
+    ),
     num_classes: int = typer.Option(10, min=2, help="synthetic: number of classes."),
     image_size: int = typer.Option(32, min=4, help="synthetic: image height and width."),
     channels: int = typer.Option(3, help="synthetic: 1 or 3 channels."),
     noise: float = typer.Option(0.1, min=0.0, help="twomoon: standard deviation of the Gaussian noise."),
     scale: float = typer.Option(1.0, help="twomoon: multiply the coordinates by this."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="webdataset: class names in index order, a file with one per line or a,b,c (default: 0..N-1 for integer labels, sorted names for named ones)."),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="webdataset: class names in index order, a file with one per line or a,b,c (default: 0..N-1 for integer labels, sorted names for named ones).",
+    ),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
@@ -62,19 +78,41 @@ def data_import(
         from mpltools.commands import data_import_wds
 
         if path is None:
-            log.error("`mpl data import webdataset` needs the shards: a brace pattern or URL, e.g. 'data/x/shard-{000000..000009}.tar'.")
+            log.error(
+                "`mpl data import webdataset` needs the shards: a brace pattern or URL, e.g. 'data/x/shard-{000000..000009}.tar'."
+            )
             raise typer.Exit(2)
-        report = _execute(lambda: data_import_wds.run(path, out, classes=classes, max_per_shard=max_per_shard,
-                                                      force=force, command=_command_line()))
+        report = _execute(
+            lambda: data_import_wds.run(
+                path, out, classes=classes, max_per_shard=max_per_shard, force=force, command=_command_line()
+            )
+        )
         _emit(report, as_json, [report["out"]])
         return
     from mpltools.commands import data_import as command
     from mpltools.data.sources import SourceOptions
 
-    opts = SourceOptions(seed=seed, split=split, num_samples=num_samples, num_classes=num_classes,
-                         image_size=image_size, channels=channels, noise=noise, scale=scale)
-    report = _execute(lambda: command.run(source.value, Path(path) if path else None, out, opts, max_per_shard=max_per_shard,
-                                          force=force, command=_command_line()))
+    opts = SourceOptions(
+        seed=seed,
+        split=split,
+        num_samples=num_samples,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        noise=noise,
+        scale=scale,
+    )
+    report = _execute(
+        lambda: command.run(
+            source.value,
+            Path(path) if path else None,
+            out,
+            opts,
+            max_per_shard=max_per_shard,
+            force=force,
+            command=_command_line(),
+        )
+    )
     _emit(report, as_json, [report["out"]])
 
 
@@ -82,18 +120,24 @@ def data_import(
 def data_split(
     src: str = typer.Argument(..., help="A labelled shard set: a folder, a brace pattern or a URL of shards."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; gets labeled/, unlabeled/ and val/."),
-    preset: Optional[str] = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
-    labeled_per_class: Optional[int] = typer.Option(None, min=0, help="Labelled samples per class."),
-    labeled: Optional[int] = typer.Option(None, "--labeled", min=0, help="Labelled samples in total (spread evenly over classes)."),
-    labeled_fraction: Optional[float] = typer.Option(None, help="Fraction of each class that is labelled."),
-    val_per_class: Optional[int] = typer.Option(None, min=0, help="Validation samples per class."),
-    val: Optional[int] = typer.Option(None, "--val", min=0, help="Validation samples in total (spread evenly)."),
-    val_fraction: Optional[float] = typer.Option(None, help="Fraction of each class held out for validation."),
+    preset: str | None = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
+    labeled_per_class: int | None = typer.Option(None, min=0, help="Labelled samples per class."),
+    labeled: int | None = typer.Option(None, "--labeled", min=0, help="Labelled samples in total (spread evenly over classes)."),
+    labeled_fraction: float | None = typer.Option(None, help="Fraction of each class that is labelled."),
+    val_per_class: int | None = typer.Option(None, min=0, help="Validation samples per class."),
+    val: int | None = typer.Option(None, "--val", min=0, help="Validation samples in total (spread evenly)."),
+    val_fraction: float | None = typer.Option(None, help="Fraction of each class held out for validation."),
     include_labeled_in_unlabeled: bool = typer.Option(
-        False, "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
-        help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded."),
+        False,
+        "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
+        help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded.",
+    ),
     seed: int = typer.Option(0, help="Seed of the split."),
-    keep_hidden_labels: bool = typer.Option(False, "--keep-hidden-labels", help="Keep unlabeled/'s true labels in a side file (unlabeled_hidden_labels.json) for diagnostics; never used for training."),
+    keep_hidden_labels: bool = typer.Option(
+        False,
+        "--keep-hidden-labels",
+        help="Keep unlabeled/'s true labels in a side file (unlabeled_hidden_labels.json) for diagnostics; never used for training.",
+    ),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
@@ -113,8 +157,14 @@ def data_split(
             if preset not in command.PRESETS:
                 raise MplError(f"unknown preset {preset!r}; choose one of {', '.join(command.PRESETS)}.", exit_code=2)
             sizes = command.SplitSizes(**vars(command.PRESETS[preset]))
-        overrides = dict(labeled_per_class=labeled_per_class, labeled_total=labeled, labeled_fraction=labeled_fraction,
-                         val_per_class=val_per_class, val_total=val, val_fraction=val_fraction)
+        overrides = dict(
+            labeled_per_class=labeled_per_class,
+            labeled_total=labeled,
+            labeled_fraction=labeled_fraction,
+            val_per_class=val_per_class,
+            val_total=val,
+            val_fraction=val_fraction,
+        )
         if any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
             sizes.labeled_per_class = sizes.labeled_total = sizes.labeled_fraction = None
             sizes.labeled_rest = False
@@ -124,10 +174,21 @@ def data_split(
             if v is not None:
                 setattr(sizes, k, v)
         if preset is None and not any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
-            raise MplError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2)
+            raise MplError(
+                "say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2
+            )
         sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
-        return command.run(src, out, sizes, seed=seed, preset=preset, max_per_shard=max_per_shard, force=force,
-                           command=_command_line(), keep_hidden_labels=keep_hidden_labels)
+        return command.run(
+            src,
+            out,
+            sizes,
+            seed=seed,
+            preset=preset,
+            max_per_shard=max_per_shard,
+            force=force,
+            command=_command_line(),
+            keep_hidden_labels=keep_hidden_labels,
+        )
 
     report = _execute(go)
     _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])
@@ -156,23 +217,54 @@ def data_info(
 
 @data_app.command("filter-unlabeled")
 def data_filter_unlabeled(
-    unlabeled: str = typer.Argument(..., help="Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin."),
-    model: str = typer.Option(..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."),
+    unlabeled: str = typer.Argument(
+        ...,
+        help="Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin.",
+    ),
+    model: str = typer.Option(
+        ..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder (unlabelled; classes = the checkpoint's)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep only images whose top probability is >= P (Noisy Student: 0.3)."),
-    balance: bool = typer.Option(False, "--balance", help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN)."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set)."),
-    near_duplicates: bool = typer.Option(False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."),
-    phash_distance: int = typer.Option(4, "--phash-distance", help="Largest Hamming distance (bits of 64) that counts as a near-duplicate."),
-    store_topk: int = typer.Option(0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Keep only images whose top probability is >= P (Noisy Student: 0.3)."
+    ),
+    balance: bool = typer.Option(
+        False,
+        "--balance",
+        help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN).",
+    ),
+    exclude: list[str] = typer.Option(
+        [],
+        "--exclude",
+        help="Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set).",
+    ),
+    near_duplicates: bool = typer.Option(
+        False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."
+    ),
+    phash_distance: int = typer.Option(
+        4, "--phash-distance", help="Largest Hamming distance (bits of 64) that counts as a near-duplicate."
+    ),
+    store_topk: int = typer.Option(
+        0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."
+    ),
     seed: int = typer.Option(0, help="Seed of --balance's choice of which images get one copy more."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images scored per batch and process."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."
+    ),
     max_per_shard: int = typer.Option(10_000, min=1, help="Samples per output tar shard."),
-    ignore_data_classes: bool = typer.Option(False, "--ignore-data-classes", help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool)."),
+    ignore_data_classes: bool = typer.Option(
+        False,
+        "--ignore-data-classes",
+        help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."
+    ),
 ) -> None:
     """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates.
 
@@ -182,10 +274,29 @@ def data_filter_unlabeled(
     """
     from mpltools.commands import data_filter as command
 
-    rule = command.Rule(top_k=top_k, threshold=threshold, balance=balance, near_duplicates=near_duplicates,
-                        phash_distance=phash_distance, store_topk=store_topk, seed=seed)
-    report = _execute(lambda: command.run(resolve_path_arg(unlabeled), Path(resolve_path_arg(model)), out, rule, exclude=exclude,
-                                          batch_size=batch_size, workers=workers, max_per_shard=max_per_shard,
-                                          ignore_data_classes=ignore_data_classes, force=force, command=_command_line()))
+    rule = command.Rule(
+        top_k=top_k,
+        threshold=threshold,
+        balance=balance,
+        near_duplicates=near_duplicates,
+        phash_distance=phash_distance,
+        store_topk=store_topk,
+        seed=seed,
+    )
+    report = _execute(
+        lambda: command.run(
+            resolve_path_arg(unlabeled),
+            Path(resolve_path_arg(model)),
+            out,
+            rule,
+            exclude=exclude,
+            batch_size=batch_size,
+            workers=workers,
+            max_per_shard=max_per_shard,
+            ignore_data_classes=ignore_data_classes,
+            force=force,
+            command=_command_line(),
+        )
+    )
     if report.get("out"):  # only the main process writes and prints
         _emit(report, as_json, [report["out"]])

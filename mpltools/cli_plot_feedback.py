@@ -4,7 +4,6 @@ mpltools/commands/plot_feedback.py, imported when the command runs (no torch or 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,13 +11,17 @@ from mpltools.cli_common import _emit, _execute
 
 
 def plot_feedback(
-    runs: List[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl files) with diag/* keys."),
+    runs: list[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl files) with diag/* keys."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated legend names, one per run (default: the run folders' names)."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Comma-separated legend names, one per run (default: the run folders' names)."
+    ),
     smooth: int = typer.Option(1, min=1, help="Moving average over this many logged points (diagnostics; not accuracies)."),
     dpi: int = typer.Option(100, min=20, max=600, help="Resolution of the PNG."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report (the PNG, the panels drawn and left out) instead of the path."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON report (the PNG, the panels drawn and left out) instead of the path."
+    ),
 ) -> None:
     """What the feedback did over time: h, the teacher's gradient by term, MPL cosines, pseudo-label health, validation top-1.
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from mpltools.cli_common import _emit, _execute
 
-recipes_app = typer.Typer(no_args_is_help=True, help="Shipped recipes: list them, copy one to edit, validate a recipe "
-                          "without running it.\n\n\b\nExample:\n  mpl recipes ls\n  mpl recipes cp digits my_digits.toml\n"
-                          "  mpl recipes validate my_digits.toml --set schedule.steps=100")
+recipes_app = typer.Typer(
+    no_args_is_help=True,
+    help="Shipped recipes: list them, copy one to edit, validate a recipe "
+    "without running it.\n\n\b\nExample:\n  mpl recipes ls\n  mpl recipes cp digits my_digits.toml\n"
+    "  mpl recipes validate my_digits.toml --set schedule.steps=100",
+)
 
 
 @recipes_app.command("ls")
@@ -51,9 +53,9 @@ def recipes_cp(
 @recipes_app.command("validate")
 def recipes_validate(
     recipe: Path = typer.Argument(..., help="TOML recipe to check (a path, or the name of a shipped recipe)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
-    seed: Optional[int] = typer.Option(None, help="Same as --set runtime.seed=N."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder `mpl train` would get (default runs/<recipe name>)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    seed: int | None = typer.Option(None, help="Same as --set runtime.seed=N."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder `mpl train` would get (default runs/<recipe name>)."),
     force: bool = typer.Option(False, "--force", help="As `mpl train --force`: an existing run folder would be started over."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

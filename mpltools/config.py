@@ -173,7 +173,9 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         if not any(value == a and type(value) is type(a) for a in typing.get_args(hint)):  # 1 is not True
             choices = ", ".join(_toml_value(a) if isinstance(a, bool) else repr(a) for a in typing.get_args(hint))
-            raise UsageError(f"{where} = {value!r} is not valid; choose one of {choices}.{_nearest(str(value), map(str, typing.get_args(hint)))}")
+            raise UsageError(
+                f"{where} = {value!r} is not valid; choose one of {choices}.{_nearest(str(value), map(str, typing.get_args(hint)))}"
+            )
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -195,7 +197,7 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise UsageError(f"{where} must be a list of strings, e.g. [\"tensorboard\"], not {value!r}.")
+            raise UsageError(f'{where} must be a list of strings, e.g. ["tensorboard"], not {value!r}.')
         return list(value)
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
@@ -208,14 +210,18 @@ def from_dict(raw: dict, source: str = "recipe") -> Recipe:
     recipe = Recipe()
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise UsageError(f"{source}: unknown section [{section}].{_nearest(section, SECTIONS)} Valid sections: {', '.join(SECTIONS)}.")
+            raise UsageError(
+                f"{source}: unknown section [{section}].{_nearest(section, SECTIONS)} Valid sections: {', '.join(SECTIONS)}."
+            )
         if not isinstance(values, dict):
             raise UsageError(f"{source}: [{section}] must be a table of keys.")
         types = _section_types(section)
         target = getattr(recipe, section)
         for key, value in values.items():
             if key not in types:
-                raise UsageError(f"{source}: unknown key {section}.{key}.{_nearest(key, types)} Valid keys of [{section}]: {', '.join(types)}.")
+                raise UsageError(
+                    f"{source}: unknown key {section}.{key}.{_nearest(key, types)} Valid keys of [{section}]: {', '.join(types)}."
+                )
             setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
     return recipe
 
@@ -270,6 +276,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int
 
 def validate(r: Recipe, source: str) -> None:
     """Cross-field checks that the type system cannot express."""
+
     def bad(msg: str) -> UsageError:
         return UsageError(f"{source}: {msg}")
 
@@ -282,7 +289,9 @@ def validate(r: Recipe, source: str) -> None:
     if r.method.name == "pseudo-label" and not r.method.teacher_checkpoint:
         raise bad("method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run).")
     if r.method.feedback_sign not in (1, -1):
-        raise bad(f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}.")
+        raise bad(
+            f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}."
+        )
     if not 0 <= r.method.label_smoothing < 1 or not 0 <= r.method.baseline_decay < 1:
         raise bad("method.label_smoothing and method.baseline_decay must be in [0, 1).")
     if r.runtime.loss_scale_init <= 0 or r.runtime.loss_scale_growth_interval < 1:
@@ -294,7 +303,9 @@ def validate(r: Recipe, source: str) -> None:
         if o.lr < 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.max_grad_norm < 0 or not 0 <= o.ema_decay < 1:
             raise bad(f"[{name}] lr, weight_decay and max_grad_norm must be >= 0; momentum and ema_decay in [0, 1).")
     if r.student.optimizer != "sgd":
-        raise bad('student.optimizer must be "sgd" (the one-step feedback assumes an SGD student); only [teacher] may use "adam".')
+        raise bad(
+            'student.optimizer must be "sgd" (the one-step feedback assumes an SGD student); only [teacher] may use "adam".'
+        )
 
 
 def to_toml(recipe: Recipe) -> str:

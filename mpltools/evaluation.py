@@ -69,8 +69,16 @@ class MetricSums:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, to_input, num_classes: int, reducer=None, autocast=None,
-             on_batch=None, classes: list[str] | None = None) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    batches,
+    to_input,
+    num_classes: int,
+    reducer=None,
+    autocast=None,
+    on_batch=None,
+    classes: list[str] | None = None,
+) -> dict:
     """Run `model` in eval mode over `batches` of (keys, x, y); `on_batch(keys, logits)` sees predictions."""
     was_training = model.training
     model.eval()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -44,8 +44,7 @@ def error(message: str) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None, unit: str = "items", enabled: bool = True,
-             start: int = 0) -> Iterator["_Bar"]:
+def progress(description: str, total: int | None, unit: str = "items", enabled: bool = True, start: int = 0) -> Iterator[_Bar]:
     """Progress on stderr: a rich bar with rate, elapsed time and ETA on a terminal, plain lines otherwise.
 
     On a terminal the metrics go on their own line below the bar, so at 80 columns the bar, rate
@@ -132,8 +131,9 @@ class _Bar:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         rate = (items if items is not None else self.done - self._start_done) / elapsed
         if self._prog is not None:
-            self._prog.update(self._task, advance=n, rate=f"{compact(rate)} {self.unit}/s", extra=extra,
-                              count=_count(self.done, self.total))
+            self._prog.update(
+                self._task, advance=n, rate=f"{compact(rate)} {self.unit}/s", extra=extra, count=_count(self.done, self.total)
+            )
             return
         now = time.perf_counter()
         if now - self._last_log >= self._LOG_EVERY_S:

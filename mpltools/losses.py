@@ -38,9 +38,7 @@ def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.
     return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
-def uda_consistency(
-    logits_weak: Tensor, logits_strong: Tensor, temperature: float, threshold: float
-) -> tuple[Tensor, Tensor]:
+def uda_consistency(logits_weak: Tensor, logits_strong: Tensor, temperature: float, threshold: float) -> tuple[Tensor, Tensor]:
     """UDA consistency loss as the authors coded it (reference §1.3).
 
     The target ``q = softmax(logits_weak / temperature)`` is detached; the confidence mask is

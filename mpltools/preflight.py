@@ -17,6 +17,7 @@ _NONNEG_METHOD = ("mpl_weight", "uda_weight", "teacher_supervised_weight", "uda_
 
 def validate(recipe, command: str = "train", source: str = "recipe") -> None:
     """Recipe values that `config.validate` does not cover; raise UsageError naming the key."""
+
     def bad(key: str, msg: str) -> UsageError:
         return UsageError(f"{source}: {key} {msg}")
 
@@ -118,8 +119,10 @@ def _check_teacher_input(meta, data, path: Path) -> None:
     """The teacher sees the student's model inputs: the shapes must agree (vector vs image, size)."""
     shape, want = list(meta.input_shape or []), list(data.model_input_shape)
     if shape and (len(shape) != len(want) or shape[0] != want[0]):
-        raise MplError(f"{path} takes inputs of shape {shape} but the student's data {data.labeled.root} gives "
-                       f"{list(data.model_input_shape)}; use a teacher trained on this kind of data.")
+        raise MplError(
+            f"{path} takes inputs of shape {shape} but the student's data {data.labeled.root} gives "
+            f"{list(data.model_input_shape)}; use a teacher trained on this kind of data."
+        )
 
 
 def check_eval(checkpoint: Path, shards, predictions: Path | None, force: bool, batch_size: int) -> None:

@@ -36,7 +36,7 @@ class RunFolderGuard:
         # An existing folder that --force empties counts as empty: what it held is gone by the user's choice.
         self.entries = None if self.created else (set() if force else set(os.listdir(self.out)) if self.out.is_dir() else None)
 
-    def __enter__(self) -> "RunFolderGuard":
+    def __enter__(self) -> RunFolderGuard:
         return self
 
     def prepared(self, resume_from: Path | None) -> Path | None:
@@ -51,7 +51,9 @@ class RunFolderGuard:
         if state is not None and not self.is_prepared:
             return False  # the folder was refused as it is (another recipe's run): untouched, nothing to say
         if state is not None:
-            note = f"{self.out} is kept: it holds a resume state ({state.name}); fix the cause, then resume with the same command."
+            note = (
+                f"{self.out} is kept: it holds a resume state ({state.name}); fix the cause, then resume with the same command."
+            )
         else:
             note = self._remove()
         if isinstance(exc, Interrupted) and state is not None:
@@ -77,5 +79,8 @@ class RunFolderGuard:
         for name in added:
             path = self.out / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
-        return (f"Removed what the run had written to {self.out} ({', '.join(added)}): it stopped before its first checkpoint."
-                if added else "")
+        return (
+            f"Removed what the run had written to {self.out} ({', '.join(added)}): it stopped before its first checkpoint."
+            if added
+            else ""
+        )

@@ -84,7 +84,8 @@ class Runtime:
 _UNSYNCHRONISED = (
     "this process was launched as one of {world} (WORLD_SIZE) but found {got}, so the processes would train "
     "unsynchronised; refusing to start. Launch with `accelerate launch --multi_gpu --num_processes N mpl train ...` "
-    "(on CPU add ACCELERATE_USE_CPU=1) or `torchrun --nproc_per_node N -m mpltools train ...`.")
+    "(on CPU add ACCELERATE_USE_CPU=1) or `torchrun --nproc_per_node N -m mpltools train ...`."
+)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -97,13 +98,16 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
-    """"auto": bf16 on a GPU with native bf16, else fp32 ("no"; on T4/V100 choose "fp16" yourself).
+    """ "auto": bf16 on a GPU with native bf16, else fp32 ("no"; on T4/V100 choose "fp16" yourself).
     "bf16" and "fp16" are honoured on the CPU too (CPU autocast; slow, but the same code path)."""
     if requested == "auto":
         return "bf16" if native_bf16(device) else "no"
     if requested == "bf16" and device.type == "cuda" and not native_bf16(device):
-        raise MplError("runtime.mixed_precision = \"bf16\" but this GPU has no native bfloat16 (compute capability < 8.0); "
-                       "use \"fp16\" (with loss scaling) or \"no\".", exit_code=2)
+        raise MplError(
+            'runtime.mixed_precision = "bf16" but this GPU has no native bfloat16 (compute capability < 8.0); '
+            'use "fp16" (with loss scaling) or "no".',
+            exit_code=2,
+        )
     return requested
 
 
@@ -126,8 +130,15 @@ def start(mixed_precision: str = "auto", threads: int = 0, seed: int = 0) -> Run
     reducer = TorchDistributedReducer() if world > 1 else LOCAL
     device = accelerator.device
     seed_everything(seed, accelerator.process_index)
-    return Runtime(accelerator, device, accelerator.process_index, world, accelerator.is_main_process,
-                   resolve_mixed_precision(mixed_precision, device), reducer)
+    return Runtime(
+        accelerator,
+        device,
+        accelerator.process_index,
+        world,
+        accelerator.is_main_process,
+        resolve_mixed_precision(mixed_precision, device),
+        reducer,
+    )
 
 
 def default_workers(runtime: Runtime) -> int:

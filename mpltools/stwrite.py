@@ -22,10 +22,10 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     """The safetensors encoding of `tensors` with a header whose keys (and metadata keys) are sorted."""
     raw = save(tensors, metadata=metadata)
     (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + size])
+    header = json.loads(raw[8 : 8 + size])
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as the library writes it
-    return struct.pack("<Q", len(text)) + text + raw[8 + size:]
+    return struct.pack("<Q", len(text)) + text + raw[8 + size :]
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -21,7 +21,7 @@ def requested(runtime_cfg) -> list[str]:
     """The tracker names a recipe's [runtime] asks for, in order, without duplicates."""
     names = list(runtime_cfg.trackers)
     if runtime_cfg.tensorboard:
-        log.warn("runtime.tensorboard = true is deprecated; write runtime.trackers = [\"tensorboard\"] instead.")
+        log.warn('runtime.tensorboard = true is deprecated; write runtime.trackers = ["tensorboard"] instead.')
         names.append("tensorboard")
     return list(dict.fromkeys(names))
 
@@ -33,8 +33,10 @@ def check(names: list[str]) -> None:
         if name not in KNOWN:
             raise UsageError(f"runtime.trackers: unknown tracker {name!r}; choose from {', '.join(KNOWN)}.")
         if importlib.util.find_spec(KNOWN[name]) is None:
-            raise UsageError(f"runtime.trackers includes {name!r} but the {KNOWN[name]!r} package is not installed: "
-                             f"pip install 'meta-pseudo-labels[{name}]' (or drop {name!r} from runtime.trackers).")
+            raise UsageError(
+                f"runtime.trackers includes {name!r} but the {KNOWN[name]!r} package is not installed: "
+                f"pip install 'meta-pseudo-labels[{name}]' (or drop {name!r} from runtime.trackers)."
+            )
 
 
 class Trackers:

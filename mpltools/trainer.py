@@ -14,22 +14,38 @@ from pathlib import Path
 
 import torch
 
-from mpltools import __version__, log, preflight, runtime as rt, tracking
-from mpltools.checkpoint import (file_sha256, load_model, load_optimizer_tensors, load_state, optimizer_tensors,
-                                 save_model, save_state)
+from mpltools import __version__, log, preflight, tracking
+from mpltools import runtime as rt
+from mpltools.checkpoint import (
+    file_sha256,
+    load_model,
+    load_optimizer_tensors,
+    load_state,
+    optimizer_tensors,
+    save_model,
+    save_state,
+)
 from mpltools.config import Recipe
+from mpltools.data.hidden_labels import find_hidden_labels
 from mpltools.data.loaders import eval_batches, to_model_input
 from mpltools.errors import Interrupted, MplError, UsageError
 from mpltools.evaluation import evaluate
 from mpltools.methods import STEPS
 from mpltools.methods.common import MPLHyper, Networks, NonFiniteError
+from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.methods.optim import EMA, build_adam, build_sgd, norm_parameter_names
 from mpltools.methods.precision import LossScaler
-from mpltools.data.hidden_labels import find_hidden_labels
-from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.run_cleanup import RunFolderGuard
-from mpltools.training import (build_network, checkpoint_meta, device_batch, make_streams, open_data,
-                               prepare_run_folder, use_channels_last, write_run_info)
+from mpltools.training import (
+    build_network,
+    checkpoint_meta,
+    device_batch,
+    make_streams,
+    open_data,
+    prepare_run_folder,
+    use_channels_last,
+    write_run_info,
+)
 
 TWO_NETWORKS = ("mpl", "released")
 
@@ -37,17 +53,39 @@ TWO_NETWORKS = ("mpl", "released")
 def hyper_from(recipe: Recipe) -> MPLHyper:
     m, t, s = recipe.method, recipe.teacher, recipe.student
     if m.name in TWO_NETWORKS and (t.momentum, t.nesterov, t.max_grad_norm) != (s.momentum, s.nesterov, s.max_grad_norm):
-        raise UsageError("[teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do).")
+        raise UsageError(
+            "[teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do)."
+        )
     return MPLHyper(
-        total_steps=recipe.schedule.steps, lr_schedule=recipe.schedule.lr_schedule,
-        teacher_lr=t.lr, teacher_warmup=t.warmup_steps, teacher_weight_decay=t.weight_decay,
-        student_lr=s.lr, student_warmup=s.warmup_steps, student_wait=s.wait_steps, student_weight_decay=s.weight_decay,
-        momentum=s.momentum, nesterov=s.nesterov, max_grad_norm=s.max_grad_norm or None, ema_decay=s.ema_decay,
-        label_smoothing=m.label_smoothing, uda_temperature=m.uda_temperature, uda_threshold=m.uda_threshold,
-        uda_weight=m.uda_weight, uda_ramp_steps=m.uda_ramp_steps, teacher_supervised_weight=m.teacher_supervised_weight,
-        pseudo_labels=m.pseudo_labels, pseudo_label_view=m.pseudo_label_view, feedback=m.feedback, baseline=m.baseline,
-        baseline_decay=m.baseline_decay, feedback_bn=m.feedback_bn, teacher_weak_no_grad=m.teacher_weak_no_grad,
-        mpl_weight=m.mpl_weight, feedback_sign=m.feedback_sign)
+        total_steps=recipe.schedule.steps,
+        lr_schedule=recipe.schedule.lr_schedule,
+        teacher_lr=t.lr,
+        teacher_warmup=t.warmup_steps,
+        teacher_weight_decay=t.weight_decay,
+        student_lr=s.lr,
+        student_warmup=s.warmup_steps,
+        student_wait=s.wait_steps,
+        student_weight_decay=s.weight_decay,
+        momentum=s.momentum,
+        nesterov=s.nesterov,
+        max_grad_norm=s.max_grad_norm or None,
+        ema_decay=s.ema_decay,
+        label_smoothing=m.label_smoothing,
+        uda_temperature=m.uda_temperature,
+        uda_threshold=m.uda_threshold,
+        uda_weight=m.uda_weight,
+        uda_ramp_steps=m.uda_ramp_steps,
+        teacher_supervised_weight=m.teacher_supervised_weight,
+        pseudo_labels=m.pseudo_labels,
+        pseudo_label_view=m.pseudo_label_view,
+        feedback=m.feedback,
+        baseline=m.baseline,
+        baseline_decay=m.baseline_decay,
+        feedback_bn=m.feedback_bn,
+        teacher_weak_no_grad=m.teacher_weak_no_grad,
+        mpl_weight=m.mpl_weight,
+        feedback_sign=m.feedback_sign,
+    )
 
 
 @dataclass
@@ -72,9 +110,12 @@ def fit(recipe: Recipe, out: Path, *, force: bool, command: str, export: Export 
     method = recipe.method.name
     reduced = bool(export.teacher_inputs)  # Reduced MPL: the teacher reads stored predictions (commands/reduced.py)
     if method in TWO_NETWORKS and (recipe.model.teacher_name == "reduced_teacher") != reduced:
-        raise UsageError("model.teacher_name = \"reduced_teacher\" is the teacher of Reduced MPL, which reads a large teacher's "
-                         "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
-                         if not reduced else "Reduced MPL needs model.teacher_name = \"reduced_teacher\".")
+        raise UsageError(
+            'model.teacher_name = "reduced_teacher" is the teacher of Reduced MPL, which reads a large teacher\'s '
+            "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
+            if not reduced
+            else 'Reduced MPL needs model.teacher_name = "reduced_teacher".'
+        )
     trackers = tracking.requested(recipe.runtime)
     tracking.check(trackers)  # first: before the data are opened and the run folder is written
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
@@ -106,7 +147,9 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
         teacher, teacher_meta = load_model(recipe.method.teacher_checkpoint, device)
         teacher_name, teacher_kwargs = teacher_meta.architecture, teacher_meta.architecture_kwargs
         if teacher_meta.num_classes != data.num_classes:
-            raise MplError(f"{recipe.method.teacher_checkpoint} predicts {teacher_meta.num_classes} classes, the data has {data.num_classes}.")
+            raise MplError(
+                f"{recipe.method.teacher_checkpoint} predicts {teacher_meta.num_classes} classes, the data has {data.num_classes}."
+            )
         teacher.eval().requires_grad_(False)
     channels_last = use_channels_last(recipe.runtime.channels_last, data, student, teacher)
     if channels_last:
@@ -133,8 +176,17 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
         else:
             teacher_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, t_no_decay)
     ema = EMA(student, hp.ema_decay) if hp.ema_decay > 0 else None
-    nets = Networks(teacher, student, teacher_opt, student_opt, ema, None, t_no_decay, s_no_decay,
-                    *_loss_scalers(recipe, runtime.mixed_precision, teacher_opt is not None))
+    nets = Networks(
+        teacher,
+        student,
+        teacher_opt,
+        student_opt,
+        ema,
+        None,
+        t_no_decay,
+        s_no_decay,
+        *_loss_scalers(recipe, runtime.mixed_precision, teacher_opt is not None),
+    )
     rt.seed_everything(recipe.runtime.seed, runtime.rank)  # dropout masks: independent per process
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.runtime.seed * 7919 + runtime.rank)
@@ -144,23 +196,43 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
         step = _restore(resume_from, nets, generator, runtime)
         log.info(f"resuming {out} from step {step} ({resume_from.name})")
     if runtime.is_main:
-        write_run_info(out, {"command": command, "start_step": step, "world_size": runtime.world, "device": str(device),
-                             "mixed_precision": runtime.mixed_precision, "mpltools": __version__, "torch": torch.__version__,
-                             "python": platform.python_version(), "seed": recipe.runtime.seed})
+        write_run_info(
+            out,
+            {
+                "command": command,
+                "start_step": step,
+                "world_size": runtime.world,
+                "device": str(device),
+                "mixed_precision": runtime.mixed_precision,
+                "mpltools": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "seed": recipe.runtime.seed,
+            },
+        )
         log.truncate_metrics(out / "metrics.jsonl", step)
     metrics_file = log.MetricsWriter(out / "metrics.jsonl") if runtime.is_main else None
     tracker = tracking.start(trackers, out, recipe.to_dict()) if runtime.is_main else None
 
-    labeled_stream, unlabeled_stream = make_streams(data, recipe, runtime.rank, runtime.world, step, method != "supervised",
-                                                    extras=(export.teacher_inputs,) if reduced else (),
-                                                    hidden_labels=find_hidden_labels(data.unlabeled, data.classes))
+    labeled_stream, unlabeled_stream = make_streams(
+        data,
+        recipe,
+        runtime.rank,
+        runtime.world,
+        step,
+        method != "supervised",
+        extras=(export.teacher_inputs,) if reduced else (),
+        hidden_labels=find_hidden_labels(data.unlabeled, data.classes),
+    )
     step_fn = STEPS[method]
     total, every = recipe.schedule.steps, recipe.runtime.log_every
     images_per_step = recipe.data.batch_size * (1 + (2 * recipe.data.unlabeled_ratio if method != "supervised" else 0))
     wait_time, window_start, window_steps = 0.0, time.perf_counter(), 0
     h_window, collapse_watch = FeedbackWindow(), CollapseWatch()
-    with rt.StopSignal() as stop, log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main,
-                                               start=step) as bar:
+    with (
+        rt.StopSignal() as stop,
+        log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main, start=step) as bar,
+    ):
         while step < total:
             t0 = time.perf_counter()
             lab = next(labeled_stream)
@@ -172,19 +244,29 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
                 with runtime.autocast():
                     metrics = step_fn(nets, batch, step, hp, runtime.reducer, generator, diagnose=logging)
             except NonFiniteError as exc:
-                raise MplError(f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
-                               "it would have caused was not applied and nothing of this step was saved. "
-                               "Lower the learning rates or check the data.") from None
+                raise MplError(
+                    f"{out}: training stopped at step {exc.step}: {exc.term} is not finite ({exc.value}); the update "
+                    "it would have caused was not applied and nothing of this step was saved. "
+                    "Lower the learning rates or check the data."
+                ) from None
             if "feedback/h" in metrics:
                 h_window.add(metrics["feedback/h"].detach())
             step += 1
             window_steps += 1
             if step % every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
-                          "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
-                          "data/wait_fraction": wait_time / max(elapsed, 1e-9), **h_window.summary()}
-                collapsed = collapse_watch.check(metrics["hist/pseudo_labels"].tolist(), data.classes) if "hist/pseudo_labels" in metrics else None
+                record = {
+                    "step": step,
+                    **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
+                    "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
+                    "data/wait_fraction": wait_time / max(elapsed, 1e-9),
+                    **h_window.summary(),
+                }
+                collapsed = (
+                    collapse_watch.check(metrics["hist/pseudo_labels"].tolist(), data.classes)
+                    if "hist/pseudo_labels" in metrics
+                    else None
+                )
                 if collapsed and runtime.is_main:
                     log.warn(f"step {step}: {collapsed}")
                 if data.val is not None and recipe.eval.every and step % recipe.eval.every == 0 and step != total:
@@ -224,7 +306,14 @@ def _loss_scalers(recipe: Recipe, mixed_precision: str, teacher_trained: bool) -
 
 
 def _summary(record: dict) -> str:
-    keys = (("throughput/images_per_s", "img/s"), ("teacher/loss", "T"), ("student/loss", "S"), ("feedback/h", "h"), ("diag/pl_entropy_norm", "plH"), ("val/student_top1", "val"))
+    keys = (
+        ("throughput/images_per_s", "img/s"),
+        ("teacher/loss", "T"),
+        ("student/loss", "S"),
+        ("feedback/h", "h"),
+        ("diag/pl_entropy_norm", "plH"),
+        ("val/student_top1", "val"),
+    )
     return " ".join(f"{short}={record[k]:.4g}" for k, short in keys if k in record)
 
 
@@ -254,8 +343,11 @@ def _validate(nets: Networks, data, recipe: Recipe, runtime, with_teacher: bool 
 
 
 def _groups(nets: Networks, generator, runtime) -> dict:
-    groups = {"student": nets.student.state_dict(), "student_opt": optimizer_tensors(nets.student_opt),
-              "baseline": {"baseline": nets.baseline.reshape(1)}}
+    groups = {
+        "student": nets.student.state_dict(),
+        "student_opt": optimizer_tensors(nets.student_opt),
+        "baseline": {"baseline": nets.baseline.reshape(1)},
+    }
     if nets.teacher is not None:
         groups["teacher"] = nets.teacher.state_dict()
     if nets.teacher_opt is not None:
@@ -278,24 +370,43 @@ def _save(out: Path, step: int, nets: Networks, generator, runtime, recipe: Reci
         if runtime.is_main:
             pending.mkdir(parents=True, exist_ok=True)
         runtime.barrier()
-        write_safetensors(pending / f"rank_{runtime.rank}.safetensors", {k: v.cpu().contiguous() for k, v in _rng_group(generator, runtime).items()})
+        write_safetensors(
+            pending / f"rank_{runtime.rank}.safetensors",
+            {k: v.cpu().contiguous() for k, v in _rng_group(generator, runtime).items()},
+        )
         runtime.barrier()
     if runtime.is_main:
         groups = _groups(nets, generator, runtime)
         groups["rng_rank_0"] = _rng_group(generator, runtime)
         extra = {f"rng_rank_{r}.safetensors": pending / f"rank_{r}.safetensors" for r in range(1, runtime.world)}
-        scalers = {name: scaler.state_dict() for name, scaler in (("teacher", nets.teacher_scaler), ("student", nets.student_scaler))
-                   if scaler is not None}
-        save_state(out, step, groups, {"step": step, "world_size": runtime.world, "positions": {"labeled": step, "unlabeled": step},
-                                       "loss_scalers": scalers}, recipe.checkpoint.keep_last, extra_files=extra)
+        scalers = {
+            name: scaler.state_dict()
+            for name, scaler in (("teacher", nets.teacher_scaler), ("student", nets.student_scaler))
+            if scaler is not None
+        }
+        save_state(
+            out,
+            step,
+            groups,
+            {
+                "step": step,
+                "world_size": runtime.world,
+                "positions": {"labeled": step, "unlabeled": step},
+                "loss_scalers": scalers,
+            },
+            recipe.checkpoint.keep_last,
+            extra_files=extra,
+        )
     runtime.barrier()
 
 
 def _restore(folder: Path, nets: Networks, generator, runtime) -> int:
     groups, scalars = load_state(folder)
     if scalars.get("world_size", 1) != runtime.world:
-        log.warn(f"{folder} was saved by {scalars.get('world_size')} process(es), this run has {runtime.world}: "
-                 "it resumes, but not bitwise like the uninterrupted run.")
+        log.warn(
+            f"{folder} was saved by {scalars.get('world_size')} process(es), this run has {runtime.world}: "
+            "it resumes, but not bitwise like the uninterrupted run."
+        )
     nets.student.load_state_dict(groups["student"])
     load_optimizer_tensors(nets.student_opt, groups["student_opt"])
     nets.baseline.copy_(groups["baseline"]["baseline"].reshape(()))
@@ -314,23 +425,50 @@ def _restore(folder: Path, nets: Networks, generator, runtime) -> int:
     return int(scalars["step"])
 
 
-def _export(out: Path, nets: Networks, data, recipe: Recipe, step: int, method: str, teacher_name: str,
-            teacher_kwargs: dict, export: Export) -> dict:
+def _export(
+    out: Path,
+    nets: Networks,
+    data,
+    recipe: Recipe,
+    step: int,
+    method: str,
+    teacher_name: str,
+    teacher_kwargs: dict,
+    export: Export,
+) -> dict:
     student = _student_for_eval(nets)
     role = export.student_role or ("student" if method in TWO_NETWORKS + ("pseudo-label",) else "supervised")
-    meta = checkpoint_meta(role, recipe.model.name, recipe.model.kwargs, data, recipe, step, parent=export.parent_sha256,
-                           extra={"method": method, "ema": nets.ema is not None, **export.extra})
+    meta = checkpoint_meta(
+        role,
+        recipe.model.name,
+        recipe.model.kwargs,
+        data,
+        recipe,
+        step,
+        parent=export.parent_sha256,
+        extra={"method": method, "ema": nets.ema is not None, **export.extra},
+    )
     paths = {"student": str(save_model(Path(out) / export.student_file, student, meta))}
     if nets.teacher is not None and method != "pseudo-label":
-        tmeta = checkpoint_meta(export.teacher_role, teacher_name, teacher_kwargs, data, recipe, step,
-                                extra={"method": method, **export.teacher_extra})
+        tmeta = checkpoint_meta(
+            export.teacher_role,
+            teacher_name,
+            teacher_kwargs,
+            data,
+            recipe,
+            step,
+            extra={"method": method, **export.teacher_extra},
+        )
         if export.teacher_inputs:  # its input is a logit vector, not an image
             k = data.num_classes
-            tmeta = dataclasses.replace(tmeta, input_shape=[k], input_spec={"kind": "vector", "encoding": export.teacher_inputs,
-                                                                             "shape": [k], "dtype": "float32"},
-                                        normalisation={"name": "none", "mean": [0.0], "std": [1.0]}, augment={"kind": "none", "image_size": 1})
+            tmeta = dataclasses.replace(
+                tmeta,
+                input_shape=[k],
+                input_spec={"kind": "vector", "encoding": export.teacher_inputs, "shape": [k], "dtype": "float32"},
+                normalisation={"name": "none", "mean": [0.0], "std": [1.0]},
+                augment={"kind": "none", "image_size": 1},
+            )
         paths["teacher"] = str(save_model(Path(out) / export.teacher_file, nets.teacher, tmeta))
     log.info("wrote " + ", ".join(paths.values()))
     paths["student_sha256"] = file_sha256(Path(paths["student"]))
     return paths
-

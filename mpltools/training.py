@@ -65,22 +65,35 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
         if other.classes != labeled.classes and not other.classes_unknown:
             from mpltools.data.wdscan import classes_hint
 
-            raise MplError(f"{other.root} has classes {other.classes[:5]}... but {labeled.root} has {labeled.classes[:5]}...; all sets of a run must share one label set."
-                           + classes_hint(labeled, other))
-        if other.input_spec.kind != labeled.input_spec.kind or (other.input_spec.shape != labeled.input_spec.shape and a.kind != "imagenet"):
-            raise MplError(f"{other.root} holds inputs {other.input_spec.shape} but {labeled.root} holds {labeled.input_spec.shape}.")
+            raise MplError(
+                f"{other.root} has classes {other.classes[:5]}... but {labeled.root} has {labeled.classes[:5]}...; all sets of a run must share one label set."
+                + classes_hint(labeled, other)
+            )
+        if other.input_spec.kind != labeled.input_spec.kind or (
+            other.input_spec.shape != labeled.input_spec.shape and a.kind != "imagenet"
+        ):
+            raise MplError(
+                f"{other.root} holds inputs {other.input_spec.shape} but {labeled.root} holds {labeled.input_spec.shape}."
+            )
     spec = labeled.input_spec
     if spec.kind == "vector":
         augment = transforms.AugmentSpec(kind="none", image_size=1)
         model_shape = tuple(spec.shape)
     else:
         if spec.shape is None and not a.image_size:
-            raise UsageError("the images have different sizes: set augment.image_size (and augment.kind = \"imagenet\").")
+            raise UsageError('the images have different sizes: set augment.image_size (and augment.kind = "imagenet").')
         size = a.image_size or spec.shape[0]
         channels = spec.shape[2] if spec.shape else 3
-        augment = transforms.AugmentSpec(kind=a.kind, image_size=size, num_layers=a.num_layers, magnitude=a.magnitude,
-                                         cutout=a.cutout, flip=a.flip, translate_const=a.translate_const or None,
-                                         cutout_const=a.cutout_const or None)
+        augment = transforms.AugmentSpec(
+            kind=a.kind,
+            image_size=size,
+            num_layers=a.num_layers,
+            magnitude=a.magnitude,
+            cutout=a.cutout,
+            flip=a.flip,
+            translate_const=a.translate_const or None,
+            cutout_const=a.cutout_const or None,
+        )
         model_shape = (channels, size, size)
     mean, std = transforms.NORMALISATION[a.normalisation]
     sets = [s for s in (labeled, unlabeled, val) if s is not None]
@@ -88,8 +101,17 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
         in_memory = sum(estimated_bytes(s) for s in sets) <= d.in_memory_max_mb * (1 << 20)
     else:
         in_memory = d.in_memory == "yes"
-    return DataSetup(labeled, unlabeled, val, labeled.classes, spec, model_shape, augment,
-                     {"name": a.normalisation, "mean": list(mean), "std": list(std)}, in_memory)
+    return DataSetup(
+        labeled,
+        unlabeled,
+        val,
+        labeled.classes,
+        spec,
+        model_shape,
+        augment,
+        {"name": a.normalisation, "mean": list(mean), "std": list(std)},
+        in_memory,
+    )
 
 
 def build_network(name: str, kwargs: dict, data: DataSetup, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
@@ -109,26 +131,50 @@ def use_channels_last(setting, data: DataSetup, *nets: torch.nn.Module | None) -
     return setting is True or any(isinstance(m, torch.nn.Conv2d) for net in nets if net is not None for m in net.modules())
 
 
-def checkpoint_meta(role: str, name: str, kwargs: dict, data: DataSetup, recipe: Recipe, step: int,
-                    parent: str = "", extra: dict | None = None) -> CheckpointMeta:
-    return CheckpointMeta(role=role, architecture=name, architecture_kwargs=dict(kwargs), num_classes=data.num_classes,
-                          input_shape=list(data.model_input_shape), input_spec=data.input_spec.to_json(),
-                          normalisation=data.normalisation, augment={"kind": data.augment.kind, "image_size": data.augment.image_size},
-                          classes=data.classes, step=step, recipe=recipe.to_dict(), parent_sha256=parent, extra=extra or {})
+def checkpoint_meta(
+    role: str, name: str, kwargs: dict, data: DataSetup, recipe: Recipe, step: int, parent: str = "", extra: dict | None = None
+) -> CheckpointMeta:
+    return CheckpointMeta(
+        role=role,
+        architecture=name,
+        architecture_kwargs=dict(kwargs),
+        num_classes=data.num_classes,
+        input_shape=list(data.model_input_shape),
+        input_spec=data.input_spec.to_json(),
+        normalisation=data.normalisation,
+        augment={"kind": data.augment.kind, "image_size": data.augment.image_size},
+        classes=data.classes,
+        step=step,
+        recipe=recipe.to_dict(),
+        parent_sha256=parent,
+        extra=extra or {},
+    )
 
 
-def loader_plan(data: DataSetup, recipe: Recipe, world: int, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> sizing.LoaderPlan:
+def loader_plan(
+    data: DataSetup, recipe: Recipe, world: int, need_unlabeled: bool, extras: tuple[str, ...] = ()
+) -> sizing.LoaderPlan:
     """Workers, queue depth and memory of this process's training streams (data/sizing.py)."""
     d = recipe.data
     view = int(np.prod(data.model_input_shape)) * (4 if data.input_spec.kind == "vector" else 1)
     sets = (data.labeled, data.unlabeled if need_unlabeled else None)
     encoded = tuple(_encoded_bytes(s) for s in sets)
     decoded = sum(estimated_bytes(s) for s in {s.root: s for s in sets if s is not None}.values()) if data.in_memory else 0
-    return sizing.plan(labeled_batch=d.batch_size // world, unlabeled_batch=d.batch_size * d.unlabeled_ratio // world,
-                       two_streams=need_unlabeled, workers=d.workers, unlabeled_ratio=d.unlabeled_ratio, view_bytes=view,
-                       extra_bytes=4 * data.num_classes * len(extras), in_memory=data.in_memory,
-                       augmented=data.augment.kind != "none", shuffle_buffer=d.shuffle_buffer, encoded_bytes=encoded,
-                       decoded_bytes=decoded, prefetch_mb=d.prefetch_mb)
+    return sizing.plan(
+        labeled_batch=d.batch_size // world,
+        unlabeled_batch=d.batch_size * d.unlabeled_ratio // world,
+        two_streams=need_unlabeled,
+        workers=d.workers,
+        unlabeled_ratio=d.unlabeled_ratio,
+        view_bytes=view,
+        extra_bytes=4 * data.num_classes * len(extras),
+        in_memory=data.in_memory,
+        augmented=data.augment.kind != "none",
+        shuffle_buffer=d.shuffle_buffer,
+        encoded_bytes=encoded,
+        decoded_bytes=decoded,
+        prefetch_mb=d.prefetch_mb,
+    )
 
 
 def _encoded_bytes(shards: ShardSet | None) -> int:
@@ -137,7 +183,9 @@ def _encoded_bytes(shards: ShardSet | None) -> int:
     return sum(p.stat().st_size for p in shards.shard_paths) // shards.num_samples
 
 
-def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool, extras: tuple[str, ...] = ()) -> sizing.LoaderPlan:
+def check_loaders(
+    data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool, extras: tuple[str, ...] = ()
+) -> sizing.LoaderPlan:
     """Print the loaders' plan and memory estimate; refuse a run whose loaders cannot fit on this machine.
 
     The limit is the machine's memory (or the container's), the same for every process, so every
@@ -146,8 +194,10 @@ def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool
     if runtime.is_main:
         log.info(plan.describe())
         if plan.over_prefetch_budget:
-            log.warn(f"the queued batches exceed data.prefetch_mb = {recipe.data.prefetch_mb} even at one batch per worker; "
-                     "lower data.workers or the batch size to stay within it.")
+            log.warn(
+                f"the queued batches exceed data.prefetch_mb = {recipe.data.prefetch_mb} even at one batch per worker; "
+                "lower data.workers or the batch size to stay within it."
+            )
     here = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))
     problem = sizing.refusal(plan, here, sizing.machine_memory())
     if problem:
@@ -155,8 +205,16 @@ def check_loaders(data: DataSetup, recipe: Recipe, runtime, need_unlabeled: bool
     return plan
 
 
-def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, position: int, need_unlabeled: bool,
-                 extras: tuple[str, ...] = (), hidden_labels: dict | None = None):
+def make_streams(
+    data: DataSetup,
+    recipe: Recipe,
+    rank: int,
+    world: int,
+    position: int,
+    need_unlabeled: bool,
+    extras: tuple[str, ...] = (),
+    hidden_labels: dict | None = None,
+):
     d = recipe.data
     for batch, what in ((d.batch_size, "data.batch_size"), (d.batch_size * d.unlabeled_ratio, "the unlabelled batch")):
         if batch % world:
@@ -165,14 +223,33 @@ def make_streams(data: DataSetup, recipe: Recipe, rank: int, world: int, positio
     cache: dict = {}
     common = dict(seed=recipe.runtime.seed, rank=rank, world=world, shuffle_buffer=d.shuffle_buffer, extras=extras)
     lab = plan.stream("labelled")
-    labeled = make_stream(data.labeled, StreamConfig("labeled", d.batch_size, stream_id=LABELED, workers=lab.workers,
-                                                     prefetch=lab.prefetch, **common), data.augment, data.in_memory, position, cache)
+    labeled = make_stream(
+        data.labeled,
+        StreamConfig("labeled", d.batch_size, stream_id=LABELED, workers=lab.workers, prefetch=lab.prefetch, **common),
+        data.augment,
+        data.in_memory,
+        position,
+        cache,
+    )
     unlabeled = None
     if need_unlabeled:
         unl = plan.stream("unlabelled")
-        unlabeled = make_stream(data.unlabeled, StreamConfig("unlabeled", d.batch_size * d.unlabeled_ratio, stream_id=UNLABELED,
-                                                             workers=unl.workers, prefetch=unl.prefetch, hidden_labels=hidden_labels, **common),
-                                data.augment, data.in_memory, position, cache)
+        unlabeled = make_stream(
+            data.unlabeled,
+            StreamConfig(
+                "unlabeled",
+                d.batch_size * d.unlabeled_ratio,
+                stream_id=UNLABELED,
+                workers=unl.workers,
+                prefetch=unl.prefetch,
+                hidden_labels=hidden_labels,
+                **common,
+            ),
+            data.augment,
+            data.in_memory,
+            position,
+            cache,
+        )
     return labeled, unlabeled
 
 
@@ -180,8 +257,12 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
     """The streams' batches on the device; `teacher_inputs` names the extra the (reduced) teacher reads."""
     norm = data.norm_tuple()
     prep = lambda x: to_model_input(x, norm, device, channels_last)  # noqa: E731
-    batch = Batch(labeled_x=prep(lab["x"]), labeled_y=lab["y"].to(device),
-                  unlabeled_weak=prep(unl["weak"]) if unl else None, unlabeled_strong=prep(unl["strong"]) if unl else None)
+    batch = Batch(
+        labeled_x=prep(lab["x"]),
+        labeled_y=lab["y"].to(device),
+        unlabeled_weak=prep(unl["weak"]) if unl else None,
+        unlabeled_strong=prep(unl["strong"]) if unl else None,
+    )
     if unl is not None and "hidden_y" in unl:  # diagnostics only (diag/pl_accuracy), never trained on
         batch.unlabeled_y = unl["hidden_y"].to(device, non_blocking=True)
     if teacher_inputs:
@@ -193,9 +274,19 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
 # ---------------------------------------------------------------- run folder
 
 # Settings that may change between a run and its resumption (they do not change the maths).
-_RESUMABLE_DIFFERENCES = {("runtime", "log_every"), ("runtime", "threads"), ("data", "workers"), ("data", "prefetch_mb"), ("runtime", "tensorboard"), ("runtime", "trackers"),
-                          ("checkpoint", "every"), ("checkpoint", "keep_last"), ("eval", "every"), ("eval", "batch_size"),
-                          ("runtime", "channels_last")}
+_RESUMABLE_DIFFERENCES = {
+    ("runtime", "log_every"),
+    ("runtime", "threads"),
+    ("data", "workers"),
+    ("data", "prefetch_mb"),
+    ("runtime", "tensorboard"),
+    ("runtime", "trackers"),
+    ("checkpoint", "every"),
+    ("checkpoint", "keep_last"),
+    ("eval", "every"),
+    ("eval", "batch_size"),
+    ("runtime", "channels_last"),
+}
 
 
 def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
@@ -224,15 +315,23 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
             old = tomllib.loads(saved.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             if latest_state(out) is not None:
-                raise MplError(f"{saved} is damaged (a kill while it was written?) but {out} holds resume states; "
-                               "restore it, or pass --force to start the run over.") from None
+                raise MplError(
+                    f"{saved} is damaged (a kill while it was written?) but {out} holds resume states; "
+                    "restore it, or pass --force to start the run over."
+                ) from None
             return "new"  # killed before the first state: nothing to lose, start afresh (recipe.toml is rewritten)
         new = recipe.to_dict()
-        diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, values in new.items() for k, v in values.items()
-                 if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES]
+        diffs = [
+            f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
+            for s, values in new.items()
+            for k, v in values.items()
+            if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES
+        ]
         if diffs:
-            raise UsageError(f"{out} holds a run with a different recipe ({'; '.join(diffs[:4])}); "
-                             "use another --out, or --force to start that run over.")
+            raise UsageError(
+                f"{out} holds a run with a different recipe ({'; '.join(diffs[:4])}); "
+                "use another --out, or --force to start that run over."
+            )
         return "resume"
     if out.exists() and any(out.iterdir()):
         raise MplError(f"{out} exists and is not a run folder; choose another --out or pass --force.")

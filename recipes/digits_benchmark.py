@@ -47,7 +47,7 @@ def mpl_command() -> list[str]:
 
 def mpl(*args: str, log: list[str]) -> str:
     cmd = [*mpl_command(), *map(str, args)]
-    log.append("mpl " + shlex.join(cmd[len(mpl_command()):]))
+    log.append("mpl " + shlex.join(cmd[len(mpl_command()) :]))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MKL_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
@@ -59,8 +59,17 @@ def top1(checkpoint: str, data: str, log: list[str]) -> float:
     return float(json.loads(mpl("eval", checkpoint, "--data", data, "--json", log=log))["top1"])
 
 
-def one_seed(seed: int, out: Path, extra: list[str], methods: tuple[str, ...], *, recipe: str = RECIPE,
-             data_all: Path | None = None, split_args: tuple[str, ...] = DIGITS_SPLIT, test: str | None = None) -> dict:
+def one_seed(
+    seed: int,
+    out: Path,
+    extra: list[str],
+    methods: tuple[str, ...],
+    *,
+    recipe: str = RECIPE,
+    data_all: Path | None = None,
+    split_args: tuple[str, ...] = DIGITS_SPLIT,
+    test: str | None = None,
+) -> dict:
     """All methods on one split; returns {method: test top-1} plus the commands run and seconds.
 
     The keywords let other studies reuse it (recipes/fashion_study.py): the recipe, the imported
@@ -85,8 +94,20 @@ def one_seed(seed: int, out: Path, extra: list[str], methods: tuple[str, ...], *
         seconds[method], clock[0] = now - clock[0], now
 
     def train(method: str, *more: str) -> str:
-        return mpl("train", recipe, *sets, "--set", f"method.name={method}", *more, "--seed", seed,
-                   "--out", runs / method, "--force", log=log)
+        return mpl(
+            "train",
+            recipe,
+            *sets,
+            "--set",
+            f"method.name={method}",
+            *more,
+            "--seed",
+            seed,
+            "--out",
+            runs / method,
+            "--force",
+            log=log,
+        )
 
     lap("split")
     supervised = None
@@ -106,19 +127,27 @@ def one_seed(seed: int, out: Path, extra: list[str], methods: tuple[str, ...], *
         result["mpl teacher"] = top1(str(runs / "mpl" / "teacher.safetensors"), test, log)
         lap("mpl")
         if "mpl+finetune" in methods:
-            finetuned = mpl("finetune", student, "--labeled", f"{split}/labeled", "--recipe", recipe,
-                            "--out", runs / "mpl" / "finetune", "--force", log=log)
+            finetuned = mpl(
+                "finetune",
+                student,
+                "--labeled",
+                f"{split}/labeled",
+                "--recipe",
+                recipe,
+                "--out",
+                runs / "mpl" / "finetune",
+                "--force",
+                log=log,
+            )
             result["mpl+finetune"] = top1(finetuned, test, log)
             lap("mpl+finetune")
-    return {"seed": seed, "top1": result, "seconds": time.perf_counter() - start, "method_seconds": seconds,
-            "commands": log}
+    return {"seed": seed, "top1": result, "seconds": time.perf_counter() - start, "method_seconds": seconds, "commands": log}
 
 
 def table(rows: list[dict]) -> tuple[str, dict]:
     methods = [m for m in (*METHODS[:4], "mpl teacher", "mpl+finetune") if all(m in r["top1"] for r in rows)]
     seeds = [r["seed"] for r in rows]
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
-             "|---|" + "---:|" * (len(seeds) + 1)]
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |", "|---|" + "---:|" * (len(seeds) + 1)]
     summary = {}
     for m in methods:
         values = [r["top1"][m] for r in rows]
@@ -153,8 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
     command = "python recipes/digits_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command.strip(), "recipe": RECIPE, "seeds": args.seeds, "extra_sets": args.sets,
-              "summary": summary, "per_seed": rows, "wall_seconds": seconds, "cpu_seconds": cpu, "import": log}
+    report = {
+        "command": command.strip(),
+        "recipe": RECIPE,
+        "seeds": args.seeds,
+        "extra_sets": args.sets,
+        "summary": summary,
+        "per_seed": rows,
+        "wall_seconds": seconds,
+        "cpu_seconds": cpu,
+        "import": log,
+    }
     target = args.json or out / "results.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

@@ -46,8 +46,9 @@ def recipe_for(labels: int) -> str:
     return f"recipes/fashion_mnist_{labels}.toml"
 
 
-def feedback_only(seed: int, out: Path, recipe: str, test: str, extra: list[str], fo_extra: list[str],
-                  variants: tuple[str, ...]) -> dict:
+def feedback_only(
+    seed: int, out: Path, recipe: str, test: str, extra: list[str], fo_extra: list[str], variants: tuple[str, ...]
+) -> dict:
     """The feedback-only variants on the split one_seed made in OUT/data/seedS."""
     log: list[str] = []
     split = out / "data" / f"seed{seed}"
@@ -57,8 +58,7 @@ def feedback_only(seed: int, out: Path, recipe: str, test: str, extra: list[str]
         start = time.perf_counter()
         sets = [*data, *extra, *FEEDBACK_ONLY, *VARIANTS[name], *fo_extra]
         run = out / "runs" / f"seed{seed}" / name
-        student = mpl("train", recipe, *[a for s in sets for a in ("--set", s)], "--seed", seed,
-                      "--out", run, "--force", log=log)
+        student = mpl("train", recipe, *[a for s in sets for a in ("--set", s)], "--seed", seed, "--out", run, "--force", log=log)
         result[name] = top1(student, test, log)
         diag[name] = diagnostics(run)
         seconds[name] = time.perf_counter() - start
@@ -68,8 +68,10 @@ def feedback_only(seed: int, out: Path, recipe: str, test: str, extra: list[str]
 def table(rows: list[dict], names: list[str]) -> tuple[str, dict]:
     """Markdown: top-1 per seed, mean ± std and the mean wall seconds of one run of the method."""
     seeds = [r["seed"] for r in rows]
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | wall s/run |",
-             "|---|" + "---:|" * (len(seeds) + 2)]
+    lines = [
+        "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | wall s/run |",
+        "|---|" + "---:|" * (len(seeds) + 2),
+    ]
     summary = {}
     for m in names:
         values = [r["top1"][m] for r in rows]
@@ -131,8 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out.is_absolute() else REPO / args.out
     idx = args.idx if args.idx.is_absolute() else Path.cwd() / args.idx
     # No evaluation during training (data.val=""): the test images are scored once, by mpl eval, at the end.
-    extra = [*budget(args.steps), "eval.every=0", 'data.val=""', f"model.kwargs.width={args.width}",
-             f"data.unlabeled_ratio={args.ratio}", *args.sets]
+    extra = [
+        *budget(args.steps),
+        "eval.every=0",
+        'data.val=""',
+        f"model.kwargs.width={args.width}",
+        f"data.unlabeled_ratio={args.ratio}",
+        *args.sets,
+    ]
     target = args.json or out / "results.json"
     start = time.perf_counter()
     log: list[str] = []
@@ -140,17 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     for part, folder in (("train", train_data), ("test", test)):
         mpl("data", "import", "fashion-mnist", idx, "--part", part, "--out", folder, "--seed", "0", "--force", log=log)
     command = "python recipes/fashion_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command.strip(), "labels": args.labels, "seeds": args.seeds, "steps": args.steps,
-              "extra_sets": extra, "fo_sets": args.fo_sets, "import": log, "import_seconds": time.perf_counter() - start,
-              "studies": {}}
+    report = {
+        "command": command.strip(),
+        "labels": args.labels,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "extra_sets": extra,
+        "fo_sets": args.fo_sets,
+        "import": log,
+        "import_seconds": time.perf_counter() - start,
+        "studies": {},
+    }
     texts = {}
     for n in args.labels:
         recipe, base = recipe_for(n), out / f"labels{n}"
         split_args = ("--labeled-per-class", str(n // 10), "--val-per-class", "0")
         rows: list[dict] = []
         for seed in args.seeds:
-            row = one_seed(seed, base, extra, baselines, recipe=recipe, data_all=train_data,
-                           split_args=split_args, test=str(test))
+            row = one_seed(
+                seed, base, extra, baselines, recipe=recipe, data_all=train_data, split_args=split_args, test=str(test)
+            )
             fo = feedback_only(seed, base, recipe, str(test), extra, args.fo_sets, variants)
             row["top1"].update(fo["top1"])
             row["method_seconds"].update(fo["method_seconds"])
@@ -160,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             report.update(wall_seconds=time.perf_counter() - start, cpu_seconds=usage.ru_utime + usage.ru_stime)
             write_json(target, report)
-            print(f"[fashion_study] {n} labels, seed {seed} done ({row['seconds'] + sum(fo['method_seconds'].values()):.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[fashion_study] {n} labels, seed {seed} done ({row['seconds'] + sum(fo['method_seconds'].values()):.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     for n in args.labels:
-        print(f"Fashion-MNIST, {n} labels ({n // 10} per class), {args.steps} steps, top-1 on the 10,000 test images "
-              f"({len(args.seeds)} seeds)")
+        print(
+            f"Fashion-MNIST, {n} labels ({n // 10} per class), {args.steps} steps, top-1 on the 10,000 test images "
+            f"({len(args.seeds)} seeds)"
+        )
         print(texts[n])
         print()
     print(f"wall {report['wall_seconds']:.0f} s, CPU {report['cpu_seconds']:.0f} s; results in {target}")

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_benchmark import METHODS, REPO, RECIPE, mpl, one_seed, top1  # noqa: E402
+from digits_benchmark import METHODS, RECIPE, REPO, mpl, one_seed, top1  # noqa: E402
 
 FEEDBACK_ONLY = ("method.teacher_supervised_weight=0", "method.uda_weight=0")
 VARIANTS = {
@@ -52,9 +52,16 @@ VARIANTS = {
 def budget(steps: int) -> list[str]:
     """A short schedule scaled from digits.toml's 1,500 steps (warm-up, wait, UDA ramp, eval)."""
     w = max(1, steps // 15)
-    return [f"schedule.steps={steps}", f"teacher.warmup_steps={w}", f"student.warmup_steps={w}",
-            f"student.wait_steps={w}", f"method.uda_ramp_steps={max(1, steps // 5)}",
-            f"eval.every={steps}", f"checkpoint.every={steps}", f"runtime.log_every={max(1, steps // 10)}"]
+    return [
+        f"schedule.steps={steps}",
+        f"teacher.warmup_steps={w}",
+        f"student.warmup_steps={w}",
+        f"student.wait_steps={w}",
+        f"method.uda_ramp_steps={max(1, steps // 5)}",
+        f"eval.every={steps}",
+        f"checkpoint.every={steps}",
+        f"runtime.log_every={max(1, steps // 10)}",
+    ]
 
 
 def _median(values: list[float]) -> float | None:
@@ -83,15 +90,28 @@ def feedback_only(seed: int, out: Path, extra: list[str], fo_extra: list[str], v
     start = time.perf_counter()
     split = out / "data" / f"seed{seed}"
     if not (split / "val").exists():
-        mpl("data", "split", out / "data" / "all", "--labeled-per-class", "5", "--val-per-class", "30",
-            "--seed", seed, "--out", split, "--keep-hidden-labels", "--force", log=log)  # diag/pl_accuracy only
+        mpl(
+            "data",
+            "split",
+            out / "data" / "all",
+            "--labeled-per-class",
+            "5",
+            "--val-per-class",
+            "30",
+            "--seed",
+            seed,
+            "--out",
+            split,
+            "--keep-hidden-labels",
+            "--force",
+            log=log,
+        )  # diag/pl_accuracy only
     data = [f'data.labeled="{split}/labeled"', f'data.unlabeled="{split}/unlabeled"', f'data.val="{split}/val"']
     result, diag = {}, {}
     for name in variants:
         sets = [*data, *extra, *FEEDBACK_ONLY, *VARIANTS[name], *fo_extra]
         run = out / "runs" / f"seed{seed}" / name
-        student = mpl("train", RECIPE, *[a for s in sets for a in ("--set", s)], "--seed", seed,
-                      "--out", run, "--force", log=log)
+        student = mpl("train", RECIPE, *[a for s in sets for a in ("--set", s)], "--seed", seed, "--out", run, "--force", log=log)
         result[name] = top1(student, f"{split}/val", log)
         diag[name] = diagnostics(run)
     return {"top1": result, "diagnostics": diag, "seconds": time.perf_counter() - start, "commands": log}
@@ -99,8 +119,7 @@ def feedback_only(seed: int, out: Path, extra: list[str], fo_extra: list[str], v
 
 def table(rows: list[dict], names: list[str]) -> tuple[str, dict]:
     seeds = [r["seed"] for r in rows]
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
-             "|---|" + "---:|" * (len(seeds) + 1)]
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |", "|---|" + "---:|" * (len(seeds) + 1)]
     summary = {}
     for m in names:
         values = [r["top1"][m] for r in rows]
@@ -111,8 +130,15 @@ def table(rows: list[dict], names: list[str]) -> tuple[str, dict]:
 
 
 def diag_table(rows: list[dict], variants: tuple[str, ...]) -> str:
-    keys = ("median_abs_h", "median_t_grad_norm_mpl", "median_teacher_mpl_loss", "final_pl_entropy_norm",
-            "final_pl_agreement", "final_pl_accuracy", "final_student_ce_labeled")
+    keys = (
+        "median_abs_h",
+        "median_t_grad_norm_mpl",
+        "median_teacher_mpl_loss",
+        "final_pl_entropy_norm",
+        "final_pl_agreement",
+        "final_pl_accuracy",
+        "final_student_ce_labeled",
+    )
     lines = ["| variant (mean over seeds) | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for v in variants:
         cells = []
@@ -160,9 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
     command = "python recipes/feedback_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = {"command": command.strip(), "recipe": RECIPE, "seeds": args.seeds, "steps": args.steps,
-              "extra_sets": extra, "fo_sets": args.fo_sets, "summary": summary, "per_seed": rows,
-              "wall_seconds": seconds, "cpu_seconds": cpu, "import": log}
+    report = {
+        "command": command.strip(),
+        "recipe": RECIPE,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "extra_sets": extra,
+        "fo_sets": args.fo_sets,
+        "summary": summary,
+        "per_seed": rows,
+        "wall_seconds": seconds,
+        "cpu_seconds": cpu,
+        "import": log,
+    }
     target = args.json or out / "results.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")

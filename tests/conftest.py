@@ -54,8 +54,16 @@ def run_subprocess():
 
     def run(*args, input: str | None = None, cwd: Path | None = None, timeout: float = 120) -> Ran:
         cmd = [sys.executable, "-m", "mpltools", *map(str, args)]
-        r = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), input=input, capture_output=True, text=True,
-                           timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        r = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=subprocess_env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         return Ran(r.returncode, r.stdout, r.stderr)
 
     return run

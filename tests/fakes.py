@@ -70,8 +70,12 @@ def cifar10_binary(root: Path, *, archive: bool = True, per_batch: int = 4, test
     def records(x, y):
         return np.concatenate([y.astype(np.uint8)[:, None], _planes(x)], 1).tobytes()
 
-    members = {f"data_batch_{b + 1}.bin": records(train_x[b * per_batch:(b + 1) * per_batch], train_y[b * per_batch:(b + 1) * per_batch])
-               for b in range(5)}
+    members = {
+        f"data_batch_{b + 1}.bin": records(
+            train_x[b * per_batch : (b + 1) * per_batch], train_y[b * per_batch : (b + 1) * per_batch]
+        )
+        for b in range(5)
+    }
     members["test_batch.bin"] = records(test_x, test_y)
     members["batches.meta.txt"] = ("\n".join(CIFAR10_NAMES) + "\n\n").encode()
     members["readme.html"] = b"<html></html>"
@@ -88,9 +92,12 @@ def cifar100_binary(root: Path, *, archive: bool = True, train: int = 12, test: 
         coarse = (y // 5).astype(np.uint8)[:, None]
         return np.concatenate([coarse, y.astype(np.uint8)[:, None], _planes(x)], 1).tobytes()
 
-    members = {"train.bin": records(train_x, train_y), "test.bin": records(test_x, test_y),
-               "fine_label_names.txt": ("\n".join(CIFAR100_NAMES) + "\n").encode(),
-               "coarse_label_names.txt": ("\n".join(f"coarse{i:02d}" for i in range(20)) + "\n").encode()}
+    members = {
+        "train.bin": records(train_x, train_y),
+        "test.bin": records(test_x, test_y),
+        "fine_label_names.txt": ("\n".join(CIFAR100_NAMES) + "\n").encode(),
+        "coarse_label_names.txt": ("\n".join(f"coarse{i:02d}" for i in range(20)) + "\n").encode(),
+    }
     path = _write(members, root, "cifar-100-binary", archive)
     return Fake(path, {"train": train_x, "test": test_x}, {"train": train_y, "test": test_y}, CIFAR100_NAMES)
 
@@ -106,14 +113,27 @@ def cifar10_python(root: Path, *, archive: bool = True, per_batch: int = 4, test
     train_x, train_y, test_x, test_y = _split_data(rng, per_batch, 5, 10, test)
 
     def batch(x, y, label):
-        return py2_pickle({b"batch_label": label, b"labels": [int(v) for v in y], b"data": _planes(x),
-                           b"filenames": [f"img_{i}.png".encode() for i in range(len(y))]})
+        return py2_pickle(
+            {
+                b"batch_label": label,
+                b"labels": [int(v) for v in y],
+                b"data": _planes(x),
+                b"filenames": [f"img_{i}.png".encode() for i in range(len(y))],
+            }
+        )
 
-    members = {f"data_batch_{b + 1}": batch(train_x[b * per_batch:(b + 1) * per_batch], train_y[b * per_batch:(b + 1) * per_batch],
-                                            f"training batch {b + 1} of 5".encode()) for b in range(5)}
+    members = {
+        f"data_batch_{b + 1}": batch(
+            train_x[b * per_batch : (b + 1) * per_batch],
+            train_y[b * per_batch : (b + 1) * per_batch],
+            f"training batch {b + 1} of 5".encode(),
+        )
+        for b in range(5)
+    }
     members["test_batch"] = batch(test_x, test_y, b"testing batch 1 of 1")
-    members["batches.meta"] = py2_pickle({b"num_cases_per_batch": per_batch, b"num_vis": 3072,
-                                          b"label_names": [n.encode() for n in CIFAR10_NAMES]})
+    members["batches.meta"] = py2_pickle(
+        {b"num_cases_per_batch": per_batch, b"num_vis": 3072, b"label_names": [n.encode() for n in CIFAR10_NAMES]}
+    )
     path = _write(members, root, "cifar-10-batches-py", archive)
     return Fake(path, {"train": train_x, "test": test_x}, {"train": train_y, "test": test_y}, CIFAR10_NAMES)
 
@@ -124,12 +144,28 @@ def cifar100_python(root: Path, *, archive: bool = True, train: int = 12, test: 
     train_x, train_y, test_x, test_y = _split_data(rng, train, 1, 100, test)
 
     def batch(x, y, name):
-        return pickle.dumps({b"filenames": [b"f.png"] * len(y), b"batch_label": name, b"fine_labels": [int(v) for v in y],
-                             b"coarse_labels": [int(v) // 5 for v in y], b"data": _planes(x)}, protocol=2)
+        return pickle.dumps(
+            {
+                b"filenames": [b"f.png"] * len(y),
+                b"batch_label": name,
+                b"fine_labels": [int(v) for v in y],
+                b"coarse_labels": [int(v) // 5 for v in y],
+                b"data": _planes(x),
+            },
+            protocol=2,
+        )
 
-    members = {"train": batch(train_x, train_y, b"training batch 1 of 1"), "test": batch(test_x, test_y, b"testing batch 1 of 1"),
-               "meta": pickle.dumps({b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
-                                     b"coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)]}, protocol=2)}
+    members = {
+        "train": batch(train_x, train_y, b"training batch 1 of 1"),
+        "test": batch(test_x, test_y, b"testing batch 1 of 1"),
+        "meta": pickle.dumps(
+            {
+                b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
+                b"coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)],
+            },
+            protocol=2,
+        ),
+    }
     path = _write(members, root, "cifar-100-python", archive)
     return Fake(path, {"train": train_x, "test": test_x}, {"train": train_y, "test": test_y}, CIFAR100_NAMES)
 
@@ -159,7 +195,8 @@ def image_folder(root: Path, *, seed: int = 5) -> Fake:
         for name in names:
             buffer = io.BytesIO()
             Image.fromarray(rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)).save(
-                buffer, format="PNG" if name.endswith("png") else "JPEG", quality=90)
+                buffer, format="PNG" if name.endswith("png") else "JPEG", quality=90
+            )
             (root / cls / name).write_bytes(buffer.getvalue())
             files[f"{cls}/{name}"] = buffer.getvalue()
     return Fake(root, {}, {}, ["cat", "dog", "zebra"], files)

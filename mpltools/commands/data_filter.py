@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpltools import __version__, log, runtime as rt
+from mpltools import __version__, log
+from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import CheckpointMeta, check_compatible, file_sha256, load_model
 from mpltools.data import predictions, transforms
-from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
 from mpltools.data.chunks import eval_chunks, shard_samples
+from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
 from mpltools.data.loaders import to_model_input
 from mpltools.data.shards import Sample, ShardSet, ShardWriter, decode_input, open_shard_set
 from mpltools.errors import MplError, UsageError
@@ -72,9 +73,20 @@ class Rule:
             raise UsageError(f"--store-topk must be >= 0, got {self.store_topk}.")
 
 
-def run(unlabeled: str, checkpoint: Path, out: Path, rule: Rule, *, exclude: list[str], batch_size: int = 256,
-        workers: int | None = None, max_per_shard: int = 10_000, ignore_data_classes: bool = False, force: bool = False,
-        command: str = "") -> dict:
+def run(
+    unlabeled: str,
+    checkpoint: Path,
+    out: Path,
+    rule: Rule,
+    *,
+    exclude: list[str],
+    batch_size: int = 256,
+    workers: int | None = None,
+    max_per_shard: int = 10_000,
+    ignore_data_classes: bool = False,
+    force: bool = False,
+    command: str = "",
+) -> dict:
     rule.check()
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
@@ -99,18 +111,36 @@ def run(unlabeled: str, checkpoint: Path, out: Path, rule: Rule, *, exclude: lis
         stats = _sum_stats([s for _, s in parts])
         for arrays, _ in parts:
             selection.merge(arrays)
-    return runtime.on_main(lambda: _write(out, shards, meta, Path(checkpoint), selection.arrays(), stats, rule, exclude,
-                                          max_per_shard, force, command, runtime.world)) or {"world_size": runtime.world}
+    return runtime.on_main(
+        lambda: _write(
+            out,
+            shards,
+            meta,
+            Path(checkpoint),
+            selection.arrays(),
+            stats,
+            rule,
+            exclude,
+            max_per_shard,
+            force,
+            command,
+            runtime.world,
+        )
+    ) or {"world_size": runtime.world}
 
 
 def _check_fits(meta: CheckpointMeta, shards: ShardSet, path: Path, data: str, ignore_data_classes: bool) -> None:
     ignore_data_classes = ignore_data_classes or shards.classes_unknown  # manifest-less unlabelled shards name no classes
-    check_compatible(meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(), path, data)
+    check_compatible(
+        meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(), path, data
+    )
     if not ignore_data_classes and shards.classes != meta.classes:
         first = next(i for i, (a, b) in enumerate(zip(shards.classes, meta.classes)) if a != b)
-        raise MplError(f"{path} calls class {first} {meta.classes[first]!r} but {data} calls it {shards.classes[first]!r}; "
-                       "the checkpoint must predict this data's label set. If the set's class names mean nothing (e.g. an "
-                       "ImageFolder import of an unlabelled pool), pass --ignore-data-classes.")
+        raise MplError(
+            f"{path} calls class {first} {meta.classes[first]!r} but {data} calls it {shards.classes[first]!r}; "
+            "the checkpoint must predict this data's label set. If the set's class names mean nothing (e.g. an "
+            "ImageFolder import of an unlabelled pool), pass --ignore-data-classes."
+        )
 
 
 # ---------------------------------------------------------------- 1. references and scoring
@@ -164,8 +194,9 @@ def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, r
     log.info(f"scoring {shards.root} with {meta.architecture} ({meta.role}, {meta.num_classes} classes)")
     total = shards.num_samples if runtime.world == 1 else None  # the bar counts the main process's images
     with torch.no_grad(), log.progress("filter: score", total=total, unit="images", enabled=runtime.is_main) as bar:
-        chunks = eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, inspect=duplicate if refs.exact else None,
-                             workers=workers)
+        chunks = eval_chunks(
+            shards, aug, batch_size, runtime.rank, runtime.world, inspect=duplicate if refs.exact else None, workers=workers
+        )
         for chunk in chunks:
             for record in chunk.rejected:
                 stats[record["kind"]] += 1
@@ -181,7 +212,9 @@ def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, r
             keep = score >= rule.threshold if rule.threshold is not None else np.ones(len(score), bool)
             top_p = top_i = None
             if rule.store_topk:
-                top_p, top_i = predictions.topk_rows(probs[torch.from_numpy(keep).to(probs.device)].cpu().numpy(), rule.store_topk)
+                top_p, top_i = predictions.topk_rows(
+                    probs[torch.from_numpy(keep).to(probs.device)].cpu().numpy(), rule.store_topk
+                )
             index = (np.int64(chunk.shard) << np.int64(32)) | chunk.positions
             selection.add(index[keep], pred[keep], score[keep], top_p, top_i)
             stats["scored"] += len(score)
@@ -200,28 +233,68 @@ def _sum_stats(parts: list[dict]) -> dict:
 # ---------------------------------------------------------------- 2-3. selection and output
 
 
-def _write(out: Path, shards: ShardSet, meta: CheckpointMeta, checkpoint: Path, chosen: dict, stats: dict, rule: Rule,
-           exclude: list[str], max_per_shard: int, force: bool, command: str, world: int) -> dict:
+def _write(
+    out: Path,
+    shards: ShardSet,
+    meta: CheckpointMeta,
+    checkpoint: Path,
+    chosen: dict,
+    stats: dict,
+    rule: Rule,
+    exclude: list[str],
+    max_per_shard: int,
+    force: bool,
+    command: str,
+    world: int,
+) -> dict:
     k = meta.num_classes
-    occurrences = balance_occurrences(chosen["cls"], rule.top_k, rule.seed) if rule.balance else np.ones(len(chosen["cls"]), np.int64)
+    occurrences = (
+        balance_occurrences(chosen["cls"], rule.top_k, rule.seed) if rule.balance else np.ones(len(chosen["cls"]), np.int64)
+    )
     kept = np.bincount(chosen["cls"], minlength=k)
     written = np.bincount(chosen["cls"], weights=occurrences, minlength=k).astype(np.int64)
-    dropped = {"exact": stats["exact"], "near": stats["near"], "exclude": [str(e) for e in exclude],
-               "near_duplicates": rule.near_duplicates, "phash_distance": rule.phash_distance if rule.near_duplicates else None,
-               "examples": sorted(stats["examples"], key=lambda e: e["key"])}
+    dropped = {
+        "exact": stats["exact"],
+        "near": stats["near"],
+        "exclude": [str(e) for e in exclude],
+        "near_duplicates": rule.near_duplicates,
+        "phash_distance": rule.phash_distance if rule.near_duplicates else None,
+        "examples": sorted(stats["examples"], key=lambda e: e["key"]),
+    }
     provenance = {
-        "command": command, "source": str(shards.root), "source_manifest_sha256": shards.manifest_sha256,
-        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "checkpoint_role": meta.role,
-        "rule": {"top_k": rule.top_k, "threshold": rule.threshold, "balance": rule.balance, "seed": rule.seed,
-                 "score": "softmax probability of the predicted class (eval view)", "ties": "earlier sample in the source set"},
-        "scored": stats["scored"], "below_threshold": stats["below_threshold"], "duplicates_dropped": dropped,
-        "per_class_kept": kept.tolist(), "per_class_written": written.tolist(),
-        "store_topk": rule.store_topk, "mpltools_version": __version__,
+        "command": command,
+        "source": str(shards.root),
+        "source_manifest_sha256": shards.manifest_sha256,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_role": meta.role,
+        "rule": {
+            "top_k": rule.top_k,
+            "threshold": rule.threshold,
+            "balance": rule.balance,
+            "seed": rule.seed,
+            "score": "softmax probability of the predicted class (eval view)",
+            "ties": "earlier sample in the source set",
+        },
+        "scored": stats["scored"],
+        "below_threshold": stats["below_threshold"],
+        "duplicates_dropped": dropped,
+        "per_class_kept": kept.tolist(),
+        "per_class_written": written.tolist(),
+        "store_topk": rule.store_topk,
+        "mpltools_version": __version__,
     }
     extras = (predictions.TOPK,) if rule.store_topk else ()
     with atomic_dir(out, force=force) as tmp:
-        writer = ShardWriter(tmp, input_spec=shards.input_spec, classes=meta.classes, labeled=False,
-                             provenance=provenance, max_per_shard=max_per_shard, extras=extras)
+        writer = ShardWriter(
+            tmp,
+            input_spec=shards.input_spec,
+            classes=meta.classes,
+            labeled=False,
+            provenance=provenance,
+            max_per_shard=max_per_shard,
+            extras=extras,
+        )
         shard_of = chosen["index"] >> 32
         with log.progress("filter: write", total=int(occurrences.sum()), unit="samples") as bar:
             for s in np.unique(shard_of):
@@ -230,15 +303,27 @@ def _write(out: Path, shards: ShardSet, meta: CheckpointMeta, checkpoint: Path, 
                 bar.advance(int(occurrences[rows].sum()))
         manifest = writer.close()
     total = int(occurrences.sum())
-    log.info(f"kept {len(occurrences):,} of {stats['scored']:,} scored images ({total:,} with copies); "
-             f"dropped {stats['exact']:,} exact and {stats['near']:,} near duplicates")
-    return {"out": str(out), "num_samples": manifest["num_samples"], "kept": len(occurrences), "scored": stats["scored"],
-            "per_class_kept": kept.tolist(), "per_class_written": written.tolist(), "duplicates_dropped": dropped,
-            "below_threshold": stats["below_threshold"], "checkpoint_sha256": provenance["checkpoint_sha256"], "world_size": world}
+    log.info(
+        f"kept {len(occurrences):,} of {stats['scored']:,} scored images ({total:,} with copies); "
+        f"dropped {stats['exact']:,} exact and {stats['near']:,} near duplicates"
+    )
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "kept": len(occurrences),
+        "scored": stats["scored"],
+        "per_class_kept": kept.tolist(),
+        "per_class_written": written.tolist(),
+        "duplicates_dropped": dropped,
+        "below_threshold": stats["below_threshold"],
+        "checkpoint_sha256": provenance["checkpoint_sha256"],
+        "world_size": world,
+    }
 
 
-def _copy_shard(path: Path, num_classes: int | None, rows: np.ndarray, chosen: dict, occurrences: np.ndarray, rule: Rule,
-                writer: ShardWriter) -> None:
+def _copy_shard(
+    path: Path, num_classes: int | None, rows: np.ndarray, chosen: dict, occurrences: np.ndarray, rule: Rule, writer: ShardWriter
+) -> None:
     """Copy the chosen samples of one shard (rows of `chosen`, in position order) with their copies."""
     wanted = (chosen["index"][rows] & 0xFFFFFFFF).tolist()
     chosen_positions = set(wanted)
@@ -247,7 +332,9 @@ def _copy_shard(path: Path, num_classes: int | None, rows: np.ndarray, chosen: d
         if position != wanted[j]:
             raise MplError(f"{path} changed while it was being filtered (sample {wanted[j]} is missing); run the command again.")
         row = rows[j]
-        extras = {predictions.TOPK: predictions.encode_topk(chosen["top_p"][row], chosen["top_i"][row])} if rule.store_topk else {}
+        extras = (
+            {predictions.TOPK: predictions.encode_topk(chosen["top_p"][row], chosen["top_i"][row])} if rule.store_topk else {}
+        )
         writer.write(Sample(sample.key, sample.ext, sample.data, None, extras))
         for copy in range(1, int(occurrences[row])):
             writer.write(Sample(f"{sample.key}-dup{copy}", sample.ext, sample.data, None, extras))

@@ -10,8 +10,9 @@ from mpltools.data.shards import ShardWriter
 from mpltools.data.sources import SourceOptions, load_source
 
 
-def run(source: str, path: Path | None, out: Path, options: SourceOptions, *, max_per_shard: int,
-        force: bool, command: str) -> dict:
+def run(
+    source: str, path: Path | None, out: Path, options: SourceOptions, *, max_per_shard: int, force: bool, command: str
+) -> dict:
     check_can_write(out, force)  # before loading (which can take long)
     src = load_source(source, path, options)
     log.info(f"importing {src.count:,} samples of {source} ({len(src.classes)} classes) into {out}")
@@ -24,12 +25,18 @@ def run(source: str, path: Path | None, out: Path, options: SourceOptions, *, ma
         "mpltools_version": __version__,
     }
     with atomic_dir(out, force=force) as tmp:
-        writer = ShardWriter(tmp, input_spec=src.input_spec, classes=src.classes, labeled=True,
-                             provenance=provenance, max_per_shard=max_per_shard)
+        writer = ShardWriter(
+            tmp, input_spec=src.input_spec, classes=src.classes, labeled=True, provenance=provenance, max_per_shard=max_per_shard
+        )
         with log.progress("import", total=src.count, unit="samples") as bar:
             for sample in src.samples():
                 writer.write(sample)
                 bar.advance()
         manifest = writer.close()
-    return {"out": str(out), "num_samples": manifest["num_samples"], "classes": manifest["classes"],
-            "class_counts": manifest["class_counts"], "shards": len(manifest["shards"])}
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "classes": manifest["classes"],
+        "class_counts": manifest["class_counts"],
+        "shards": len(manifest["shards"]),
+    }

@@ -52,12 +52,23 @@ def run(pattern: str, out: Path, *, classes: str | None, max_per_shard: int, for
     paths, names = resolve(pattern)
     log.info(f"scanning {len(paths)} shard(s) of {pattern}")
     scan = scan_shards(paths, names, adopt=True, classes=class_names)
-    provenance = {"command": command, "source": "webdataset", "source_pattern": pattern,
-                  "source_shards": [Path(n).name if "://" not in n else n for n in names], "mpltools_version": __version__}
+    provenance = {
+        "command": command,
+        "source": "webdataset",
+        "source_pattern": pattern,
+        "source_shards": [Path(n).name if "://" not in n else n for n in names],
+        "mpltools_version": __version__,
+    }
     dropped: Counter = Counter()
     with atomic_dir(out, force=force) as tmp:
-        writer = ShardWriter(tmp, input_spec=scan.input_spec, classes=scan.classes, labeled=scan.labeled,
-                             provenance=provenance, max_per_shard=max_per_shard)
+        writer = ShardWriter(
+            tmp,
+            input_spec=scan.input_spec,
+            classes=scan.classes,
+            labeled=scan.labeled,
+            provenance=provenance,
+            max_per_shard=max_per_shard,
+        )
         with log.progress("import", total=sum(scan.counts), unit="samples") as bar:
             for path, name in zip(paths, names):
                 for sample in read_shard(path):
@@ -66,19 +77,30 @@ def run(pattern: str, out: Path, *, classes: str | None, max_per_shard: int, for
                     ext, data = sample.ext, sample.data
                     if ext == "npy" and scan.input_spec.kind == "image":
                         ext, data = "png", _npy_to_png(sample, name)
-                    writer.write(Sample(sample.key, "jpg" if ext == "jpeg" else ext, data,
-                                        None if label is None else scan.label_index[label]))
+                    writer.write(
+                        Sample(
+                            sample.key, "jpg" if ext == "jpeg" else ext, data, None if label is None else scan.label_index[label]
+                        )
+                    )
                     bar.advance()
         manifest = writer.close()
     if dropped:
         log.warn(f"members not carried into {out}: " + ", ".join(f".{e} ({n}×)" for e, n in sorted(dropped.items())))
-    return {"out": str(out), "num_samples": manifest["num_samples"], "labeled": manifest["labeled"],
-            "classes": manifest["classes"], "class_counts": manifest["class_counts"], "shards": len(manifest["shards"])}
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "labeled": manifest["labeled"],
+        "classes": manifest["classes"],
+        "class_counts": manifest["class_counts"],
+        "shards": len(manifest["shards"]),
+    }
 
 
 def _npy_to_png(sample: Sample, where: str) -> bytes:
     array = np.load(io.BytesIO(sample.data), allow_pickle=False)
     if array.dtype != np.uint8:
-        raise ShardError(f"{where}: sample {sample.key!r} is a {array.dtype} .npy image; only uint8 arrays can be "
-                         "adopted as images (convert them to png/jpg, or to uint8, first).")
+        raise ShardError(
+            f"{where}: sample {sample.key!r} is a {array.dtype} .npy image; only uint8 arrays can be "
+            "adopted as images (convert them to png/jpg, or to uint8, first)."
+        )
     return encode_png(array if array.ndim == 3 else array[:, :, None])

@@ -31,9 +31,15 @@ def run(location: str, verify: bool) -> dict:
         "checksums": shards.manifest is not None and None not in shards.shard_checksums,
     }
     if shards.manifest is not None:
-        report.update(num_samples=shards.num_samples, labeled=shards.labeled, classes=shards.classes,
-                      class_counts=shards.class_counts, input=shards.input_spec.to_json(), extras=shards.extras,
-                      provenance=shards.provenance)
+        report.update(
+            num_samples=shards.num_samples,
+            labeled=shards.labeled,
+            classes=shards.classes,
+            class_counts=shards.class_counts,
+            input=shards.input_spec.to_json(),
+            extras=shards.extras,
+            provenance=shards.provenance,
+        )
     if not verify and shards.manifest is not None:
         return report
     # A manifest-less pattern is counted by reading it; --verify checks everything, reporting every fault.
@@ -53,10 +59,18 @@ def run(location: str, verify: bool) -> dict:
                     in_shard += 1
                     if verify:
                         if shards.manifest is not None and shards.labeled != (sample.label is not None):
-                            problems.append(f"{path}: sample {sample.key!r} " + ("has no label in a labelled shard set" if shards.labeled
-                                                                                else "has a label in an unlabelled shard set"))
+                            problems.append(
+                                f"{path}: sample {sample.key!r} "
+                                + (
+                                    "has no label in a labelled shard set"
+                                    if shards.labeled
+                                    else "has a label in an unlabelled shard set"
+                                )
+                            )
                         if sample.key in first_seen:
-                            problems.append(f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique")
+                            problems.append(
+                                f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique"
+                            )
                         else:
                             first_seen[sample.key] = path
                     if sample.label is not None:
@@ -75,8 +89,11 @@ def run(location: str, verify: bool) -> dict:
             bar.advance()
     report["counted_samples"] = total
     if label_seen:
-        report["counted_class_counts"] = [counts[c] for c in range(max(counts) + 1)] if shards.manifest is None \
+        report["counted_class_counts"] = (
+            [counts[c] for c in range(max(counts) + 1)]
+            if shards.manifest is None
             else [counts[c] for c in range(shards.num_classes)]
+        )
         if shards.class_counts is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
             problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
     if verify:
@@ -91,7 +108,9 @@ def render(report: dict) -> str:
     lines = [f"shard set   {report['path']}"]
     if "input" in report:
         spec = report["input"]
-        lines.append(f"samples     {report['num_samples']:,} in {report['shards']} shard(s), {'labelled' if report['labeled'] else 'unlabelled'}")
+        lines.append(
+            f"samples     {report['num_samples']:,} in {report['shards']} shard(s), {'labelled' if report['labeled'] else 'unlabelled'}"
+        )
         lines.append(f"input       {spec['kind']} {spec['encoding']} shape={spec['shape']} dtype={spec['dtype']}")
         lines.append(f"classes     {len(report['classes'])}")
         if report.get("class_counts"):
@@ -106,11 +125,15 @@ def render(report: dict) -> str:
     if report.get("metadata") and not report.get("checksums"):
         lines.append(f"metadata    {report['metadata']}")
     if "verified" in report:
-        ok = "OK: checksums match, every sample decodes" if report.get("checksums") else \
-            "OK: every sample decodes (no checksums to compare: the shards have no manifest.json)"
-        lines.append(f"verify      {ok}" if report["verified"]
-                     else f"verify      FAILED: {report['problem_count']} problem(s)")
+        ok = (
+            "OK: checksums match, every sample decodes"
+            if report.get("checksums")
+            else "OK: every sample decodes (no checksums to compare: the shards have no manifest.json)"
+        )
+        lines.append(f"verify      {ok}" if report["verified"] else f"verify      FAILED: {report['problem_count']} problem(s)")
         lines += [f"  - {p}" for p in report["problems"]]
         if report["problem_count"] > len(report["problems"]):
-            lines.append(f"  - ... and {report['problem_count'] - len(report['problems'])} more (the first {MAX_LISTED} are listed)")
+            lines.append(
+                f"  - ... and {report['problem_count'] - len(report['problems'])} more (the first {MAX_LISTED} are listed)"
+            )
     return "\n".join(lines)

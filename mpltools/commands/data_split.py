@@ -19,8 +19,17 @@ import numpy as np
 
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
-from mpltools.data.shards import (Sample, ShardError, ShardIndex, ShardWriter, index_shard, open_shard_set,
-                                  read_keys_and_labels, read_shard, sha256_file)
+from mpltools.data.shards import (
+    Sample,
+    ShardError,
+    ShardIndex,
+    ShardWriter,
+    index_shard,
+    open_shard_set,
+    read_keys_and_labels,
+    read_shard,
+    sha256_file,
+)
 from mpltools.errors import MplError, UsageError
 
 LABELED, VAL, UNLABELED = 1, 2, 4
@@ -47,8 +56,9 @@ PRESETS = {
 }
 
 
-def _per_class(total: int | None, per_class: int | None, fraction: float | None, counts: np.ndarray,
-               rng: np.random.Generator, what: str) -> np.ndarray:
+def _per_class(
+    total: int | None, per_class: int | None, fraction: float | None, counts: np.ndarray, rng: np.random.Generator, what: str
+) -> np.ndarray:
     given = [v is not None for v in (total, per_class, fraction)]
     if sum(given) > 1:
         raise UsageError(f"give the {what} size once: per class, as a total, or as a fraction.")
@@ -72,18 +82,23 @@ def choose(labels: np.ndarray, num_classes: int, sizes: SplitSizes, seed: int, c
     rng = np.random.default_rng(seed)
     counts = np.bincount(labels, minlength=num_classes)
     n_val = _per_class(sizes.val_total, sizes.val_per_class, sizes.val_fraction, counts, rng, "validation")
-    n_lab = counts - n_val if sizes.labeled_rest else _per_class(
-        sizes.labeled_total, sizes.labeled_per_class, sizes.labeled_fraction, counts, rng, "labelled")
+    n_lab = (
+        counts - n_val
+        if sizes.labeled_rest
+        else _per_class(sizes.labeled_total, sizes.labeled_per_class, sizes.labeled_fraction, counts, rng, "labelled")
+    )
     for c in range(num_classes):
         if n_lab[c] + n_val[c] > counts[c] or n_lab[c] < 0:
-            raise MplError(f"class {classes[c]!r} has {counts[c]} samples, fewer than the {n_lab[c]} labelled + "
-                           f"{n_val[c]} validation asked for; ask for fewer per class.")
+            raise MplError(
+                f"class {classes[c]!r} has {counts[c]} samples, fewer than the {n_lab[c]} labelled + "
+                f"{n_val[c]} validation asked for; ask for fewer per class."
+            )
     dest = np.zeros(len(labels), np.uint8)
     for c in range(num_classes):
         members = rng.permutation(np.flatnonzero(labels == c))
         dest[members[: n_lab[c]]] = LABELED
-        dest[members[n_lab[c]: n_lab[c] + n_val[c]]] = VAL
-        dest[members[n_lab[c] + n_val[c]:]] = UNLABELED
+        dest[members[n_lab[c] : n_lab[c] + n_val[c]]] = VAL
+        dest[members[n_lab[c] + n_val[c] :]] = UNLABELED
     if sizes.include_labeled_in_unlabeled:
         dest[dest == LABELED] |= UNLABELED
     return dest
@@ -92,8 +107,18 @@ def choose(labels: np.ndarray, num_classes: int, sizes: SplitSizes, seed: int, c
 from mpltools.data.hidden_labels import HIDDEN_LABELS, write_hidden_labels  # noqa: E402
 
 
-def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None, max_per_shard: int,
-        force: bool, command: str, keep_hidden_labels: bool = False) -> dict:
+def run(
+    src: str,
+    out: Path,
+    sizes: SplitSizes,
+    *,
+    seed: int,
+    preset: str | None,
+    max_per_shard: int,
+    force: bool,
+    command: str,
+    keep_hidden_labels: bool = False,
+) -> dict:
     check_can_write(out, force)  # before reading anything
     shards = open_shard_set(src)
     shards.require_labels("splitting")
@@ -111,13 +136,18 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
             else:
                 shard_keys, shard_labels = index.keys, index.labels
             if len(shard_keys) != expected:
-                raise ShardError(f"{path} holds {len(shard_keys)} samples but {manifest} says {expected}; "
-                                 "the shard is truncated or the manifest is wrong: re-create the shard set.")
+                raise ShardError(
+                    f"{path} holds {len(shard_keys)} samples but {manifest} says {expected}; "
+                    "the shard is truncated or the manifest is wrong: re-create the shard set."
+                )
             bad = np.flatnonzero((shard_labels < 0) | (shard_labels >= shards.num_classes))
             if bad.size:
                 key, label = shard_keys[bad[0]], shard_labels[bad[0]]
-                raise ShardError(f"{path}: sample {key!r} has no label in a labelled shard set." if label < 0 else
-                                 f"{path}: sample {key!r} has label {label}, outside 0..{shards.num_classes - 1}.")
+                raise ShardError(
+                    f"{path}: sample {key!r} has no label in a labelled shard set."
+                    if label < 0
+                    else f"{path}: sample {key!r} has label {label}, outside 0..{shards.num_classes - 1}."
+                )
             indexes.append(index)
             keys += shard_keys
             labels.append(shard_labels)
@@ -125,9 +155,14 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
     _check_unique(keys, shards)
     dest = choose(np.concatenate(labels) if labels else np.zeros(0, np.int64), shards.num_classes, sizes, seed, shards.classes)
     provenance = {
-        "command": command, "source_manifest_sha256": shards.manifest_sha256, "source": str(src), "seed": seed,
-        "preset": preset, "sizes": {k: v for k, v in vars(sizes).items() if v not in (None, False)},
-        "include_labeled_in_unlabeled": sizes.include_labeled_in_unlabeled, "mpltools_version": __version__,
+        "command": command,
+        "source_manifest_sha256": shards.manifest_sha256,
+        "source": str(src),
+        "seed": seed,
+        "preset": preset,
+        "sizes": {k: v for k, v in vars(sizes).items() if v not in (None, False)},
+        "include_labeled_in_unlabeled": sizes.include_labeled_in_unlabeled,
+        "mpltools_version": __version__,
     }
     common = dict(input_spec=shards.input_spec, classes=shards.classes, max_per_shard=max_per_shard)
     with atomic_dir(out, force=force) as tmp:
@@ -139,15 +174,17 @@ def run(src: str, out: Path, sizes: SplitSizes, *, seed: int, preset: str | None
         first = 0
         with log.progress("split: copy", total=len(keys), unit="samples") as bar:
             for path, index, count, sha256 in zip(shards.shard_paths, indexes, shards.shard_counts, shards.shard_checksums):
-                flags = dest[first: first + count].tolist()
+                flags = dest[first : first + count].tolist()
                 if index is not None:
                     _copy_raw(path, index, flags, writers, sha256, manifest)
                 else:
-                    _copy_decoded(path, keys[first: first + count], flags, writers, sha256, manifest, shards.num_classes)
+                    _copy_decoded(path, keys[first : first + count], flags, writers, sha256, manifest, shards.num_classes)
                 first += count
                 bar.advance(count)
         if keep_hidden_labels:
-            write_hidden_labels(tmp, keys, np.concatenate(labels) if labels else np.zeros(0, np.int64), (dest & UNLABELED) != 0, shards.classes)
+            write_hidden_labels(
+                tmp, keys, np.concatenate(labels) if labels else np.zeros(0, np.int64), (dest & UNLABELED) != 0, shards.classes
+            )
         manifests = {name: writers[flag].close() for name, flag in (("labeled", LABELED), ("unlabeled", UNLABELED), ("val", VAL))}
     report = {"out": str(out), "seed": seed}
     for name, m in manifests.items():
@@ -170,8 +207,10 @@ def _check_unique(keys: list[str], shards) -> None:
 
 
 def _mismatch(path: Path, manifest: Path) -> ShardError:
-    return ShardError(f"{path}: sha256 does not match {manifest}; the shard changed or is corrupt "
-                      "(`mpl data info --verify` lists what is wrong). Nothing was written.")
+    return ShardError(
+        f"{path}: sha256 does not match {manifest}; the shard changed or is corrupt "
+        "(`mpl data info --verify` lists what is wrong). Nothing was written."
+    )
 
 
 _READ_BLOCK = 4 << 20  # the source shard is read in blocks of this size
@@ -196,14 +235,18 @@ def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sh
                     hashed.pop(0).result()
             return data
 
-        for key, label, (start, end, cls_start, cls_end), flag in zip(index.keys, index.labels.tolist(), index.bounds.tolist(), flags):
+        for key, label, (start, end, cls_start, cls_end), flag in zip(
+            index.keys, index.labels.tolist(), index.bounds.tolist(), flags
+        ):
             while end > block_start + len(block):
                 more = read_block()
                 if not more:
-                    raise ShardError(f"{path} is shorter than its index says (sample {key!r}); is another process writing the shard set?")
-                block, block_start = block[start - block_start:] + more, start
+                    raise ShardError(
+                        f"{path} is shorter than its index says (sample {key!r}); is another process writing the shard set?"
+                    )
+                block, block_start = block[start - block_start :] + more, start
             view = memoryview(block)
-            raw = view[start - block_start:end - block_start]
+            raw = view[start - block_start : end - block_start]
             if flag & LABELED:
                 writers[LABELED].write_raw(key, label, raw)
             if flag & VAL:
@@ -219,15 +262,18 @@ def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sh
         raise _mismatch(path, manifest)
 
 
-def _copy_decoded(path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path,
-                  num_classes: int) -> None:
+def _copy_decoded(
+    path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path, num_classes: int
+) -> None:
     """The path through tarfile, for shards `index_shard` leaves to it: members are re-written by ShardWriter."""
     if sha256 is not None and sha256_file(path) != sha256:
         raise _mismatch(path, manifest)
     count = 0
     for sample in read_shard(path, num_classes=num_classes):
         if count >= len(keys) or sample.key != keys[count]:
-            raise ShardError(f"{path}: sample {sample.key!r} changed between the two passes; is another process writing the shard set?")
+            raise ShardError(
+                f"{path}: sample {sample.key!r} changed between the two passes; is another process writing the shard set?"
+            )
         for flag, writer in writers.items():
             if flags[count] & flag:
                 writer.write(sample if flag != UNLABELED else Sample(sample.key, sample.ext, sample.data, None, sample.extras))

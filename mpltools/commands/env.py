@@ -9,8 +9,20 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("mpltools", "torch", "accelerate", "safetensors", "webdataset", "numpy", "pillow", "typer", "rich")
-ENV_PREFIXES = ("ACCELERATE_", "CUDA_", "NCCL_", "OMP_", "MKL_", "HF_HOME", "PYTORCH_", "TORCH_", "WORLD_SIZE", "RANK",
-                "LOCAL_RANK", "MASTER_")
+ENV_PREFIXES = (
+    "ACCELERATE_",
+    "CUDA_",
+    "NCCL_",
+    "OMP_",
+    "MKL_",
+    "HF_HOME",
+    "PYTORCH_",
+    "TORCH_",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "MASTER_",
+)
 
 
 def _version(name: str) -> str | None:
@@ -27,12 +39,19 @@ def _devices() -> dict:
     gpus = []
     for i in range(torch.cuda.device_count() if cuda else 0):
         p = torch.cuda.get_device_properties(i)
-        gpus.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                     "capability": f"{p.major}.{p.minor}"})
+        gpus.append(
+            {"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}"}
+        )
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda_available": cuda,
-            "cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-            "gpus": gpus, "mps_available": mps}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+        "gpus": gpus,
+        "mps_available": mps,
+    }
 
 
 def default_accelerate_config() -> Path:
@@ -79,9 +98,12 @@ def collect(accelerate_config: Path | None = None) -> dict:
 def render(report: dict) -> str:
     v, d, acc = report["versions"], report["devices"], report["accelerate_config"]
     lines = [f"{name}: {v[name] or 'not installed'}" for name in ("python", *PACKAGES)]
-    lines += [f"platform: {report['platform']}", f"executable: {report['executable']}",
-              f"cpus: {d['cpu_count']} (torch threads: {d['torch_threads']})",
-              f"cuda: {'yes' if d['cuda_available'] else 'no'} (torch built for CUDA {d['cuda_version'] or 'none: a CPU build'})"]
+    lines += [
+        f"platform: {report['platform']}",
+        f"executable: {report['executable']}",
+        f"cpus: {d['cpu_count']} (torch threads: {d['torch_threads']})",
+        f"cuda: {'yes' if d['cuda_available'] else 'no'} (torch built for CUDA {d['cuda_version'] or 'none: a CPU build'})",
+    ]
     lines += [f"gpu {g['index']}: {g['name']}, {g['memory_gib']} GiB, compute capability {g['capability']}" for g in d["gpus"]]
     lines.append(f"mps: {'yes' if d['mps_available'] else 'no'}")
     if not acc["found"]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpltools import log, preflight, runtime as rt
+from mpltools import log, preflight
+from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.data import transforms
@@ -28,13 +29,18 @@ def _read_real(path: Path, keys_needed: set[str] | None, num_classes: int) -> di
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise MplError(f"cannot read the ReaL labels {path}: {exc}.") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(c, int) and 0 <= c < num_classes for c in v) for v in raw.values()):
-        raise MplError(f"{path} must be a JSON object mapping each sample key to a list of class indices in 0..{num_classes - 1}.")
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, list) and all(isinstance(c, int) and 0 <= c < num_classes for c in v) for v in raw.values()
+    ):
+        raise MplError(
+            f"{path} must be a JSON object mapping each sample key to a list of class indices in 0..{num_classes - 1}."
+        )
     return raw
 
 
-def run(checkpoint: Path, data: str, *, real: Path | None, predictions: Path | None, batch_size: int,
-        force: bool, command: str) -> dict:
+def run(
+    checkpoint: Path, data: str, *, real: Path | None, predictions: Path | None, batch_size: int, force: bool, command: str
+) -> dict:
     runtime = rt.start("auto", 0, 0)
     model, meta = load_model(checkpoint, runtime.device)
     shards = open_shard_set(data)
@@ -63,17 +69,32 @@ def run(checkpoint: Path, data: str, *, real: Path | None, predictions: Path | N
 
     batches = eval_batches(shards, aug, batch_size, runtime.rank, runtime.world)
     log.info(f"evaluating {checkpoint} on {data}")
-    result = evaluate(model, batches, lambda x: to_model_input(x, norm, runtime.device), meta.num_classes,
-                      runtime.reducer, runtime.autocast, on_batch, classes=meta.classes)
+    result = evaluate(
+        model,
+        batches,
+        lambda x: to_model_input(x, norm, runtime.device),
+        meta.num_classes,
+        runtime.reducer,
+        runtime.autocast,
+        on_batch,
+        classes=meta.classes,
+    )
     if real_labels is not None:
         if missing:
-            raise MplError(f"{real}: {len(missing)} sample key(s) of {data} are not in the ReaL file (e.g. {missing[0]!r}); "
-                           "the file must describe this evaluation set.")
+            raise MplError(
+                f"{real}: {len(missing)} sample key(s) of {data} are not in the ReaL file (e.g. {missing[0]!r}); "
+                "the file must describe this evaluation set."
+            )
         real_hits = runtime.reducer.mean(real_hits) * runtime.world
         result["real_precision_at_1"] = float(real_hits[0] / real_hits[1]) if real_hits[1] > 0 else None
         result["real_counted"] = int(real_hits[1])
-    result.update(checkpoint=str(checkpoint), checkpoint_role=meta.role, checkpoint_sha256=file_sha256(Path(checkpoint)),
-                  data=str(data), world_size=runtime.world)
+    result.update(
+        checkpoint=str(checkpoint),
+        checkpoint_role=meta.role,
+        checkpoint_sha256=file_sha256(Path(checkpoint)),
+        data=str(data),
+        world_size=runtime.world,
+    )
     if predictions is not None:
         if runtime.world > 1:
             raise MplError("--predictions is only supported in a single process; run `mpl eval` without accelerate launch.")
@@ -86,21 +107,35 @@ def run(checkpoint: Path, data: str, *, real: Path | None, predictions: Path | N
 def _write_predictions(out: Path, rows, meta, result: dict, command: str, force: bool) -> None:
     """Per-sample class probabilities as a vector shard set: input = probabilities, cls = prediction."""
     k = meta.num_classes
-    provenance = {"command": command, "checkpoint_sha256": result["checkpoint_sha256"], "data": result["data"],
-                  "content": "input = softmax probabilities of the checkpoint, cls = its top-1 class, truth.txt = the true label"}
+    provenance = {
+        "command": command,
+        "checkpoint_sha256": result["checkpoint_sha256"],
+        "data": result["data"],
+        "content": "input = softmax probabilities of the checkpoint, cls = its top-1 class, truth.txt = the true label",
+    }
     with atomic_dir(out, force=force) as tmp:
-        writer = ShardWriter(tmp, input_spec=InputSpec("vector", "npy", (k,), "float32"), classes=meta.classes,
-                             labeled=True, provenance=provenance, extras=("truth.txt",))
+        writer = ShardWriter(
+            tmp,
+            input_spec=InputSpec("vector", "npy", (k,), "float32"),
+            classes=meta.classes,
+            labeled=True,
+            provenance=provenance,
+            extras=("truth.txt",),
+        )
         for key, probs, truth in rows:
             writer.write(Sample(key, "npy", encode_npy(probs), int(probs.argmax()), {"truth.txt": str(truth).encode()}))
         writer.close()
 
 
 def render(result: dict) -> str:
-    lines = [f"checkpoint  {result['checkpoint']} ({result['checkpoint_role']})",
-             f"data        {result['data']} ({result['num_samples']:,} samples)",
-             f"top-1       {result['top1']:.4f}", f"top-5       {result['top5']:.4f}",
-             f"loss        {result['loss']:.4f}", f"ECE         {result['ece']:.4f}"]
+    lines = [
+        f"checkpoint  {result['checkpoint']} ({result['checkpoint_role']})",
+        f"data        {result['data']} ({result['num_samples']:,} samples)",
+        f"top-1       {result['top1']:.4f}",
+        f"top-5       {result['top5']:.4f}",
+        f"loss        {result['loss']:.4f}",
+        f"ECE         {result['ece']:.4f}",
+    ]
     if result.get("real_precision_at_1") is not None:
         lines.append(f"ReaL P@1    {result['real_precision_at_1']:.4f} ({result['real_counted']:,} images with labels)")
     worst = sorted(((v, k) for k, v in result["per_class_top1"].items() if v is not None))[:5]

@@ -17,8 +17,17 @@ from mpltools.config import apply_overrides, from_dict, validate
 from mpltools.errors import UsageError
 
 
-def run(checkpoint: Path, labeled: str, out: Path | None, recipe_path: Path | None, overrides: list[str],
-        *, force: bool, command: str, val: str | None = None) -> dict:
+def run(
+    checkpoint: Path,
+    labeled: str,
+    out: Path | None,
+    recipe_path: Path | None,
+    overrides: list[str],
+    *,
+    force: bool,
+    command: str,
+    val: str | None = None,
+) -> dict:
     _, meta = read_checkpoint(checkpoint)
     raw = {section: dict(values) for section, values in meta.recipe.items()}
     if recipe_path is not None:
@@ -33,22 +42,36 @@ def run(checkpoint: Path, labeled: str, out: Path | None, recipe_path: Path | No
     ft = base.finetune
     # Finetuning = the supervised method on the labelled set, starting from the checkpoint.
     raw["model"] = {"name": meta.architecture, "kwargs": meta.architecture_kwargs}
-    raw["data"] = {**raw.get("data", {}), "labeled": str(labeled), "unlabeled": "", "val": val or "",
-                   "batch_size": ft.batch_size}
+    raw["data"] = {**raw.get("data", {}), "labeled": str(labeled), "unlabeled": "", "val": val or "", "batch_size": ft.batch_size}
     raw["method"] = {**raw.get("method", {}), "name": "supervised", "label_smoothing": ft.label_smoothing}
-    raw["student"] = {"lr": ft.lr, "warmup_steps": ft.warmup_steps, "wait_steps": 0, "weight_decay": ft.weight_decay,
-                      "momentum": ft.momentum, "nesterov": ft.nesterov, "max_grad_norm": 0.0, "ema_decay": 0.0}
+    raw["student"] = {
+        "lr": ft.lr,
+        "warmup_steps": ft.warmup_steps,
+        "wait_steps": 0,
+        "weight_decay": ft.weight_decay,
+        "momentum": ft.momentum,
+        "nesterov": ft.nesterov,
+        "max_grad_norm": 0.0,
+        "ema_decay": 0.0,
+    }
     raw["schedule"] = {"steps": ft.steps, "lr_schedule": ft.lr_schedule}
-    raw["checkpoint"] = {**raw.get("checkpoint", {}), "every": max(1, min(raw.get("checkpoint", {}).get("every", 1000), ft.steps))}
+    raw["checkpoint"] = {
+        **raw.get("checkpoint", {}),
+        "every": max(1, min(raw.get("checkpoint", {}).get("every", 1000), ft.steps)),
+    }
     raw["eval"] = {**raw.get("eval", {}), "every": 0}
     if not ft.augment:
         raw["augment"] = {**raw.get("augment", {}), "kind": "none"}
     recipe = from_dict(raw, "finetune settings")
     validate(recipe, "finetune settings")
     out = Path(out) if out else Path(checkpoint).parent / "finetune"
-    export = trainer.Export(student_file="finetuned.safetensors", student_role="finetuned", init_student=Path(checkpoint),
-                            parent_sha256=file_sha256(Path(checkpoint)),
-                            extra={"parent_role": meta.role, "parent_step": meta.step, "finetune_steps": ft.steps})
+    export = trainer.Export(
+        student_file="finetuned.safetensors",
+        student_role="finetuned",
+        init_student=Path(checkpoint),
+        parent_sha256=file_sha256(Path(checkpoint)),
+        extra={"parent_role": meta.role, "parent_step": meta.step, "finetune_steps": ft.steps},
+    )
     report = trainer.fit(recipe, out, force=force, command=command, export=export)
     report["finetuned"] = report.pop("student", None)
     return report

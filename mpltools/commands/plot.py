@@ -37,8 +37,7 @@ CURVE_PANELS = (
 )
 # Dark colours for points / lines per class; the regions use a light tint of the same colour.
 # Two classes: red and green as in the paper's Figure 2.
-CLASS_COLOURS = ("#c62828", "#2e7d32", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e",
-                 "#9e9d24", "#37474f")
+CLASS_COLOURS = ("#c62828", "#2e7d32", "#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e", "#9e9d24", "#37474f")
 PANEL_INCHES = {"curves": (4.6, 3.2), "regions": (4.8, 3.4)}
 
 
@@ -47,8 +46,9 @@ def _figure(width_in: float, height_in: float, dpi: int):
     try:
         import matplotlib
     except ImportError:
-        raise MplError("`mpl plot` needs matplotlib, an optional extra: pip install 'meta-pseudo-labels[plot]' "
-                       "(or pip install matplotlib).") from None
+        raise MplError(
+            "`mpl plot` needs matplotlib, an optional extra: pip install 'meta-pseudo-labels[plot]' (or pip install matplotlib)."
+        ) from None
     matplotlib.use("Agg", force=True)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -93,7 +93,9 @@ def _split_labels(text: str | None, n: int, what: str) -> list[str] | None:
         return None
     labels = [t.strip() for t in text.split(",")]
     if len(labels) != n:
-        raise UsageError(f"--{what} has {len(labels)} comma-separated entries but {n} {'run' if what == 'labels' else 'checkpoint'}(s) were given.")
+        raise UsageError(
+            f"--{what} has {len(labels)} comma-separated entries but {n} {'run' if what == 'labels' else 'checkpoint'}(s) were given."
+        )
     return labels
 
 
@@ -106,8 +108,10 @@ def read_metrics(run: Path) -> list[dict]:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise MplError(f"{run} has no metrics.jsonl; give a run folder written by `mpl train` or `mpl finetune` "
-                       "(or the path of its metrics.jsonl).")
+        raise MplError(
+            f"{run} has no metrics.jsonl; give a run folder written by `mpl train` or `mpl finetune` "
+            "(or the path of its metrics.jsonl)."
+        )
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -129,12 +133,13 @@ def _series(records: list[dict], key: str, smooth: int) -> tuple[np.ndarray, np.
     if smooth > 1 and len(y) > 1:
         window = min(smooth, len(y))
         y = np.convolve(y, np.ones(window) / window, mode="valid")
-        x = x[window - 1:]
+        x = x[window - 1 :]
     return x, y
 
 
-def run_curves(runs: list[Path], out: Path, *, labels: str | None = None, smooth: int = 1, dpi: int = 100,
-               force: bool = False) -> list[str]:
+def run_curves(
+    runs: list[Path], out: Path, *, labels: str | None = None, smooth: int = 1, dpi: int = 100, force: bool = False
+) -> list[str]:
     """Learning curves of one or more runs in one PNG; returns [the PNG's path]."""
     if not runs:
         raise UsageError("give at least one run folder.")
@@ -162,10 +167,10 @@ def run_curves(runs: list[Path], out: Path, *, labels: str | None = None, smooth
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_axis_off()
     found = {}
-    for ax in axes[:len(panels)]:
+    for ax in axes[: len(panels)]:
         for handle, text in zip(*ax.get_legend_handles_labels()):
             found.setdefault(text, handle)
     texts = [name for name in names if name in found]  # legend in the order the runs were given
@@ -184,10 +189,12 @@ def _load_2d_checkpoint(path: Path):
     _, meta = read_checkpoint(path)  # metadata first: refuse before building a model that cannot be drawn
     shape = list(meta.input_shape or meta.input_spec.get("shape") or [])
     if shape != [2] or meta.input_spec.get("kind") != "vector":
-        raise MplError(f"{path} takes {meta.input_spec.get('kind', 'unknown')} inputs of shape {shape}; "
-                       "`mpl plot regions` draws decision regions over a plane, so it needs a checkpoint of 2-D "
-                       "vector inputs (e.g. trained on `mpl data import twomoon`). For other models use "
-                       "`mpl plot curves` or `mpl eval`.")
+        raise MplError(
+            f"{path} takes {meta.input_spec.get('kind', 'unknown')} inputs of shape {shape}; "
+            "`mpl plot regions` draws decision regions over a plane, so it needs a checkpoint of 2-D "
+            "vector inputs (e.g. trained on `mpl data import twomoon`). For other models use "
+            "`mpl plot curves` or `mpl eval`."
+        )
     model, meta = load_model(path)
     return model.eval(), meta
 
@@ -199,8 +206,10 @@ def _load_points(location: str, what: str) -> tuple[np.ndarray, np.ndarray | Non
     shards = open_shard_set(location)
     spec = shards.input_spec
     if spec is not None and (spec.kind != "vector" or list(spec.shape or []) != [2]):
-        raise MplError(f"{location} ({what}) holds {spec.kind} inputs of shape {list(spec.shape or [])}; "
-                       "`mpl plot regions` needs 2-D points (e.g. `mpl data import twomoon`).")
+        raise MplError(
+            f"{location} ({what}) holds {spec.kind} inputs of shape {list(spec.shape or [])}; "
+            "`mpl plot regions` needs 2-D points (e.g. `mpl data import twomoon`)."
+        )
     x, y, _keys = load_in_memory(shards)
     if x.ndim != 2 or x.shape[1] != 2:
         raise MplError(f"{location} ({what}) holds inputs of shape {list(x.shape[1:])}; `mpl plot regions` needs 2-D points.")
@@ -216,12 +225,21 @@ def _predict(model, points: np.ndarray) -> np.ndarray:
 
 
 def _tint(colour: str, amount: float = 0.72) -> tuple[float, float, float]:
-    rgb = np.array([int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5)])
+    rgb = np.array([int(colour[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
     return tuple(rgb + (1.0 - rgb) * amount)
 
 
-def run_regions(checkpoints: list[Path], data: str, out: Path, *, labeled: str | None = None, titles: str | None = None,
-                resolution: int = 300, dpi: int = 100, force: bool = False) -> list[str]:
+def run_regions(
+    checkpoints: list[Path],
+    data: str,
+    out: Path,
+    *,
+    labeled: str | None = None,
+    titles: str | None = None,
+    resolution: int = 300,
+    dpi: int = 100,
+    force: bool = False,
+) -> list[str]:
     """Decision regions of 2-D checkpoints, one panel each, in one PNG; returns [the PNG's path]."""
     if not checkpoints:
         raise UsageError("give at least one checkpoint.")
@@ -254,8 +272,16 @@ def run_regions(checkpoints: list[Path], data: str, out: Path, *, labeled: str |
         k = meta.num_classes
         probs = _predict(model, grid)
         cls = probs.argmax(axis=1).reshape(gx.shape)
-        ax.imshow(cls, extent=(low[0], high[0], low[1], high[1]), origin="lower", interpolation="nearest",
-                  cmap=ListedColormap([_tint(c) for c in colours[:k]]), vmin=-0.5, vmax=k - 0.5, aspect="auto")
+        ax.imshow(
+            cls,
+            extent=(low[0], high[0], low[1], high[1]),
+            origin="lower",
+            interpolation="nearest",
+            cmap=ListedColormap([_tint(c) for c in colours[:k]]),
+            vmin=-0.5,
+            vmax=k - 0.5,
+            aspect="auto",
+        )
         if k == 2:
             ax.contour(gx, gy, probs[:, 1].reshape(gx.shape), levels=[0.5], colors="k", linewidths=0.8)
         point_colours = [colours[c % k] for c in y] if y is not None else "0.3"
@@ -272,13 +298,35 @@ def run_regions(checkpoints: list[Path], data: str, out: Path, *, labeled: str |
         ax.set_ylim(low[1], high[1])
         ax.set_aspect("equal", adjustable="box")
         ax.tick_params(labelsize=8)
-    for ax in axes[len(models):]:
+    for ax in axes[len(models) :]:
         ax.set_axis_off()
     names = models[0][1].classes or [str(c) for c in range(num_classes)]
-    handles = [Line2D([], [], marker="s", linestyle="", markersize=9, markerfacecolor=_tint(colours[c]),
-                      markeredgecolor=colours[c], label=f"class {names[c] if c < len(names) else c}") for c in range(num_classes)]
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker="s",
+            linestyle="",
+            markersize=9,
+            markerfacecolor=_tint(colours[c]),
+            markeredgecolor=colours[c],
+            label=f"class {names[c] if c < len(names) else c}",
+        )
+        for c in range(num_classes)
+    ]
     if lx is not None:
-        handles.append(Line2D([], [], marker="o", linestyle="", markersize=10, markerfacecolor="white",
-                              markeredgecolor="black", markeredgewidth=2, label=f"labelled ({len(lx)})"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=10,
+                markerfacecolor="white",
+                markeredgecolor="black",
+                markeredgewidth=2,
+                label=f"labelled ({len(lx)})",
+            )
+        )
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
     return [_save(fig, out, force)]

@@ -20,22 +20,57 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpltools.commands.plot import PANEL_INCHES, _check_out, _figure, _grid, _save, _series, _split_labels, _unique_names, read_metrics
+from mpltools.commands.plot import (
+    PANEL_INCHES,
+    _check_out,
+    _figure,
+    _grid,
+    _save,
+    _series,
+    _split_labels,
+    _unique_names,
+    read_metrics,
+)
 from mpltools.errors import MplError, UsageError
 
 # (panel name, title, ((metrics key, legend text), ...), y scale, reference line or None), in display order.
 FEEDBACK_PANELS = (
-    ("h", "feedback h over each log window",
-     (("diag/h_mean", "mean h"), ("diag/h_abs_median", "median |h|"), ("feedback/baseline", "baseline")), "linear", 0.0),
+    (
+        "h",
+        "feedback h over each log window",
+        (("diag/h_mean", "mean h"), ("diag/h_abs_median", "median |h|"), ("feedback/baseline", "baseline")),
+        "linear",
+        0.0,
+    ),
     ("h_pos_frac", "fraction of steps with h > 0", (("diag/h_pos_frac", "h > 0"),), "linear", 0.5),
-    ("t_grad_norm", "teacher gradient norm by term (log)",
-     (("diag/t_grad_norm_sup", "supervised"), ("diag/t_grad_norm_uda", "UDA"), ("diag/t_grad_norm_mpl", "MPL")), "log", None),
-    ("cos_mpl", "cosine of the MPL gradient with",
-     (("diag/cos_mpl_sup", "supervised"), ("diag/cos_mpl_uda", "UDA"), ("diag/cos_mpl_aux", "sup + UDA")), "linear", 0.0),
-    ("pl_spread", "pseudo labels: class spread",
-     (("diag/pl_entropy_norm", "entropy / log K"), ("diag/pl_max_class_fraction", "largest class fraction")), "linear", None),
-    ("pl_quality", "pseudo labels: agreement, accuracy",
-     (("diag/pl_agreement", "student agrees"), ("diag/pl_accuracy", "accuracy (hidden labels)")), "linear", None),
+    (
+        "t_grad_norm",
+        "teacher gradient norm by term (log)",
+        (("diag/t_grad_norm_sup", "supervised"), ("diag/t_grad_norm_uda", "UDA"), ("diag/t_grad_norm_mpl", "MPL")),
+        "log",
+        None,
+    ),
+    (
+        "cos_mpl",
+        "cosine of the MPL gradient with",
+        (("diag/cos_mpl_sup", "supervised"), ("diag/cos_mpl_uda", "UDA"), ("diag/cos_mpl_aux", "sup + UDA")),
+        "linear",
+        0.0,
+    ),
+    (
+        "pl_spread",
+        "pseudo labels: class spread",
+        (("diag/pl_entropy_norm", "entropy / log K"), ("diag/pl_max_class_fraction", "largest class fraction")),
+        "linear",
+        None,
+    ),
+    (
+        "pl_quality",
+        "pseudo labels: agreement, accuracy",
+        (("diag/pl_agreement", "student agrees"), ("diag/pl_accuracy", "accuracy (hidden labels)")),
+        "linear",
+        None,
+    ),
     ("val_top1", "validation top-1", (("val/student_top1", "student"), ("val/teacher_top1", "teacher")), "linear", None),
 )
 LINE_STYLES = ("-", "--", ":")
@@ -54,13 +89,22 @@ def plan(names: list[str], data: list[list[dict]]) -> tuple[list[dict], list[dic
             absent.append({"panel": name, "keys": [key for key, _ in keys]})
             continue
         runs = [run for run, records in zip(names, data) if any(_has(records, key) for key in present)]
-        drawn.append({"panel": name, "title": title, "scale": scale, "keys": present,
-                      "missing_keys": [key for key, _ in keys if key not in present], "runs": runs})
+        drawn.append(
+            {
+                "panel": name,
+                "title": title,
+                "scale": scale,
+                "keys": present,
+                "missing_keys": [key for key, _ in keys if key not in present],
+                "runs": runs,
+            }
+        )
     return drawn, absent
 
 
-def run_feedback(runs: list[Path], out: Path, *, labels: str | None = None, smooth: int = 1, dpi: int = 100,
-                 force: bool = False) -> dict:
+def run_feedback(
+    runs: list[Path], out: Path, *, labels: str | None = None, smooth: int = 1, dpi: int = 100, force: bool = False
+) -> dict:
     """The diagnostics of one or more runs in one PNG; returns a report (the PNG, the runs, the panels drawn and left out)."""
     if not runs:
         raise UsageError("give at least one run folder.")
@@ -71,9 +115,11 @@ def run_feedback(runs: list[Path], out: Path, *, labels: str | None = None, smoo
         if not records:
             raise MplError(f"{run}: metrics.jsonl holds no logged steps yet; nothing to plot.")
         if not any(k.startswith("diag/") for r in records for k in r):
-            raise MplError(f"{run}: metrics.jsonl has no diag/* keys, so there is no feedback to draw. They are logged by "
-                           "runs of `mpl train` made since the diagnostics were added; for the losses and accuracies of "
-                           "this run use `mpl plot curves`.")
+            raise MplError(
+                f"{run}: metrics.jsonl has no diag/* keys, so there is no feedback to draw. They are logged by "
+                "runs of `mpl train` made since the diagnostics were added; for the losses and accuracies of "
+                "this run use `mpl plot curves`."
+            )
     drawn, absent = plan(names, data)
     by_name = {p[0]: p for p in FEEDBACK_PANELS}
     rows, cols = _grid(len(drawn), 3)
@@ -107,7 +153,7 @@ def run_feedback(runs: list[Path], out: Path, *, labels: str | None = None, smoo
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in axes[len(drawn):]:
+    for ax in axes[len(drawn) :]:
         ax.set_axis_off()
     texts = [name for name in names if name in run_handles]
     # a solid line per run in the figure legend (the line style says which key)
@@ -118,5 +164,10 @@ def run_feedback(runs: list[Path], out: Path, *, labels: str | None = None, smoo
     if smooth > 1:
         fig.suptitle(f"feedback diagnostics (moving average over {smooth} logged points; not the accuracies)", fontsize=10)
     path = _save(fig, out, force)
-    return {"out": path, "runs": [{"label": n, "path": str(r), "logged_steps": len(d)} for n, r, d in zip(names, runs, data)],
-            "panels": drawn, "absent": absent, "smooth": smooth}
+    return {
+        "out": path,
+        "runs": [{"label": n, "path": str(r), "logged_steps": len(d)} for n, r, d in zip(names, runs, data)],
+        "panels": drawn,
+        "absent": absent,
+        "smooth": smooth,
+    }

@@ -45,8 +45,9 @@ def _open_key(source: str, key: str, location: str, need_labels: bool):
     return shards
 
 
-def check(path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None,
-          force: bool = False) -> dict:
+def check(
+    path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None, force: bool = False
+) -> dict:
     """`out` is the run folder `train` would use (default runs/<recipe name>, as `mpl train`)."""
     import os
 
@@ -59,7 +60,7 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
     method = recipe.method.name
     reduced = recipe.model.teacher_name == "reduced_teacher"
     if reduced and method not in TWO_NETWORKS:
-        raise UsageError(f"{source}: model.teacher_name = \"reduced_teacher\" needs method.name = \"mpl\" or \"released\".")
+        raise UsageError(f'{source}: model.teacher_name = "reduced_teacher" needs method.name = "mpl" or "released".')
     check_models(recipe, source)
 
     if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
@@ -100,20 +101,35 @@ def check(path: Path | None, overrides: list[str] = (), seed: int | None = None,
     # What `trainer.fit` checks before it writes (preflight.check_training), the same function, as one process of
     # WORLD_SIZE that logs nothing.
     try:
-        plan, metas = check_training(recipe, data, SimpleNamespace(world=int(os.environ.get("WORLD_SIZE", "1")), is_main=False),
-                                     None, (member,) if reduced else ())
+        plan, metas = check_training(
+            recipe,
+            data,
+            SimpleNamespace(world=int(os.environ.get("WORLD_SIZE", "1")), is_main=False),
+            None,
+            (member,) if reduced else (),
+        )
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
-    checkpoints = {key: {"path": recipe.method.teacher_checkpoint, "architecture": meta.architecture, "role": meta.role}
-                   for key, meta in metas.items()}
+    checkpoints = {
+        key: {"path": recipe.method.teacher_checkpoint, "architecture": meta.architecture, "role": meta.role}
+        for key, meta in metas.items()
+    }
     run_dir = Path(out) if out is not None else Path("runs") / (Path(path).stem if path is not None else "defaults")
     try:
         action = "restart" if force and run_dir.exists() else check_run_folder(run_dir, recipe)
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
-    return {"recipe": source, "ok": True, "method": method, "command": "mpl reduced train" if reduced else "mpl train",
-            "data": data_report, "networks": networks, "checkpoints": checkpoints,
-            "run_folder": {"path": str(run_dir), "action": action}, "loaders": plan.describe()}
+    return {
+        "recipe": source,
+        "ok": True,
+        "method": method,
+        "command": "mpl reduced train" if reduced else "mpl train",
+        "data": data_report,
+        "networks": networks,
+        "checkpoints": checkpoints,
+        "run_folder": {"path": str(run_dir), "action": action},
+        "loaders": plan.describe(),
+    }
 
 
 def render(report: dict) -> str:

@@ -61,7 +61,7 @@ def parse_header(path: Path) -> RecipeInfo:
             key = _FIELDS.get(m.group(1))
             current = key
             if key:
-                setattr(info, key, line[m.end():].strip())
+                setattr(info, key, line[m.end() :].strip())
         elif current:
             setattr(info, current, f"{getattr(info, current)} {line}")
     if "named in the title line" in info.reproduces:

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpltools import __version__, log, runtime as rt, trainer
+from mpltools import __version__, log, trainer
+from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.config import Recipe
@@ -50,9 +51,20 @@ DTYPES = ("float16", "float32")
 # ---------------------------------------------------------------- step 1: predict
 
 
-def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str = "float16", batch_size: int = 256,
-            workers: int | None = None, max_per_shard: int | None = None, ignore_data_classes: bool = False,
-            force: bool = False, command: str = "") -> dict:
+def predict(
+    checkpoint: Path,
+    data: str,
+    out: Path,
+    *,
+    topk: int = 0,
+    dtype: str = "float16",
+    batch_size: int = 256,
+    workers: int | None = None,
+    max_per_shard: int | None = None,
+    ignore_data_classes: bool = False,
+    force: bool = False,
+    command: str = "",
+) -> dict:
     if topk < 0 or dtype not in DTYPES or batch_size < 1:
         raise UsageError(f"--topk must be >= 0 (0 = full logits), --dtype one of {', '.join(DTYPES)} and --batch-size >= 1.")
     runtime = rt.start("auto", 0, 0)
@@ -63,36 +75,63 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
     shards.require_manifest("reduced predict")
     if ignore_data_classes and shards.labeled:
         raise UsageError(f"--ignore-data-classes is for unlabelled sets whose class names mean nothing; {data} is labelled.")
-    check_compatible(meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(),
-                     Path(checkpoint), str(data))
+    check_compatible(
+        meta,
+        meta.num_classes if ignore_data_classes else shards.num_classes,
+        shards.input_spec.to_json(),
+        Path(checkpoint),
+        str(data),
+    )
     if shards.classes != meta.classes and not ignore_data_classes:
-        raise MplError(f"{checkpoint} predicts the classes {meta.classes[:3]}... but {data} has {shards.classes[:3]}...; "
-                       "the large teacher must be trained on this data's label set (for an unlabelled set whose class "
-                       "names mean nothing, pass --ignore-data-classes).")
+        raise MplError(
+            f"{checkpoint} predicts the classes {meta.classes[:3]}... but {data} has {shards.classes[:3]}...; "
+            "the large teacher must be trained on this data's label set (for an unlabelled set whose class "
+            "names mean nothing, pass --ignore-data-classes)."
+        )
     if topk > meta.num_classes:
         raise UsageError(f"--topk {topk} is more than the teacher's {meta.num_classes} classes.")
     member = predictions.TOPK if topk else predictions.LOGITS
     aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
     norm = (meta.normalisation["mean"], meta.normalisation["std"])
     provenance = {
-        "command": command, "content": CONTENT,
-        "prediction": {"member": member, "kind": predictions.KINDS[member], "dtype": None if topk else dtype, "topk": topk or None},
-        "teacher": str(checkpoint), "teacher_sha256": file_sha256(Path(checkpoint)), "teacher_role": meta.role,
-        "teacher_architecture": meta.architecture, "teacher_step": meta.step,
-        "source": str(data), "source_manifest_sha256": shards.manifest_sha256, "source_num_samples": shards.num_samples,
+        "command": command,
+        "content": CONTENT,
+        "prediction": {
+            "member": member,
+            "kind": predictions.KINDS[member],
+            "dtype": None if topk else dtype,
+            "topk": topk or None,
+        },
+        "teacher": str(checkpoint),
+        "teacher_sha256": file_sha256(Path(checkpoint)),
+        "teacher_role": meta.role,
+        "teacher_architecture": meta.architecture,
+        "teacher_step": meta.step,
+        "source": str(data),
+        "source_manifest_sha256": shards.manifest_sha256,
+        "source_num_samples": shards.num_samples,
         "mpltools_version": __version__,
     }
     workers = rt.default_workers(runtime) if workers is None else workers
     model.eval()
     keys_digest = hashlib.sha256()
     log.info(f"predicting {data} with {checkpoint} ({meta.architecture}); storing {member}")
-    with (atomic_dir(out, force=force) if runtime.is_main else contextlib.nullcontext()) as tmp, torch.no_grad(), \
-            log.progress("reduced: predict", total=shards.num_samples, unit="images", enabled=runtime.is_main) as bar:
+    with (
+        atomic_dir(out, force=force) if runtime.is_main else contextlib.nullcontext() as tmp,
+        torch.no_grad(),
+        log.progress("reduced: predict", total=shards.num_samples, unit="images", enabled=runtime.is_main) as bar,
+    ):
         writer = None
         if runtime.is_main:
-            writer = ShardWriter(tmp, input_spec=shards.input_spec, classes=meta.classes, labeled=bool(shards.labeled),
-                                 provenance=provenance, max_per_shard=max_per_shard or max(shards.shard_counts + [1]),
-                                 extras=(member,))
+            writer = ShardWriter(
+                tmp,
+                input_spec=shards.input_spec,
+                classes=meta.classes,
+                labeled=bool(shards.labeled),
+                provenance=provenance,
+                max_per_shard=max_per_shard or max(shards.shard_counts + [1]),
+                extras=(member,),
+            )
         for i, path in enumerate(shards.shard_paths):
             mine = []
             for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers):
@@ -115,8 +154,14 @@ def predict(checkpoint: Path, data: str, out: Path, *, topk: int = 0, dtype: str
     runtime.finish()
     if not runtime.is_main:
         return {"world_size": runtime.world}
-    return {"out": str(out), "num_samples": manifest["num_samples"], "member": member, "teacher_sha256": provenance["teacher_sha256"],
-            "source_manifest_sha256": shards.manifest_sha256, "world_size": runtime.world}
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "member": member,
+        "teacher_sha256": provenance["teacher_sha256"],
+        "source_manifest_sha256": shards.manifest_sha256,
+        "world_size": runtime.world,
+    }
 
 
 def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[str]) -> list[bytes]:
@@ -126,8 +171,10 @@ def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[
     values = logits.cpu().numpy().astype(dtype)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise MplError(f"{path}: the teacher's logits for sample {keys[int(np.argmax(bad))]!r} are not finite in {dtype}"
-                       + (" (they exceed float16's range; use --dtype float32)." if dtype == "float16" else "."))
+        raise MplError(
+            f"{path}: the teacher's logits for sample {keys[int(np.argmax(bad))]!r} are not finite in {dtype}"
+            + (" (they exceed float16's range; use --dtype float32)." if dtype == "float16" else ".")
+        )
     return [predictions.encode_logits(v, dtype) for v in values]
 
 
@@ -137,21 +184,29 @@ def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[
 def check_inputs(recipe: Recipe):
     """Step 2's checks before anything is written (also run by `mpl recipes validate`): (labeled, unlabeled, member)."""
     if recipe.method.name != "mpl":
-        raise UsageError(f"Reduced MPL trains with the MPL step: set method.name = \"mpl\" (the recipe says {recipe.method.name!r}).")
+        raise UsageError(
+            f'Reduced MPL trains with the MPL step: set method.name = "mpl" (the recipe says {recipe.method.name!r}).'
+        )
     if recipe.model.teacher_name != "reduced_teacher":
-        raise UsageError("Reduced MPL needs model.teacher_name = \"reduced_teacher\" (an MLP over the stored predictions), "
-                         f"not {recipe.model.teacher_name!r}; see recipes/reduced_b7_yfcc.toml.")
+        raise UsageError(
+            'Reduced MPL needs model.teacher_name = "reduced_teacher" (an MLP over the stored predictions), '
+            f"not {recipe.model.teacher_name!r}; see recipes/reduced_b7_yfcc.toml."
+        )
     labeled = _prediction_set(recipe.data.labeled, "data.labeled")
     unlabeled = _prediction_set(recipe.data.unlabeled, "data.unlabeled")
     pl, pu = labeled.provenance, unlabeled.provenance
     if pl["teacher_sha256"] != pu["teacher_sha256"]:
-        raise MplError(f"{labeled.root} and {unlabeled.root} hold predictions of different large teachers ({pl['teacher']} "
-                       f"sha256 {pl['teacher_sha256'][:12]}... vs {pu['teacher']} sha256 {pu['teacher_sha256'][:12]}...); "
-                       "predict both sets with the same checkpoint.")
+        raise MplError(
+            f"{labeled.root} and {unlabeled.root} hold predictions of different large teachers ({pl['teacher']} "
+            f"sha256 {pl['teacher_sha256'][:12]}... vs {pu['teacher']} sha256 {pu['teacher_sha256'][:12]}...); "
+            "predict both sets with the same checkpoint."
+        )
     member = pu["prediction"]["member"]
     if pl["prediction"]["member"] != member:
-        raise MplError(f"{labeled.root} stores {pl['prediction']['member']} but {unlabeled.root} stores {member}; "
-                       "predict both sets with the same --topk / --logits choice.")
+        raise MplError(
+            f"{labeled.root} stores {pl['prediction']['member']} but {unlabeled.root} stores {member}; "
+            "predict both sets with the same --topk / --logits choice."
+        )
     return labeled, unlabeled, member
 
 
@@ -159,12 +214,21 @@ def train(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
     labeled, unlabeled, member = check_inputs(recipe)
     pu = unlabeled.provenance
     if recipe.method.uda_weight:
-        log.warn("method.uda_weight has no effect in Reduced MPL: the reduced teacher reads the same stored prediction for both views.")
+        log.warn(
+            "method.uda_weight has no effect in Reduced MPL: the reduced teacher reads the same stored prediction for both views."
+        )
     export = trainer.Export(
-        teacher_file="reduced_teacher.safetensors", teacher_role="reduced_teacher", teacher_inputs=member,
-        teacher_extra={"reads": member, "large_teacher": pu["teacher"], "large_teacher_sha256": pu["teacher_sha256"],
-                       "large_teacher_architecture": pu["teacher_architecture"]},
-        extra={"reduced_mpl": True, "large_teacher_sha256": pu["teacher_sha256"]})
+        teacher_file="reduced_teacher.safetensors",
+        teacher_role="reduced_teacher",
+        teacher_inputs=member,
+        teacher_extra={
+            "reads": member,
+            "large_teacher": pu["teacher"],
+            "large_teacher_sha256": pu["teacher_sha256"],
+            "large_teacher_architecture": pu["teacher_architecture"],
+        },
+        extra={"reduced_mpl": True, "large_teacher_sha256": pu["teacher_sha256"]},
+    )
     report = trainer.fit(recipe, out, force=force, command=command, export=export)
     if "teacher" in report:
         report["reduced_teacher"] = report.pop("teacher")
@@ -179,19 +243,25 @@ def _prediction_set(location: str, key: str) -> ShardSet:
     shards.require_manifest("Reduced MPL")
     p = shards.provenance
     if p.get("content") != CONTENT:
-        raise MplError(f"{location} ({key}) holds no stored teacher predictions; make them with `mpl reduced predict "
-                       f"LARGE_TEACHER.safetensors --data {location} --out PRED` and set {key} to PRED.")
+        raise MplError(
+            f"{location} ({key}) holds no stored teacher predictions; make them with `mpl reduced predict "
+            f"LARGE_TEACHER.safetensors --data {location} --out PRED` and set {key} to PRED."
+        )
     source = Path(p["source"])
     if shards.num_samples != p["source_num_samples"]:
-        raise MplError(f"{location} holds {shards.num_samples} samples but claims to describe {source}, which had "
-                       f"{p['source_num_samples']}; it is damaged: re-run `mpl reduced predict` on {source}.")
+        raise MplError(
+            f"{location} holds {shards.num_samples} samples but claims to describe {source}, which had "
+            f"{p['source_num_samples']}; it is damaged: re-run `mpl reduced predict` on {source}."
+        )
     if not source.exists():
         log.warn(f"{source}, the set {location} was predicted from, no longer exists; using the stored copy as it is.")
         return shards
     current = open_shard_set(source)
     if current.manifest_sha256 != p["source_manifest_sha256"]:
-        raise MplError(f"{location} ({key}) does not match {source}, the set it claims to describe: it was predicted from a "
-                       f"version of {source} with {p['source_num_samples']} samples (manifest sha256 "
-                       f"{p['source_manifest_sha256'][:12]}...), which now has {current.num_samples} samples (manifest sha256 "
-                       f"{(current.manifest_sha256 or '?')[:12]}...): different samples or keys. Re-run `mpl reduced predict` on {source}.")
+        raise MplError(
+            f"{location} ({key}) does not match {source}, the set it claims to describe: it was predicted from a "
+            f"version of {source} with {p['source_num_samples']} samples (manifest sha256 "
+            f"{p['source_manifest_sha256'][:12]}...), which now has {current.num_samples} samples (manifest sha256 "
+            f"{(current.manifest_sha256 or '?')[:12]}...): different samples or keys. Re-run `mpl reduced predict` on {source}."
+        )
     return shards

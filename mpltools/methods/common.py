@@ -98,7 +98,10 @@ def reduce_gradients(params: list[Tensor], reducer: Reducer, scaler: LossScaler 
 
 
 def finish_gradients(
-    optimizer: torch.optim.Optimizer, params: list[Tensor], reducer: Reducer, max_grad_norm: float | None,
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    reducer: Reducer,
+    max_grad_norm: float | None,
     scaler: LossScaler | None = None,
 ) -> Tensor:
     """After backward: zero-fill, cross-process mean, unscale (fp16), coupled weight decay, clipping.
@@ -205,9 +208,7 @@ def measurement_mode(model: nn.Module, feedback_bn: str) -> Iterator[nn.Module]:
 # ----------------------------------------------------------------------------- pseudo labels
 
 
-def draw_pseudo_labels(
-    logits: Tensor, kind: str, generator: torch.Generator | None = None
-) -> Tensor:
+def draw_pseudo_labels(logits: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
     """The student's target from the teacher's logits (detached), temperature 1, no threshold.
 
     "sample": y ~ Categorical(softmax) (the paper; unbiased REINFORCE, reference §7 item 16);
@@ -351,12 +352,13 @@ class Batch:
     teacher_unlabeled: Tensor | None = None
     unlabeled_y: Tensor | None = None  # hidden true labels of the unlabelled images: diagnostics only, never trained on
 
-    def for_teacher(self) -> "Batch":
+    def for_teacher(self) -> Batch:
         """The batch as the teacher sees it: its own inputs in place of the images, if it has any."""
         if self.teacher_labeled is None:
             return self
-        return replace(self, labeled_x=self.teacher_labeled, unlabeled_weak=self.teacher_unlabeled,
-                       unlabeled_strong=self.teacher_unlabeled)
+        return replace(
+            self, labeled_x=self.teacher_labeled, unlabeled_weak=self.teacher_unlabeled, unlabeled_strong=self.teacher_unlabeled
+        )
 
 
 def trainable(model: nn.Module) -> list[Tensor]:

@@ -44,8 +44,7 @@ def teacher_gradient_split(terms: dict[str, Tensor], params: list[Tensor], reduc
         0-dim tensors. The three gradients add up to the teacher's gradient before weight decay
         and clipping.
     """
-    g = {name: reducer.mean(_flat_grad(term * scale if scale != 1.0 else term, params)) / scale
-         for name, term in terms.items()}
+    g = {name: reducer.mean(_flat_grad(term * scale if scale != 1.0 else term, params)) / scale for name, term in terms.items()}
     aux = g["sup"] + g["uda"]
     out = {f"diag/t_grad_norm_{name}": torch.linalg.vector_norm(v) for name, v in g.items()}
     out["diag/t_grad_norm_aux"] = torch.linalg.vector_norm(aux)
@@ -54,8 +53,9 @@ def teacher_gradient_split(terms: dict[str, Tensor], params: list[Tensor], reduc
     return out
 
 
-def pseudo_label_health(pseudo_classes: Tensor, student_logits: Tensor, num_classes: int, reducer,
-                        hidden_labels: Tensor | None = None) -> dict[str, Tensor]:
+def pseudo_label_health(
+    pseudo_classes: Tensor, student_logits: Tensor, num_classes: int, reducer, hidden_labels: Tensor | None = None
+) -> dict[str, Tensor]:
     """Class histogram of the pseudo labels and how the student and the truth relate to them.
 
     Args:

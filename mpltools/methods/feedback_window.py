@@ -7,7 +7,7 @@ steps, reports `summary()` as `diag/h_mean`, `diag/h_abs_median`, `diag/h_pos_fr
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class FeedbackWindow:
@@ -29,12 +29,16 @@ class FeedbackWindow:
         absolute = sorted(abs(v) for v in values)
         n, mid = len(absolute), len(absolute) // 2
         median = absolute[mid] if n % 2 else 0.5 * (absolute[mid - 1] + absolute[mid])
-        return {"diag/h_mean": sum(values) / n, "diag/h_abs_median": median,
-                "diag/h_pos_frac": sum(v > 0 for v in values) / n}
+        return {"diag/h_mean": sum(values) / n, "diag/h_abs_median": median, "diag/h_pos_frac": sum(v > 0 for v in values) / n}
 
 
-def collapse_warning(histogram: Sequence[float], classes: Sequence[str] | None = None,
-                     min_entropy: float = 0.5, max_fraction: float = 0.5, min_count: int = 10) -> str | None:
+def collapse_warning(
+    histogram: Sequence[float],
+    classes: Sequence[str] | None = None,
+    min_entropy: float = 0.5,
+    max_fraction: float = 0.5,
+    min_count: int = 10,
+) -> str | None:
     """A message when the pseudo labels crowd onto a few classes, else None.
 
     Collapse: one class holding more than `max_fraction` of the pseudo labels, or their entropy below
@@ -51,8 +55,10 @@ def collapse_warning(histogram: Sequence[float], classes: Sequence[str] | None =
     if entropy >= min_entropy and probs[top] <= max_fraction:
         return None
     name = classes[top] if classes is not None else str(top)
-    return (f"pseudo labels are collapsing: class {name!r} holds {probs[top]:.0%} of them and the normalised entropy "
-            f"is {entropy:.2f} (1 = balanced); lower the teacher's lr or mpl_weight, or check the teacher's warm-up.")
+    return (
+        f"pseudo labels are collapsing: class {name!r} holds {probs[top]:.0%} of them and the normalised entropy "
+        f"is {entropy:.2f} (1 = balanced); lower the teacher's lr or mpl_weight, or check the teacher's warm-up."
+    )
 
 
 class CollapseWatch:

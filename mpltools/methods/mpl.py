@@ -100,9 +100,7 @@ def auxiliary_losses(
 def learning_rates(step: int, hp: MPLHyper) -> tuple[float, float]:
     """(teacher lr, student lr); the student waits, the teacher does not (§1.11)."""
     t_lr = learning_rate(step, hp.teacher_lr, hp.teacher_warmup, hp.total_steps, 0, hp.lr_schedule)
-    s_lr = learning_rate(
-        step, hp.student_lr, hp.student_warmup, hp.total_steps, hp.student_wait, hp.lr_schedule
-    )
+    s_lr = learning_rate(step, hp.student_lr, hp.student_warmup, hp.total_steps, hp.student_wait, hp.lr_schedule)
     return t_lr, s_lr
 
 
@@ -153,9 +151,7 @@ def _effective_step_size(opt: torch.optim.Optimizer, norm: Tensor, max_grad_norm
     return eta * clip_scale(norm, max_grad_norm)
 
 
-def _soft_meta_gradient(
-    g_u: list[Tensor], g_new: Tensor, p_leaf: Tensor, eta: Tensor | float
-) -> Tensor:
+def _soft_meta_gradient(g_u: list[Tensor], g_new: Tensor, p_leaf: Tensor, eta: Tensor | float) -> Tensor:
     """dL_l(theta')/dp for theta' = theta - eta * g_u(p) (the paper's eq. 3 with soft labels).
 
     ``= -eta * d/dp <g_l', g_u(p)>`` with ``g_l' = grad L_l(theta')`` held fixed (first-order in
@@ -313,8 +309,7 @@ def mpl_step(
         "teacher/uda_weight": torch.tensor(w_uda),
         "teacher/uda_mask": m[2],
         "teacher/mpl": mpl_mean,
-        "teacher/loss": hp.teacher_supervised_weight * m[0] + w_uda * m[1]
-        + hp.feedback_sign * hp.mpl_weight * mpl_global,
+        "teacher/loss": hp.teacher_supervised_weight * m[0] + w_uda * m[1] + hp.feedback_sign * hp.mpl_weight * mpl_global,
         "student/loss": m[3],
         "student/ce_old": ce_old,
         "student/ce_new": ce_new,
@@ -329,7 +324,11 @@ def mpl_step(
         **diag,
     }
     if s_scaler is not None:
-        out.update({"amp/student_scale": torch.tensor(s_scaler.scale), "amp/teacher_scale": torch.tensor(t_scaler.scale),
-                    "teacher/skipped": torch.tensor(float(t_skipped))})
+        out.update(
+            {
+                "amp/student_scale": torch.tensor(s_scaler.scale),
+                "amp/teacher_scale": torch.tensor(t_scaler.scale),
+                "teacher/skipped": torch.tensor(float(t_skipped)),
+            }
+        )
     return out
-

@@ -53,8 +53,11 @@ def build_sgd(
         ValueError: a name in `no_decay_names` is not a trainable parameter of `model`.
     """
     return torch.optim.SGD(
-        _decay_groups(model, weight_decay, no_decay_names), lr=lr, momentum=momentum,
-        nesterov=nesterov and momentum > 0, weight_decay=0.0
+        _decay_groups(model, weight_decay, no_decay_names),
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov and momentum > 0,
+        weight_decay=0.0,
     )
 
 
@@ -172,9 +175,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         # Contiguous copies (even of channels-last weights) so safetensors can save them as is.
-        self.shadow = {
-            k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
-        }
+        self.shadow = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:

@@ -129,8 +129,7 @@ def released_step(
         "teacher/uda_weight": torch.tensor(w_uda),
         "teacher/uda_mask": m[2],
         "teacher/mpl": mpl_mean,
-        "teacher/loss": hp.teacher_supervised_weight * m[0] + w_uda * m[1]
-        + hp.mpl_weight * d_c * mpl_mean,
+        "teacher/loss": hp.teacher_supervised_weight * m[0] + w_uda * m[1] + hp.mpl_weight * d_c * mpl_mean,
         "student/loss": m[3],
         "student/ce_old": ce_old,
         "student/ce_new": ce_new,

@@ -150,9 +150,7 @@ class EfficientNet(nn.Module):
                 # Stochastic depth grows linearly from 0 at the first block.
                 rate = drop_connect_rate * len(blocks) / total
                 first = i == 0
-                blocks.append(
-                    MBConv(channels, out, expand, kernel, stride if first else 1, rate, bn)
-                )
+                blocks.append(MBConv(channels, out, expand, kernel, stride if first else 1, rate, bn))
                 channels = out
         self.blocks = nn.Sequential(*blocks)
         head = round_filters(1280, width)
@@ -207,9 +205,7 @@ def build_efficientnet(
         depth_coefficient: override the variant's depth.
     """
     if len(input_shape) != 3:
-        raise ValueError(
-            f"efficientnet needs image input (C, H, W), got input_shape {input_shape}."
-        )
+        raise ValueError(f"efficientnet needs image input (C, H, W), got input_shape {input_shape}.")
     params = EFFICIENTNET_PARAMS[variant]
     return EfficientNet(
         in_channels=input_shape[0],

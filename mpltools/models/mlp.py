@@ -63,9 +63,7 @@ def build_mlp(
             PyTorch's default init.
     """
     if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"mlp activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}."
-        )
+        raise ValueError(f"mlp activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
     hidden = list(hidden)
     if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
         raise ValueError(f"mlp hidden must be a list of positive integers, got {hidden!r}.")

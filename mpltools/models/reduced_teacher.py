@@ -59,8 +59,10 @@ def build_reduced_teacher(
             default) or "logits".
     """
     if math.prod(input_shape) != num_classes or len(input_shape) != 1:
-        raise ValueError(f"reduced_teacher reads a large teacher's logits, so its input shape must be ({num_classes},), "
-                         f"not {tuple(input_shape)}; it cannot take images (train it with `mpl reduced train`).")
+        raise ValueError(
+            f"reduced_teacher reads a large teacher's logits, so its input shape must be ({num_classes},), "
+            f"not {tuple(input_shape)}; it cannot take images (train it with `mpl reduced train`)."
+        )
     if activation not in _ACTIVATIONS:
         raise ValueError(f"reduced_teacher activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
     if features not in ("probs", "logits"):

@@ -50,9 +50,7 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1, cutoff=0.4)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"Unknown model {name!r}.{hint} Valid names: {', '.join(MODEL_NAMES)}."
-        )
+        raise ValueError(f"Unknown model {name!r}.{hint} Valid names: {', '.join(MODEL_NAMES)}.")
     return _REGISTRY[name]
 
 
@@ -130,8 +128,7 @@ def validate_model_args(name: str, kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, list(valid), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"Model {name!r} got an unknown argument {key!r}.{hint} "
-                f"Valid arguments: {', '.join(valid) or '(none)'}."
+                f"Model {name!r} got an unknown argument {key!r}.{hint} Valid arguments: {', '.join(valid) or '(none)'}."
             )
         if not _is_json_value(value):
             raise ValueError(
@@ -143,9 +140,7 @@ def validate_model_args(name: str, kwargs: dict[str, Any]) -> None:
             raise ValueError(f"Model {name!r} argument {key!r} must be {rule[1]}, got {value!r}.")
 
 
-def build_model(
-    name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any
-) -> nn.Module:
+def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
     """Build a freshly initialised model from its registry name.
 
     Works under ``with torch.device("meta"):`` (all initialisation goes through ``nn.init``),

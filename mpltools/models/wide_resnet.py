@@ -137,7 +137,4 @@ def build_wide_resnet(
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"wide_resnet depth must be 6n + 4 (e.g. 16, 22, 28, 40), got {depth}.")
     bn = {"momentum": bn_momentum, "eps": bn_eps}
-    return WideResNet(
-        input_shape[0], num_classes, depth, widen, dropout, bn, leaky_slope, stem_width
-    )
-
+    return WideResNet(input_shape[0], num_classes, depth, widen, dropout, bn, leaky_slope, stem_width)

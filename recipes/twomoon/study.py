@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,36 +60,65 @@ class Setting:
 # what recipes/twomoon.toml happens to say. "default" is what the recipe encodes.
 MINI = ("data.batch_size=6", "data.unlabeled_ratio=50")  # all 6 labels + 300 unlabelled points per step
 FULL = ("data.batch_size=6", "data.unlabeled_ratio=333")  # all 6 labels + 1,998 unlabelled points per step
-PAPER_MPL = ("method.pseudo_labels=sample", "method.feedback=taylor", "method.baseline=true", "method.mpl_weight=1.0",
-             "method.teacher_supervised_weight=1.0", "method.uda_weight=0.0")
+PAPER_MPL = (
+    "method.pseudo_labels=sample",
+    "method.feedback=taylor",
+    "method.baseline=true",
+    "method.mpl_weight=1.0",
+    "method.teacher_supervised_weight=1.0",
+    "method.uda_weight=0.0",
+)
 SETTINGS: dict[str, Setting] = {
     "default": Setting(
         "the recipe: moons scaled x20 (noise 0.1 before scaling), 5,000 steps, all 6 labelled + 300 unlabelled points "
         "per step; MPL with sampled hard pseudo labels, h = CE_old - CE_new minus a moving-average baseline, teacher "
         "also trained on the labels (weight 1), no UDA; plus the all-labels oracle",
-        scale=20.0, common=("schedule.steps=5000", *MINI), pl=("method.pseudo_labels=sample",), mpl=PAPER_MPL, oracle=True),
+        scale=20.0,
+        common=("schedule.steps=5000", *MINI),
+        pl=("method.pseudo_labels=sample",),
+        mpl=PAPER_MPL,
+        oracle=True,
+    ),
     "literal": Setting(
         "as default but the moons at their natural size (x in [-1, 2], scale 1): the sigmoid nets stay almost linear; "
         "plus the all-labels oracle",
-        scale=1.0, common=("schedule.steps=5000", *MINI), pl=("method.pseudo_labels=sample",), mpl=PAPER_MPL, oracle=True),
+        scale=1.0,
+        common=("schedule.steps=5000", *MINI),
+        pl=("method.pseudo_labels=sample",),
+        mpl=PAPER_MPL,
+        oracle=True,
+    ),
     "full-batch": Setting(
         "as default but every step uses all 1,998 unlabelled points (full batch) instead of 300",
-        scale=20.0, common=("schedule.steps=5000", *FULL), pl=("method.pseudo_labels=sample",), mpl=PAPER_MPL),
+        scale=20.0,
+        common=("schedule.steps=5000", *FULL),
+        pl=("method.pseudo_labels=sample",),
+        mpl=PAPER_MPL,
+    ),
     "soft": Setting(
         "as default but soft pseudo labels: MPL's teacher gets the exact one-step meta-gradient (no REINFORCE "
         "noise); PL's student learns the teacher's probabilities",
-        scale=20.0, common=("schedule.steps=5000", *MINI), pl=("method.pseudo_labels=soft",),
-        mpl=(*PAPER_MPL, "method.pseudo_labels=soft")),
+        scale=20.0,
+        common=("schedule.steps=5000", *MINI),
+        pl=("method.pseudo_labels=soft",),
+        mpl=(*PAPER_MPL, "method.pseudo_labels=soft"),
+    ),
     "argmax-x100": Setting(
         "as default but argmax pseudo labels (PL too), no baseline and the MPL term x100 (h is ~1e-4 of the "
         "supervised loss): the feedback then acts like h-weighted self-training of the teacher",
-        scale=20.0, common=("schedule.steps=5000", *MINI), pl=("method.pseudo_labels=argmax",),
-        mpl=(*PAPER_MPL, "method.pseudo_labels=argmax", "method.baseline=false", "method.mpl_weight=100.0")),
+        scale=20.0,
+        common=("schedule.steps=5000", *MINI),
+        pl=("method.pseudo_labels=argmax",),
+        mpl=(*PAPER_MPL, "method.pseudo_labels=argmax", "method.baseline=false", "method.mpl_weight=100.0"),
+    ),
     "pure-mpl": Setting(
         "as default but the teacher learns from the feedback alone (the paper's §2 objective: no supervised "
         "loss on the teacher), MPL term x1000",
-        scale=20.0, common=("schedule.steps=5000", *MINI), pl=("method.pseudo_labels=sample",),
-        mpl=(*PAPER_MPL, "method.teacher_supervised_weight=0.0", "method.mpl_weight=1000.0")),
+        scale=20.0,
+        common=("schedule.steps=5000", *MINI),
+        pl=("method.pseudo_labels=sample",),
+        mpl=(*PAPER_MPL, "method.teacher_supervised_weight=0.0", "method.mpl_weight=1000.0"),
+    ),
 }
 
 
@@ -100,7 +129,7 @@ def mpl_command() -> list[str]:
 
 def mpl(*args, commands: list[str]) -> str:
     cmd = [*mpl_command(), *map(str, args)]
-    commands.append("mpl " + shlex.join(cmd[len(mpl_command()):]))
+    commands.append("mpl " + shlex.join(cmd[len(mpl_command()) :]))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MKL_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
@@ -121,12 +150,45 @@ def one_dataset(k: int, seed: int, setting: Setting, out: Path, extra: list[str]
     start = time.perf_counter()
     d = out / "data" / f"d{k:02d}"
     runs = out / "runs" / f"d{k:02d}"
-    mpl("data", "import", "twomoon", "--out", d / "all", "--seed", seed, "--noise", setting.noise, "--scale", setting.scale,
-        "--force", commands=commands)
-    mpl("data", "split", d / "all", "--labeled-per-class", "3", "--val-per-class", "0", "--include-labeled-in-unlabeled",
-        "--seed", seed, "--out", d / "split", "--force", commands=commands)
-    base = [f'data.labeled="{d}/split/labeled"', f'data.unlabeled="{d}/split/unlabeled"', f'data.val="{d}/all"',
-            "eval.every=0", *setting.common, *extra]
+    mpl(
+        "data",
+        "import",
+        "twomoon",
+        "--out",
+        d / "all",
+        "--seed",
+        seed,
+        "--noise",
+        setting.noise,
+        "--scale",
+        setting.scale,
+        "--force",
+        commands=commands,
+    )
+    mpl(
+        "data",
+        "split",
+        d / "all",
+        "--labeled-per-class",
+        "3",
+        "--val-per-class",
+        "0",
+        "--include-labeled-in-unlabeled",
+        "--seed",
+        seed,
+        "--out",
+        d / "split",
+        "--force",
+        commands=commands,
+    )
+    base = [
+        f'data.labeled="{d}/split/labeled"',
+        f'data.unlabeled="{d}/split/unlabeled"',
+        f'data.val="{d}/all"',
+        "eval.every=0",
+        *setting.common,
+        *extra,
+    ]
 
     def train(name: str, sets: list[str]) -> dict:
         args = [a for s in base + sets for a in ("--set", s)]
@@ -135,13 +197,15 @@ def one_dataset(k: int, seed: int, setting: Setting, out: Path, extra: list[str]
 
     acc = {}
     acc["SL"] = train("sl", ["method.name=supervised"])["val/student_top1"]
-    acc["PL"] = train("pl", ["method.name=pseudo-label", f'method.teacher_checkpoint="{runs}/sl/student.safetensors"',
-                             *setting.pl])["val/student_top1"]
+    acc["PL"] = train(
+        "pl", ["method.name=pseudo-label", f'method.teacher_checkpoint="{runs}/sl/student.safetensors"', *setting.pl]
+    )["val/student_top1"]
     m = train("mpl", ["method.name=mpl", *setting.mpl])
     acc["MPL"], acc["MPL teacher"] = m["val/student_top1"], m["val/teacher_top1"]
     if setting.oracle:
-        acc["oracle (all labels)"] = train("oracle", ["method.name=supervised", f'data.labeled="{d}/all"', "data.batch_size=2000"])[
-            "val/student_top1"]
+        acc["oracle (all labels)"] = train(
+            "oracle", ["method.name=supervised", f'data.labeled="{d}/all"', "data.batch_size=2000"]
+        )["val/student_top1"]
     return {"dataset": k, "seed": seed, "top1": acc, "seconds": time.perf_counter() - start, "commands": commands}
 
 
@@ -179,9 +243,15 @@ def feedback_stats(rows: list[dict], out: Path, soft: bool) -> dict:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {"logged_steps": len(h), "abs_h_median": pct(h, 0.5), "abs_h_p90": pct(h, 0.9),
-            "mpl_term_median": pct(hc_term, 0.5), "mpl_term_p90": pct(hc_term, 0.9),
-            "teacher_sup_median": pct(sup, 0.5), "teacher_sup_p90": pct(sup, 0.9)}
+    return {
+        "logged_steps": len(h),
+        "abs_h_median": pct(h, 0.5),
+        "abs_h_p90": pct(h, 0.9),
+        "mpl_term_median": pct(hc_term, 0.5),
+        "mpl_term_p90": pct(hc_term, 0.9),
+        "teacher_sup_median": pct(sup, 0.5),
+        "teacher_sup_p90": pct(sup, 0.9),
+    }
 
 
 def figures(rows: list[dict], out: Path, k: int | None) -> dict:
@@ -191,12 +261,39 @@ def figures(rows: list[dict], out: Path, k: int | None) -> dict:
     row = next(r for r in rows if r["dataset"] == k)
     d, runs, log = out / "data" / f"d{k:02d}", out / "runs" / f"d{k:02d}", []
     a = row["top1"]
-    titles = f"Supervised Learning,Pseudo Labels,Meta Pseudo Labels"
-    regions = mpl("plot", "regions", runs / "sl/student.safetensors", runs / "pl/student.safetensors", runs / "mpl/student.safetensors",
-                  "--data", d / "all", "--labeled", d / "split/labeled", "--titles", titles, "--out", out / "figure2.png", "--force",
-                  commands=log)
-    curves = mpl("plot", "curves", runs / "sl", runs / "pl", runs / "mpl", "--labels", "SL,PL,MPL", "--smooth", "5",
-                 "--out", out / "curves.png", "--force", commands=log)
+    titles = "Supervised Learning,Pseudo Labels,Meta Pseudo Labels"
+    regions = mpl(
+        "plot",
+        "regions",
+        runs / "sl/student.safetensors",
+        runs / "pl/student.safetensors",
+        runs / "mpl/student.safetensors",
+        "--data",
+        d / "all",
+        "--labeled",
+        d / "split/labeled",
+        "--titles",
+        titles,
+        "--out",
+        out / "figure2.png",
+        "--force",
+        commands=log,
+    )
+    curves = mpl(
+        "plot",
+        "curves",
+        runs / "sl",
+        runs / "pl",
+        runs / "mpl",
+        "--labels",
+        "SL,PL,MPL",
+        "--smooth",
+        "5",
+        "--out",
+        out / "curves.png",
+        "--force",
+        commands=log,
+    )
     return {"dataset": k, "seed": row["seed"], "top1": a, "figure2": regions, "curves": curves, "commands": log}
 
 
@@ -205,20 +302,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", type=int, default=20, help="number of random TwoMoon datasets (default 20)")
     p.add_argument("--first-seed", type=int, default=0, help="dataset k uses seed first_seed + k (data and split)")
     p.add_argument("--setting", default="default", help="one of the settings (see --list); default: the recipe's")
-    p.add_argument("--out", type=Path, default=None, help="work folder, relative to the repo root (default runs/twomoon_study/SETTING)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="work folder, relative to the repo root (default runs/twomoon_study/SETTING)"
+    )
     p.add_argument("--jobs", type=int, default=2, help="datasets processed in parallel (default 2 = 2 cores)")
     p.add_argument("--figure-dataset", type=int, default=None, help="dataset drawn in figure2.png (default: the first)")
     p.add_argument("--no-figure", action="store_true", help="skip the PNGs")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for every mpl train (repeatable)")
     p.add_argument("--list", action="store_true", help="list the settings and exit")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: re-read OUT/results.json and the run folders, print the tables again")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: re-read OUT/results.json and the run folders, print the tables again",
+    )
     args = p.parse_args(argv)
     if args.list:
         for name, s in SETTINGS.items():
-            print(f"{name}{'' if s.faithful else ' (diagnostic: breaks a stated value)'}\n    {s.summary}\n"
-                  f"    data: --noise {s.noise} --scale {s.scale}; all runs: {' '.join(s.common)}\n"
-                  f"    PL: {' '.join(s.pl) or '-'}; MPL: {' '.join(s.mpl) or '-'}")
+            print(
+                f"{name}{'' if s.faithful else ' (diagnostic: breaks a stated value)'}\n    {s.summary}\n"
+                f"    data: --noise {s.noise} --scale {s.scale}; all runs: {' '.join(s.common)}\n"
+                f"    PL: {' '.join(s.pl) or '-'}; MPL: {' '.join(s.mpl) or '-'}"
+            )
         return 0
     if args.setting not in SETTINGS:
         p.error(f"unknown setting {args.setting!r}; choose from {', '.join(SETTINGS)} (see --list)")
@@ -242,26 +346,43 @@ def main(argv: list[str] | None = None) -> int:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = usage.ru_utime + usage.ru_stime
         command = "python recipes/twomoon/study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        report = {"command": command.strip(), "setting": args.setting, "description": setting.summary, "faithful": setting.faithful,
-                  "noise": setting.noise, "scale": setting.scale, "common_sets": list(setting.common), "pl_sets": list(setting.pl),
-                  "mpl_sets": list(setting.mpl), "extra_sets": args.sets, "success_threshold": SUCCESS}
+        report = {
+            "command": command.strip(),
+            "setting": args.setting,
+            "description": setting.summary,
+            "faithful": setting.faithful,
+            "noise": setting.noise,
+            "scale": setting.scale,
+            "common_sets": list(setting.common),
+            "pl_sets": list(setting.pl),
+            "mpl_sets": list(setting.mpl),
+            "extra_sets": args.sets,
+            "success_threshold": SUCCESS,
+        }
     report.update(summary=summary, feedback=feedback, per_dataset=rows, figure=figure, wall_seconds=wall, cpu_seconds=cpu)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "results.json")
     print(f"TwoMoon, setting {args.setting!r}{'' if setting.faithful else ' (diagnostic)'}: {setting.summary}")
-    print(f"{len(rows)} datasets (seeds {args.first_seed}..{args.first_seed + len(rows) - 1}); success = top-1 >= {SUCCESS} on all 2,000 points")
+    print(
+        f"{len(rows)} datasets (seeds {args.first_seed}..{args.first_seed + len(rows) - 1}); success = top-1 >= {SUCCESS} on all 2,000 points"
+    )
     print(text)
     if figure:
-        print(f"figure 2 (dataset {figure['dataset']}, seed {figure['seed']}; top-1 "
-              + ", ".join(f"{m} {v:.3f}" for m, v in figure["top1"].items()) + f"): {figure['figure2']}; curves: {figure['curves']}")
+        print(
+            f"figure 2 (dataset {figure['dataset']}, seed {figure['seed']}; top-1 "
+            + ", ".join(f"{m} {v:.3f}" for m, v in figure["top1"].items())
+            + f"): {figure['figure2']}; curves: {figure['curves']}"
+        )
     if feedback:
-        print(f"MPL feedback over {feedback['logged_steps']} logged steps: |h| median {feedback['abs_h_median']:.1e} "
-              f"(90th pct {feedback['abs_h_p90']:.1e}); teacher's MPL term {'sum p*dL/dp' if 'method.pseudo_labels=soft' in setting.mpl else '|h_c * CE(y_hat, T)|'} "
-              f"median {feedback['mpl_term_median']:.1e} "
-              f"(90th pct {feedback['mpl_term_p90']:.1e}) vs its supervised loss median {feedback['teacher_sup_median']:.1e} "
-              f"(90th pct {feedback['teacher_sup_p90']:.1e})")
+        print(
+            f"MPL feedback over {feedback['logged_steps']} logged steps: |h| median {feedback['abs_h_median']:.1e} "
+            f"(90th pct {feedback['abs_h_p90']:.1e}); teacher's MPL term {'sum p*dL/dp' if 'method.pseudo_labels=soft' in setting.mpl else '|h_c * CE(y_hat, T)|'} "
+            f"median {feedback['mpl_term_median']:.1e} "
+            f"(90th pct {feedback['mpl_term_p90']:.1e}) vs its supervised loss median {feedback['teacher_sup_median']:.1e} "
+            f"(90th pct {feedback['teacher_sup_p90']:.1e})"
+        )
     print(f"wall {wall:.0f} s, CPU {cpu:.0f} s; results in {out / 'results.json'}")
     return 0
 

@@ -26,14 +26,17 @@ def test_readme_python_example_runs_on_tiny_data(tmp_path):
         "\nimport json; assert json.loads(result)['step'] == 20"
         "\n[(name, p)] = model.classify(torch.tensor([0.0, 0.0])); assert name in model.classes and 0.5 <= p <= 1"
         "\ntry:\n    mpltools.run('train', 'recipes/tiny/nosuch.toml')\nexcept mpltools.MplError as exc:\n    assert exc.exit_code == 2, exc.exit_code\n"
-        "else:\n    raise AssertionError('no MplError')\n")
+        "else:\n    raise AssertionError('no MplError')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "runs/api/student.safetensors").is_file()
 
 
 def test_import_mpltools_does_not_import_torch():
-    code = "import sys, mpltools; mpltools.__version__; assert 'torch' not in sys.modules, 'torch imported'; print(mpltools.__all__)"
+    code = (
+        "import sys, mpltools; mpltools.__version__; assert 'torch' not in sys.modules, 'torch imported'; print(mpltools.__all__)"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     assert r.returncode == 0, r.stderr
     assert "load_checkpoint" in r.stdout

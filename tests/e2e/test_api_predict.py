@@ -150,8 +150,11 @@ def test_wrong_tensors_are_refused_with_the_expected_spec(trained):
     _refused(model, torch.zeros(2, c, h + 1, w), f"got float data of shape [2, {c}, {h + 1}, {w}]", spec)
     _refused(model, torch.zeros(2, h, w, c) if c != h else torch.zeros(2, h, w + 1, c), "channels last?")
     _refused(model, torch.zeros(2, c, h, w, dtype=torch.int64), "got int64 data", spec)
-    _refused(model, torch.zeros(c, h, w, dtype=torch.uint8) if c == 3 else torch.zeros(2, 1, h, w, dtype=torch.uint8),
-             "channels first?")
+    _refused(
+        model,
+        torch.zeros(c, h, w, dtype=torch.uint8) if c == 3 else torch.zeros(2, 1, h, w, dtype=torch.uint8),
+        "channels first?",
+    )
     _refused(model, [], "empty list")
     _refused(model, "cat.png", "got a str ('cat.png')", "PIL.Image.open(path)")
     _refused(model, object(), "got a object")

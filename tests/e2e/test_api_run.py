@@ -15,8 +15,18 @@ from mpltools.errors import UsageError
 from tests.e2e.helpers import REPO, mpl
 
 DIGITS = "recipes/tiny/digits.toml"
-ARGS = ("--set", "schedule.steps=3", "--set", "checkpoint.every=2", "--set", "data.labeled=d/split/labeled",
-        "--set", "data.unlabeled=d/split/unlabeled", "--set", "data.val=d/split/val")
+ARGS = (
+    "--set",
+    "schedule.steps=3",
+    "--set",
+    "checkpoint.every=2",
+    "--set",
+    "data.labeled=d/split/labeled",
+    "--set",
+    "data.unlabeled=d/split/unlabeled",
+    "--set",
+    "data.val=d/split/val",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +34,9 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("apirun")
     (root / "recipes").symlink_to(REPO / "recipes")
     mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
-    mpl("data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root)
+    mpl(
+        "data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root
+    )
     return root
 
 
@@ -41,12 +53,15 @@ def test_run_train_writes_the_cli_bytes_and_prints_the_cli_result(work, monkeypa
     assert printed[0] == cli.stdout.replace("cli", "api1") and printed[1] == cli.stdout.replace("cli", "api2")
     assert printed[0].strip()  # the result: the paths written
     ev = mpl("eval", "cli/student.safetensors", "--data", "d/split/val", "--json", cwd=work).stdout
-    assert mpltools.run("eval", "api1/student.safetensors", "--data", "d/split/val", "--json", echo_logs=False) == \
-        ev.replace("cli/", "api1/")
+    assert mpltools.run("eval", "api1/student.safetensors", "--data", "d/split/val", "--json", echo_logs=False) == ev.replace(
+        "cli/", "api1/"
+    )
 
 
-@pytest.mark.parametrize("args", [("recipes/tiny/nosuch.toml",), (DIGITS, "--set", 'runtime.trackers=["nosuch"]'),
-                                  (DIGITS, "--set", "schedule.steps=0")])
+@pytest.mark.parametrize(
+    "args",
+    [("recipes/tiny/nosuch.toml",), (DIGITS, "--set", 'runtime.trackers=["nosuch"]'), (DIGITS, "--set", "schedule.steps=0")],
+)
 def test_run_raises_the_cli_message_and_exit_code(work, monkeypatch, args):
     cli = mpl("train", *args, "--out", "x", cwd=work, check=False)
     monkeypatch.chdir(work)

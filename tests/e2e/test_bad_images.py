@@ -40,8 +40,9 @@ def _image_set(folder: Path, shape=(8, 8, 1), bad=None) -> str:
     from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
 
     rng = np.random.default_rng(0)
-    w = ShardWriter(folder, input_spec=InputSpec("image", "png", shape), classes=["a", "b"], labeled=True,
-                    provenance={"test": "bad_images"})
+    w = ShardWriter(
+        folder, input_spec=InputSpec("image", "png", shape), classes=["a", "b"], labeled=True, provenance={"test": "bad_images"}
+    )
     for i in range(8):
         data = encode_png(rng.integers(0, 255, shape, dtype=np.uint8))
         if f"s{i:03d}" == BAD and bad is not None:
@@ -57,8 +58,8 @@ def _patch_label(folder: Path, label: bytes) -> None:
     shard = folder / "shard-000000.tar"
     raw = bytearray(shard.read_bytes())
     header = raw.index(f"{BAD}.cls\0".encode())
-    assert raw[header + 512: header + 513] in (b"0", b"1")
-    raw[header + 512: header + 513] = label
+    assert raw[header + 512 : header + 513] in (b"0", b"1")
+    raw[header + 512 : header + 513] = label
     shard.write_bytes(bytes(raw))
     m = json.loads((folder / "manifest.json").read_text())
     m["shards"][0]["sha256"] = hashlib.sha256(raw).hexdigest()
@@ -73,9 +74,24 @@ def _png(shape):
 def w(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("badimg")
     good = _image_set(root / "good")
-    code, out = cli("train", DIGITS, "--set", f"data.labeled={good}", "--set", "data.unlabeled=", "--set", "data.val=",
-                    "--set", "method.name=supervised", "--set", "schedule.steps=1", "--set", "data.batch_size=4",
-                    "--out", root / "run")
+    code, out = cli(
+        "train",
+        DIGITS,
+        "--set",
+        f"data.labeled={good}",
+        "--set",
+        "data.unlabeled=",
+        "--set",
+        "data.val=",
+        "--set",
+        "method.name=supervised",
+        "--set",
+        "schedule.steps=1",
+        "--set",
+        "data.batch_size=4",
+        "--out",
+        root / "run",
+    )
     assert code == 0, out[-3000:]
     sets = dict(
         big=_image_set(root / "big", bad=_png((16, 16, 1))),  # 16x16 in an [8, 8, 1] set
@@ -88,14 +104,28 @@ def w(tmp_path_factory) -> dict:
     return dict(root=root, ck=str(root / "run/student.safetensors"), **sets)
 
 
-TRAIN = ["--set", "data.unlabeled=", "--set", "data.val=", "--set", "method.name=supervised",
-         "--set", "schedule.steps=2", "--set", "data.batch_size=4"]
+TRAIN = [
+    "--set",
+    "data.unlabeled=",
+    "--set",
+    "data.val=",
+    "--set",
+    "method.name=supervised",
+    "--set",
+    "schedule.steps=2",
+    "--set",
+    "data.batch_size=4",
+]
 STREAMED = ["--set", "data.in_memory=no", "--set", "data.workers=2"]
 
 # What each fault's message must say besides the shard file and key.
-SAYS = {"big": ["[16, 16, 1] (16x16 grey)", "[8, 8, 1] (8x8 grey)"], "rgb": ["[8, 8, 3] (8x8 RGB)", "[8, 8, 1]"],
-        "grey": ["[8, 8, 1] (8x8 grey)", "declares input shape [8, 8, 3]"], "trunc": ["cannot be decoded as png"],
-        "label": ["label 7, outside 0..1"]}
+SAYS = {
+    "big": ["[16, 16, 1] (16x16 grey)", "[8, 8, 1] (8x8 grey)"],
+    "rgb": ["[8, 8, 3] (8x8 RGB)", "[8, 8, 1]"],
+    "grey": ["[8, 8, 1] (8x8 grey)", "declares input shape [8, 8, 3]"],
+    "trunc": ["cannot be decoded as png"],
+    "label": ["label 7, outside 0..1"],
+}
 
 # (id, fault, argv as a function of the world and the output path)
 CASES = [
@@ -103,22 +133,73 @@ CASES = [
     *[(f"eval-{f}", f, lambda w, o, f=f: ["eval", w["ck"], "--data", w[f]]) for f in ("big", "rgb", "trunc", "label")],
     ("eval-json-big", "big", lambda w, o: ["eval", w["ck"], "--data", w["big"], "--json"]),
     ("eval-predictions-rgb", "rgb", lambda w, o: ["eval", w["ck"], "--data", w["rgb"], "--predictions", o]),
-    *[(f"train-{f}", f, lambda w, o, f=f: ["train", DIGITS, "--set", f"data.labeled={w[f]}", *TRAIN, "--out", o])
-      for f in SAYS],
-    *[(f"train-streamed-2-workers-{f}", f, lambda w, o, f=f: ["train", DIGITS, "--set", f"data.labeled={w[f]}", *TRAIN,
-                                                                  *STREAMED, "--out", o]) for f in SAYS],
-    ("train-streamed-0-workers-big", "big", lambda w, o: ["train", DIGITS, "--set", f"data.labeled={w['big']}", *TRAIN,
-                                                          "--set", "data.in_memory=no", "--set", "data.workers=0", "--out", o]),
-    *[(f"finetune-{f}", f, lambda w, o, f=f: ["finetune", w["ck"], "--labeled", w[f], "--set", "finetune.steps=2",
-                                                    "--set", "finetune.batch_size=4", "--out", o]) for f in ("big", "rgb", "trunc", "label")],
-    *[(f"filter-unlabeled-{f}", f, lambda w, o, f=f: ["data", "filter-unlabeled", w[f], "--model", w["ck"], "--top-k", "2",
-                                                            "--out", o]) for f in ("big", "rgb", "trunc", "label")],
-    *[(f"reduced-predict-{f}", f, lambda w, o, f=f: ["reduced", "predict", w["ck"], "--data", w[f], "--out", o])
-      for f in ("rgb", "trunc")],
-    ("reduced-predict-2-workers-big", "big", lambda w, o: ["reduced", "predict", w["ck"], "--data", w["big"], "--workers", "2",
-                                                           "--out", o]),
-    ("filter-unlabeled-2-workers-big", "big", lambda w, o: ["data", "filter-unlabeled", w["big"], "--model", w["ck"],
-                                                            "--top-k", "2", "--workers", "2", "--out", o]),
+    *[(f"train-{f}", f, lambda w, o, f=f: ["train", DIGITS, "--set", f"data.labeled={w[f]}", *TRAIN, "--out", o]) for f in SAYS],
+    *[
+        (
+            f"train-streamed-2-workers-{f}",
+            f,
+            lambda w, o, f=f: ["train", DIGITS, "--set", f"data.labeled={w[f]}", *TRAIN, *STREAMED, "--out", o],
+        )
+        for f in SAYS
+    ],
+    (
+        "train-streamed-0-workers-big",
+        "big",
+        lambda w, o: [
+            "train",
+            DIGITS,
+            "--set",
+            f"data.labeled={w['big']}",
+            *TRAIN,
+            "--set",
+            "data.in_memory=no",
+            "--set",
+            "data.workers=0",
+            "--out",
+            o,
+        ],
+    ),
+    *[
+        (
+            f"finetune-{f}",
+            f,
+            lambda w, o, f=f: [
+                "finetune",
+                w["ck"],
+                "--labeled",
+                w[f],
+                "--set",
+                "finetune.steps=2",
+                "--set",
+                "finetune.batch_size=4",
+                "--out",
+                o,
+            ],
+        )
+        for f in ("big", "rgb", "trunc", "label")
+    ],
+    *[
+        (
+            f"filter-unlabeled-{f}",
+            f,
+            lambda w, o, f=f: ["data", "filter-unlabeled", w[f], "--model", w["ck"], "--top-k", "2", "--out", o],
+        )
+        for f in ("big", "rgb", "trunc", "label")
+    ],
+    *[
+        (f"reduced-predict-{f}", f, lambda w, o, f=f: ["reduced", "predict", w["ck"], "--data", w[f], "--out", o])
+        for f in ("rgb", "trunc")
+    ],
+    (
+        "reduced-predict-2-workers-big",
+        "big",
+        lambda w, o: ["reduced", "predict", w["ck"], "--data", w["big"], "--workers", "2", "--out", o],
+    ),
+    (
+        "filter-unlabeled-2-workers-big",
+        "big",
+        lambda w, o: ["data", "filter-unlabeled", w["big"], "--model", w["ck"], "--top-k", "2", "--workers", "2", "--out", o],
+    ),
 ]
 
 
@@ -150,8 +231,14 @@ def test_verify_lists_the_first_problems_and_counts_all(tmp_path):
     """A set whose every image has the wrong size: each sample is named up to 20, the rest are counted."""
     from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
 
-    w = ShardWriter(tmp_path / "s", input_spec=InputSpec("image", "png", (8, 8, 1)), classes=["a", "b"], labeled=True,
-                    provenance={}, max_per_shard=10)
+    w = ShardWriter(
+        tmp_path / "s",
+        input_spec=InputSpec("image", "png", (8, 8, 1)),
+        classes=["a", "b"],
+        labeled=True,
+        provenance={},
+        max_per_shard=10,
+    )
     for i in range(25):
         w.write(Sample(f"k{i:02d}", "png", encode_png(np.zeros((4, 4, 1), np.uint8)), i % 2))
     w.close()
@@ -162,7 +249,7 @@ def test_verify_lists_the_first_problems_and_counts_all(tmp_path):
     assert f"{tmp_path / 's'}/shard-000001.tar: sample 'k19' decodes to shape [4, 4, 1] (4x4 grey)" in text
     assert "error: " in text and "25 problem(s) found" in text
     code, js = cli("data", "info", tmp_path / "s", "--verify", "--json")
-    report = json.loads(js[js.index("{"): js.rindex("}") + 1])
+    report = json.loads(js[js.index("{") : js.rindex("}") + 1])
     assert report["problem_count"] == 25 and len(report["problems"]) == 20 and report["verified"] is False
 
 

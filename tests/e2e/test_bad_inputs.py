@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from mpltools.cli import app
@@ -23,8 +23,18 @@ from tests.e2e.helpers import REPO
 
 TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
 REDUCED = str(REPO / "recipes/tiny/reduced_b7_yfcc.toml")
-VECTOR_STUDENT = ["--set", "augment.kind=none", "--set", "augment.image_size=0", "--set", "augment.normalisation=none",
-                  "--set", "model.name=mlp", "--set", "model.kwargs={}"]
+VECTOR_STUDENT = [
+    "--set",
+    "augment.kind=none",
+    "--set",
+    "augment.image_size=0",
+    "--set",
+    "augment.normalisation=none",
+    "--set",
+    "model.name=mlp",
+    "--set",
+    "model.kwargs={}",
+]
 
 
 def cli(*args) -> tuple[int, str]:
@@ -44,8 +54,13 @@ def _image_set(folder: Path, n: int, size: int = 8) -> None:
     from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
 
     rng = np.random.default_rng(0)
-    w = ShardWriter(folder, input_spec=InputSpec("image", "png", (size, size, 1)), classes=["a", "b"], labeled=True,
-                    provenance={"test": "bad_inputs"})
+    w = ShardWriter(
+        folder,
+        input_spec=InputSpec("image", "png", (size, size, 1)),
+        classes=["a", "b"],
+        labeled=True,
+        provenance={"test": "bad_inputs"},
+    )
     for i in range(n):
         w.write(Sample(f"s{i:03d}", "png", encode_png(rng.integers(0, 255, (size, size, 1), dtype=np.uint8)), i % 2))
     w.close()
@@ -74,23 +89,70 @@ def w(tmp_path_factory) -> dict:
     ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
     ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
     sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
-    base = ["--set", f"data.labeled={sets['labeled']}", "--set", f"data.unlabeled={sets['unlabeled']}",
-            "--set", f"data.val={sets['val']}", "--set", "schedule.steps=2", "--set", "eval.every=0"]
+    base = [
+        "--set",
+        f"data.labeled={sets['labeled']}",
+        "--set",
+        f"data.unlabeled={sets['unlabeled']}",
+        "--set",
+        f"data.val={sets['val']}",
+        "--set",
+        "schedule.steps=2",
+        "--set",
+        "eval.every=0",
+    ]
     ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
     _image_set(root / "img", 8)
     _image_set(root / "empty", 0)
-    ok("train", TWOMOON, "--set", f"data.labeled={root / 'img'}", "--set", "data.unlabeled=", "--set", "data.val=",
-       "--set", "method.name=supervised", "--set", "model.name=small_cnn", "--set", "model.kwargs={}",
-       "--set", "schedule.steps=1", "--set", "data.batch_size=4", "--out", root / "imgrun")
+    ok(
+        "train",
+        TWOMOON,
+        "--set",
+        f"data.labeled={root / 'img'}",
+        "--set",
+        "data.unlabeled=",
+        "--set",
+        "data.val=",
+        "--set",
+        "method.name=supervised",
+        "--set",
+        "model.name=small_cnn",
+        "--set",
+        "model.kwargs={}",
+        "--set",
+        "schedule.steps=1",
+        "--set",
+        "data.batch_size=4",
+        "--out",
+        root / "imgrun",
+    )
     ck = root / "run/student.safetensors"
     labeled = Path(sets["labeled"])
-    d = dict(root=root, base=base, ck=str(ck), img=str(root / "img"), imgck=str(root / "imgrun/student.safetensors"),
-             empty=str(root / "empty"), **sets)
+    d = dict(
+        root=root,
+        base=base,
+        ck=str(ck),
+        img=str(root / "img"),
+        imgck=str(root / "imgrun/student.safetensors"),
+        empty=str(root / "empty"),
+        **sets,
+    )
     d["nan"] = _with_weights(ck, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan")))
     (root / "garbage.safetensors").write_bytes(b"\x00not a checkpoint" * 10)
     d["garbage"] = str(root / "garbage.safetensors")
-    d["neg"] = _edit_manifest(labeled, root / "neg", lambda m: (m["shards"][0].update(count=-1), m.update(num_samples=m["num_samples"] - m["shards"][0]["count"] - 1 + (-1) * 0)))
-    d["neg"] = _edit_manifest(labeled, root / "negn", lambda m: (m.update(num_samples=-1), [s.update(count=0) for s in m["shards"]], m["shards"][0].update(count=-1)))
+    d["neg"] = _edit_manifest(
+        labeled,
+        root / "neg",
+        lambda m: (
+            m["shards"][0].update(count=-1),
+            m.update(num_samples=m["num_samples"] - m["shards"][0]["count"] - 1 + (-1) * 0),
+        ),
+    )
+    d["neg"] = _edit_manifest(
+        labeled,
+        root / "negn",
+        lambda m: (m.update(num_samples=-1), [s.update(count=0) for s in m["shards"]], m["shards"][0].update(count=-1)),
+    )
     d["badsha"] = _edit_manifest(labeled, root / "badsha", lambda m: m["shards"][0].update(sha256="xyz"))
     d["dupcls"] = _edit_manifest(labeled, root / "dupcls", lambda m: m.update(classes=[m["classes"][0]] * len(m["classes"])))
     d["badshape"] = _edit_manifest(labeled, root / "badshape", lambda m: m["input"].update(shape=[-2]))
@@ -139,12 +201,37 @@ def T(d, key):  # a path of the world, resolved when the case runs
 # (id, argv as a function of the world, exit code, what the message must name (a world key or literal text))
 CASES = [
     # --- train: recipe values (exit 2, the key named), nothing written
-    ("train-print-config-bad-model", lambda w: ["train", TWOMOON, "--set", "model.name=resnet5", "--print-config"], 2, "model.name"),
+    (
+        "train-print-config-bad-model",
+        lambda w: ["train", TWOMOON, "--set", "model.name=resnet5", "--print-config"],
+        2,
+        "model.name",
+    ),
     ("train-bad-model", lambda w: ["train", TWOMOON, *w["base"], "--set", "model.name=resnet5"], 2, "model.name"),
-    ("train-bad-teacher-model", lambda w: ["train", TWOMOON, *w["base"], "--set", "model.teacher_name=nope"], 2, "model.teacher_name"),
-    ("train-negative-mpl-weight", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.mpl_weight=-1"], 2, "method.mpl_weight"),
-    ("train-negative-uda-weight", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_weight=-1"], 2, "method.uda_weight"),
-    ("train-uda-threshold", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_threshold=2"], 2, "method.uda_threshold"),
+    (
+        "train-bad-teacher-model",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "model.teacher_name=nope"],
+        2,
+        "model.teacher_name",
+    ),
+    (
+        "train-negative-mpl-weight",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "method.mpl_weight=-1"],
+        2,
+        "method.mpl_weight",
+    ),
+    (
+        "train-negative-uda-weight",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_weight=-1"],
+        2,
+        "method.uda_weight",
+    ),
+    (
+        "train-uda-threshold",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "method.uda_threshold=2"],
+        2,
+        "method.uda_threshold",
+    ),
     ("train-eval-batch-0", lambda w: ["train", TWOMOON, *w["base"], "--set", "eval.batch_size=0"], 2, "eval.batch_size"),
     ("train-eval-every-neg", lambda w: ["train", TWOMOON, *w["base"], "--set", "eval.every=-1"], 2, "eval.every"),
     ("train-log-every-0", lambda w: ["train", TWOMOON, *w["base"], "--set", "runtime.log_every=0"], 2, "runtime.log_every"),
@@ -153,14 +240,76 @@ CASES = [
     ("train-broken-recipe", lambda w: ["train", w["broken"]], 2, "broken.toml"),
     # --- train: data and checkpoints (exit 1, the file named), no stub run folder
     ("train-empty-val", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.val={w['empty']}"], 1, "empty"),
-    ("train-empty-labeled", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['empty']}"], 1, "empty"),
+    (
+        "train-empty-labeled",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['empty']}"],
+        1,
+        "empty",
+    ),
     ("train-negative-count", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['neg']}"], 1, "negn"),
     ("train-manifest-not-json", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['notjson']}"], 1, "notjson"),
-    ("train-missing-labeled", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['root'] / 'nowhere'}"], 1, "nowhere"),
-    ("train-pl-nan-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"], 1, "nan.safetensors"),
-    ("train-pl-missing-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['root'] / 'gone.safetensors'}"], 1, "gone.safetensors"),
-    ("train-pl-garbage-teacher", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['garbage']}"], 1, "garbage.safetensors"),
-    ("train-pl-image-teacher-vector-student", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['imgck']}"], 1, "imgrun"),
+    (
+        "train-missing-labeled",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.labeled={w['root'] / 'nowhere'}"],
+        1,
+        "nowhere",
+    ),
+    (
+        "train-pl-nan-teacher",
+        lambda w: [
+            "train",
+            TWOMOON,
+            *w["base"],
+            "--set",
+            "method.name=pseudo-label",
+            "--set",
+            f"method.teacher_checkpoint={w['nan']}",
+        ],
+        1,
+        "nan.safetensors",
+    ),
+    (
+        "train-pl-missing-teacher",
+        lambda w: [
+            "train",
+            TWOMOON,
+            *w["base"],
+            "--set",
+            "method.name=pseudo-label",
+            "--set",
+            f"method.teacher_checkpoint={w['root'] / 'gone.safetensors'}",
+        ],
+        1,
+        "gone.safetensors",
+    ),
+    (
+        "train-pl-garbage-teacher",
+        lambda w: [
+            "train",
+            TWOMOON,
+            *w["base"],
+            "--set",
+            "method.name=pseudo-label",
+            "--set",
+            f"method.teacher_checkpoint={w['garbage']}",
+        ],
+        1,
+        "garbage.safetensors",
+    ),
+    (
+        "train-pl-image-teacher-vector-student",
+        lambda w: [
+            "train",
+            TWOMOON,
+            *w["base"],
+            "--set",
+            "method.name=pseudo-label",
+            "--set",
+            f"method.teacher_checkpoint={w['imgck']}",
+        ],
+        1,
+        "imgrun",
+    ),
     # --- eval
     ("eval-empty-set", lambda w: ["eval", w["ck"], "--data", w["empty"]], 1, "empty"),
     ("eval-empty-set-json", lambda w: ["eval", w["ck"], "--data", w["empty"], "--json"], 1, "empty"),
@@ -178,10 +327,30 @@ CASES = [
     ("eval-batch-size-0", lambda w: ["eval", w["ck"], "--data", w["val"], "--batch-size", "0"], 2, "batch-size"),
     ("eval-predictions-exist", lambda w: ["eval", w["ck"], "--data", w["val"], "--predictions", w["preds"]], 1, "preds"),
     # --- finetune
-    ("finetune-lr-negative", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.lr=-1"], 2, "finetune.lr"),
-    ("finetune-batch-0", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.batch_size=0"], 2, "finetune.batch_size"),
-    ("finetune-steps-0", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.steps=0"], 2, "finetune.steps"),
-    ("finetune-momentum", lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.momentum=1.5"], 2, "finetune.momentum"),
+    (
+        "finetune-lr-negative",
+        lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.lr=-1"],
+        2,
+        "finetune.lr",
+    ),
+    (
+        "finetune-batch-0",
+        lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.batch_size=0"],
+        2,
+        "finetune.batch_size",
+    ),
+    (
+        "finetune-steps-0",
+        lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.steps=0"],
+        2,
+        "finetune.steps",
+    ),
+    (
+        "finetune-momentum",
+        lambda w: ["finetune", w["ck"], "--labeled", w["labeled"], "--set", "finetune.momentum=1.5"],
+        2,
+        "finetune.momentum",
+    ),
     ("finetune-ckpt-vs-image-data", lambda w: ["finetune", w["ck"], "--labeled", w["img"]], 1, "student.safetensors"),
     ("finetune-image-ckpt-vs-vectors", lambda w: ["finetune", w["imgck"], "--labeled", w["labeled"]], 1, "imgrun"),
     ("finetune-nan-checkpoint", lambda w: ["finetune", w["nan"], "--labeled", w["labeled"]], 1, "nan.safetensors"),
@@ -189,16 +358,73 @@ CASES = [
     ("finetune-empty-labeled", lambda w: ["finetune", w["ck"], "--labeled", w["empty"]], 1, "empty"),
     ("finetune-negative-count", lambda w: ["finetune", w["ck"], "--labeled", w["neg"]], 1, "negn"),
     # --- failing mid-run, after the output folder exists (item 1): a new run leaves nothing, nor the parents of --out
-    ("train-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['corrupt']}"], 1, "corrupt"),
-    ("train-nonfinite-before-first-checkpoint", lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", "student.lr=1e38", "--set", "schedule.steps=4"], 1, "not finite"),
-    ("train-mpl-shard-corrupt-mid-run", lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.unlabeled={w['corrupt']}"], 1, "corrupt"),
-    ("reduced-train-prediction-shard-corrupt-mid-run", lambda w: ["reduced", "train", REDUCED, "--set", f"data.labeled={w['pred_labeled']}",
-                                                              "--set", f"data.unlabeled={w['pred_corrupt']}", "--set", "data.val=", *VECTOR_STUDENT, "--out", "OUT"], 1, "pred_corrupt"),
+    (
+        "train-shard-corrupt-mid-run",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={w['corrupt']}"],
+        1,
+        "corrupt",
+    ),
+    (
+        "train-nonfinite-before-first-checkpoint",
+        lambda w: [
+            "train",
+            TWOMOON,
+            *w["base"],
+            "--set",
+            "method.name=supervised",
+            "--set",
+            "student.lr=1e38",
+            "--set",
+            "schedule.steps=4",
+        ],
+        1,
+        "not finite",
+    ),
+    (
+        "train-mpl-shard-corrupt-mid-run",
+        lambda w: ["train", TWOMOON, *w["base"], "--set", f"data.unlabeled={w['corrupt']}"],
+        1,
+        "corrupt",
+    ),
+    (
+        "reduced-train-prediction-shard-corrupt-mid-run",
+        lambda w: [
+            "reduced",
+            "train",
+            REDUCED,
+            "--set",
+            f"data.labeled={w['pred_labeled']}",
+            "--set",
+            f"data.unlabeled={w['pred_corrupt']}",
+            "--set",
+            "data.val=",
+            *VECTOR_STUDENT,
+            "--out",
+            "OUT",
+        ],
+        1,
+        "pred_corrupt",
+    ),
     ("finetune-shard-corrupt-mid-run", lambda w: ["finetune", w["ck"], "--labeled", w["corrupt"]], 1, "corrupt"),
-    ("eval-predictions-shard-corrupt", lambda w: ["eval", w["ck"], "--data", w["corrupt_val"], "--predictions", "OUT"], 1, "corrupt_val"),
+    (
+        "eval-predictions-shard-corrupt",
+        lambda w: ["eval", w["ck"], "--data", w["corrupt_val"], "--predictions", "OUT"],
+        1,
+        "corrupt_val",
+    ),
     ("split-shard-corrupt", lambda w: ["data", "split", w["corrupt"], "--labeled-per-class", "1", "--out", "OUT"], 1, "corrupt"),
-    ("import-imagefolder-broken-image", lambda w: ["data", "import", "imagefolder", w["badtree"], "--out", "OUT"], 1, "broken.png"),
-    ("filter-unlabeled-shard-corrupt", lambda w: ["data", "filter-unlabeled", w["corrupt"], "--model", w["ck"], "--top-k", "1", "--out", "OUT"], 1, "corrupt"),
+    (
+        "import-imagefolder-broken-image",
+        lambda w: ["data", "import", "imagefolder", w["badtree"], "--out", "OUT"],
+        1,
+        "broken.png",
+    ),
+    (
+        "filter-unlabeled-shard-corrupt",
+        lambda w: ["data", "filter-unlabeled", w["corrupt"], "--model", w["ck"], "--top-k", "1", "--out", "OUT"],
+        1,
+        "corrupt",
+    ),
     # --- data info
     ("info-negative-count", lambda w: ["data", "info", w["neg"]], 1, "negn"),
     ("info-dup-classes", lambda w: ["data", "info", w["dupcls"]], 1, "dupcls"),

@@ -27,7 +27,9 @@ def work(tmp_path_factory) -> Path:
     (root / "recipes/tiny").mkdir(parents=True)
     (root / DIGITS).write_text((Path(__file__).parents[2] / DIGITS).read_text())
     mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
-    mpl("data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root)
+    mpl(
+        "data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root
+    )
     return root
 
 
@@ -38,8 +40,16 @@ def _sha(path: Path) -> str:
 def _train(work: Path, out: str, umask: int = 0o022) -> subprocess.CompletedProcess:
     data = ("--set", "data.labeled=d/split/labeled", "--set", "data.unlabeled=d/split/unlabeled", "--set", "data.val=d/split/val")
     cmd = [sys.executable, "-m", "mpltools", "train", DIGITS, "--out", out, *FAST, *data]
-    return subprocess.run(cmd, cwd=work, env=env(), capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, preexec_fn=lambda: os.umask(umask))
+    return subprocess.run(
+        cmd,
+        cwd=work,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.umask(umask),
+    )
 
 
 def test_identical_runs_give_byte_identical_checkpoints_and_umask_modes(work):
@@ -53,12 +63,21 @@ def test_identical_runs_give_byte_identical_checkpoints_and_umask_modes(work):
     for f in states:
         assert _sha(f) == _sha(work / "r2" / f.relative_to(work / "r1")), f.name
     for run, mode in (("r1", 0o644), ("r3", 0o600)):
-        files = [work / run / "student.safetensors", work / run / "teacher.safetensors",
-                 *(work / run / "state").glob("step_*/*")]
+        files = [work / run / "student.safetensors", work / run / "teacher.safetensors", *(work / run / "state").glob("step_*/*")]
         for f in files:
             assert stat.S_IMODE(f.stat().st_mode) == mode, (f, oct(f.stat().st_mode))
     for out in ("f1", "f2"):
-        mpl("finetune", "r1/student.safetensors", "--labeled", "d/split/labeled", "--set", "finetune.steps=2", "--out", out, cwd=work)
+        mpl(
+            "finetune",
+            "r1/student.safetensors",
+            "--labeled",
+            "d/split/labeled",
+            "--set",
+            "finetune.steps=2",
+            "--out",
+            out,
+            cwd=work,
+        )
     assert _sha(work / "f1/finetuned.safetensors") == _sha(work / "f2/finetuned.safetensors")
 
 
@@ -66,13 +85,17 @@ def test_file_size_limit_names_the_path_and_leaves_no_temp(work):
     data = "--set data.labeled=d/split/labeled --set data.unlabeled=d/split/unlabeled --set data.val=d/split/val"
     # 12 KiB: the recipe and logs fit, a state's weights (17 KB) do not.
     line = f"ulimit -f 12; exec {sys.executable} -m mpltools train {DIGITS} --out full {' '.join(FAST)} {data}"
-    r = subprocess.run(["bash", "-c", line], cwd=work, env=env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        ["bash", "-c", line], cwd=work, env=env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "cannot write" in r.stderr and "full/" in r.stderr, r.stderr[-2000:]
     assert "file-size limit" in r.stderr
     left = [p.name for p in (work / "full").rglob("*") if ".tmp" in p.name or p.name.startswith(".pending")]
     assert not left, left
-    assert not list((work / "full").glob("state/step_*")) or all((p / "COMMITTED").is_file() for p in (work / "full").glob("state/step_*"))
+    assert not list((work / "full").glob("state/step_*")) or all(
+        (p / "COMMITTED").is_file() for p in (work / "full").glob("state/step_*")
+    )
 
 
 def _full_disk(real_open):
@@ -82,6 +105,7 @@ def _full_disk(real_open):
             fh.close()
             raise OSError(errno.ENOSPC, "No space left on device")
         return fh
+
     return fake_open
 
 
@@ -97,8 +121,17 @@ def test_disk_full_during_state_save_names_the_state_and_cleans_up(tmp_path, mon
 def test_disk_full_during_export_names_the_file_and_cleans_up(tmp_path, monkeypatch):
     import builtins
 
-    meta = checkpoint.CheckpointMeta(role="student", architecture="mlp", architecture_kwargs={}, num_classes=2, input_shape=[2],
-                                     input_spec={}, normalisation={}, augment={}, classes=["a", "b"])
+    meta = checkpoint.CheckpointMeta(
+        role="student",
+        architecture="mlp",
+        architecture_kwargs={},
+        num_classes=2,
+        input_shape=[2],
+        input_spec={},
+        normalisation={},
+        augment={},
+        classes=["a", "b"],
+    )
     monkeypatch.setattr(builtins, "open", _full_disk(builtins.open))
     with pytest.raises(MplError, match=r"cannot write .*student.safetensors.*disk is full"):
         checkpoint.save_model(tmp_path / "student.safetensors", torch.nn.Linear(2, 2), meta)

@@ -12,8 +12,13 @@ from tests.e2e.helpers import REPO, metrics, mpl, recipe_commands
 
 DIGITS = "recipes/tiny/digits.toml"
 WARNING = "pseudo labels are collapsing"
-FLIPPED_FEEDBACK_ONLY = ("method.teacher_supervised_weight=0", "method.uda_weight=0", "method.pseudo_labels=soft",
-                         "method.feedback_sign=-1", "method.mpl_weight=100")
+FLIPPED_FEEDBACK_ONLY = (
+    "method.teacher_supervised_weight=0",
+    "method.uda_weight=0",
+    "method.pseudo_labels=soft",
+    "method.feedback_sign=-1",
+    "method.mpl_weight=100",
+)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,9 @@ def _manifest(folder: Path) -> dict:
 
 
 def _sha_tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def _assert_nothing_written(out: Path) -> None:
@@ -98,8 +100,19 @@ def _info(run, folder: Path) -> dict:
 def test_digits_import_split_info_pipeline(mpl, tmp_path):
     code, out, err = mpl("data", "import", "digits", "--out", tmp_path / "d")
     assert (code, out) == (0, f"{tmp_path / 'd'}\n") and "importing 1,797 samples of digits" in err
-    code, out, err = mpl("data", "split", tmp_path / "d", "--out", tmp_path / "s", "--labeled-per-class", "5",
-                         "--val-per-class", "20", "--seed", "1")
+    code, out, err = mpl(
+        "data",
+        "split",
+        tmp_path / "d",
+        "--out",
+        tmp_path / "s",
+        "--labeled-per-class",
+        "5",
+        "--val-per-class",
+        "20",
+        "--seed",
+        "1",
+    )
     assert code == 0, err
     assert out.splitlines() == [str(tmp_path / "s" / p) for p in ("labeled", "unlabeled", "val")]
     labeled, unlabeled, val = (_info(mpl, tmp_path / "s" / p) for p in ("labeled", "unlabeled", "val"))
@@ -111,7 +124,11 @@ def test_digits_import_split_info_pipeline(mpl, tmp_path):
     source = _records(tmp_path / "d")
     parts = {p: _records(tmp_path / "s" / p) for p in ("labeled", "unlabeled", "val")}
     keys = {p: set(r) for p, r in parts.items()}
-    assert not (keys["labeled"] & keys["val"]) and not (keys["labeled"] & keys["unlabeled"]) and not (keys["val"] & keys["unlabeled"])
+    assert (
+        not (keys["labeled"] & keys["val"])
+        and not (keys["labeled"] & keys["unlabeled"])
+        and not (keys["val"] & keys["unlabeled"])
+    )
     assert keys["labeled"] | keys["val"] | keys["unlabeled"] == set(source)
     for p, records in parts.items():  # inputs copied unchanged; labels kept (and removed from unlabeled/)
         for key, (label, data) in records.items():
@@ -122,8 +139,20 @@ def test_digits_import_split_info_pipeline(mpl, tmp_path):
 
 
 def test_include_labeled_in_unlabeled(run_cli, digits, tmp_path):
-    code, _, err = run_cli("data", "split", digits, "--out", tmp_path / "s", "--labeled-per-class", "5", "--val-per-class", "20",
-                           "--seed", "1", "--include-labeled-in-unlabeled")
+    code, _, err = run_cli(
+        "data",
+        "split",
+        digits,
+        "--out",
+        tmp_path / "s",
+        "--labeled-per-class",
+        "5",
+        "--val-per-class",
+        "20",
+        "--seed",
+        "1",
+        "--include-labeled-in-unlabeled",
+    )
     assert code == 0, err
     labeled, unlabeled, val = (set(_records(tmp_path / "s" / p)) for p in ("labeled", "unlabeled", "val"))
     assert len(unlabeled) == _manifest(tmp_path / "s/unlabeled")["num_samples"] == 1797 - 200
@@ -135,8 +164,20 @@ def test_same_seed_gives_identical_files_and_another_seed_another_split(run_subp
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
         (tmp_path / name).mkdir()
         # The same relative command line in two folders: even manifest.json (which records it) must be byte-identical.
-        code, _, err = run_subprocess("data", "split", "../src/digits", "--out", "split", "--labeled-per-class", "5",
-                                      "--val-per-class", "20", "--seed", seed, cwd=tmp_path / name)
+        code, _, err = run_subprocess(
+            "data",
+            "split",
+            "../src/digits",
+            "--out",
+            "split",
+            "--labeled-per-class",
+            "5",
+            "--val-per-class",
+            "20",
+            "--seed",
+            seed,
+            cwd=tmp_path / name,
+        )
         assert code == 0, err
     a, b = _sha_tree(tmp_path / "a/split"), _sha_tree(tmp_path / "b/split")
     assert a == b and len(a) == 6
@@ -155,8 +196,15 @@ def test_real_shell_pipeline(tmp_path):
     mpl data info "$(mpl data import twomoon --out t --num-samples 100)" --json > twomoon.json
     echo s/val | mpl data info - --json | python -c 'import json, sys; print(json.load(sys.stdin)["num_samples"])'
     """
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=120)
+    r = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "200\n"
     assert "verify      OK" in (tmp_path / "verify.txt").read_text()
@@ -194,7 +242,9 @@ def test_totals_are_spread_evenly(run_cli, synthetic, tmp_path):
 
 
 def test_labeled_fraction(run_cli, synthetic, tmp_path):
-    code, _, err = run_cli("data", "split", synthetic, "--out", tmp_path / "s", "--labeled-fraction", "0.25", "--val-per-class", "2")
+    code, _, err = run_cli(
+        "data", "split", synthetic, "--out", tmp_path / "s", "--labeled-fraction", "0.25", "--val-per-class", "2"
+    )
     assert code == 0, err
     source = np.array(_manifest(synthetic)["class_counts"])
     assert _manifest(tmp_path / "s/labeled")["class_counts"] == np.floor(source * 0.25).astype(int).tolist()
@@ -209,7 +259,9 @@ def test_preset_too_big_for_the_set_is_a_clear_error(mpl, synthetic, tmp_path):
 
 
 def test_preset_imagenet_heldout_labels_everything_but_val(run_cli, synthetic, tmp_path):
-    code, _, err = run_cli("data", "split", synthetic, "--out", tmp_path / "s", "--preset", "imagenet-heldout", "--val-per-class", "2")
+    code, _, err = run_cli(
+        "data", "split", synthetic, "--out", tmp_path / "s", "--preset", "imagenet-heldout", "--val-per-class", "2"
+    )
     assert code == 0, err
     source = np.array(_manifest(synthetic)["class_counts"])
     assert _manifest(tmp_path / "s/labeled")["class_counts"] == (source - 2).tolist()
@@ -250,8 +302,23 @@ def test_import_twomoon(mpl, tmp_path):
 
 
 def test_import_synthetic_any_size_classes_channels(run_cli, tmp_path):
-    code, _, err = run_cli("data", "import", "synthetic", "--num-samples", "30", "--num-classes", "3", "--image-size", "6",
-                           "--channels", "1", "--max-per-shard", "7", "--out", tmp_path / "s")
+    code, _, err = run_cli(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "30",
+        "--num-classes",
+        "3",
+        "--image-size",
+        "6",
+        "--channels",
+        "1",
+        "--max-per-shard",
+        "7",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 0, err
     m = _manifest(tmp_path / "s")
     assert m["num_samples"] == 30 and len(m["classes"]) == 3 and m["input"]["shape"] == [6, 6, 1]
@@ -279,8 +346,15 @@ def test_import_imagefolder_keeps_bytes(mpl, tmp_path):
         assert f"{key}.{'png' if rel.endswith('.png') else 'jpg'}" in names
 
 
-@pytest.mark.parametrize("builder, name", [(fakes.cifar10_binary, "cifar10"), (fakes.cifar100_binary, "cifar100"),
-                                           (fakes.cifar10_python, "cifar10"), (fakes.cifar100_python, "cifar100")])
+@pytest.mark.parametrize(
+    "builder, name",
+    [
+        (fakes.cifar10_binary, "cifar10"),
+        (fakes.cifar100_binary, "cifar100"),
+        (fakes.cifar10_python, "cifar10"),
+        (fakes.cifar100_python, "cifar100"),
+    ],
+)
 @pytest.mark.parametrize("archive", [True, False], ids=["tar.gz", "folder"])
 def test_import_cifar(run_cli, tmp_path, builder, name, archive):
     fake = builder(tmp_path / "raw", archive=archive)
@@ -316,7 +390,12 @@ def test_import_svhn(mpl, tmp_path):
 
 def test_pickle_payload_is_refused_and_never_runs(mpl, tmp_path):
     marker = tmp_path / "pwned"
-    evil = b"\x80\x02cposix\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little") + f"touch {marker}".encode() + b"q\x01\x85q\x02Rq\x03."
+    evil = (
+        b"\x80\x02cposix\nsystem\nq\x00X"
+        + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode()
+        + b"q\x01\x85q\x02Rq\x03."
+    )
     fake = fakes.cifar10_python(tmp_path / "raw", archive=False)
     (fake.path / "data_batch_2").write_bytes(evil)
     code, out, err = mpl("data", "import", "cifar10", fake.path, "--out", tmp_path / "c")
@@ -326,17 +405,35 @@ def test_pickle_payload_is_refused_and_never_runs(mpl, tmp_path):
     _assert_nothing_written(tmp_path / "c")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: (fakes.cifar10_binary(p, archive=False).path / "test_batch.bin").write_bytes(b"\0" * 3000) and p / "cifar-10-batches-bin",
-     "test_batch.bin has 3000 bytes, not a multiple of the 3073-byte cifar10 record"),
-    (lambda p: __import__("scipy.io").io.savemat(p / "train_32x32.mat", {"X": np.zeros((32, 32, 1, 3), np.uint8), "y": np.ones((3, 1))})
-     or p / "train_32x32.mat", "train_32x32.mat has the wrong shape"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda p: (
+                (fakes.cifar10_binary(p, archive=False).path / "test_batch.bin").write_bytes(b"\0" * 3000)
+                and p / "cifar-10-batches-bin"
+            ),
+            "test_batch.bin has 3000 bytes, not a multiple of the 3073-byte cifar10 record",
+        ),
+        (
+            lambda p: (
+                __import__("scipy.io").io.savemat(
+                    p / "train_32x32.mat", {"X": np.zeros((32, 32, 1, 3), np.uint8), "y": np.ones((3, 1))}
+                )
+                or p / "train_32x32.mat"
+            ),
+            "train_32x32.mat has the wrong shape",
+        ),
+    ],
+)
 def test_dataset_files_of_the_wrong_size_or_shape(mpl, tmp_path, make, message):
     path = make(tmp_path)
     name = "svhn" if str(path).endswith(".mat") else "cifar10"
-    code, _, err = mpl("data", "import", name, path, "--split", "test", "--out", tmp_path / "o") if name == "cifar10" else \
-        mpl("data", "import", name, path, "--out", tmp_path / "o")
+    code, _, err = (
+        mpl("data", "import", name, path, "--split", "test", "--out", tmp_path / "o")
+        if name == "cifar10"
+        else mpl("data", "import", name, path, "--out", tmp_path / "o")
+    )
     assert code == 1 and message in err and str(tmp_path) in err
     _assert_nothing_written(tmp_path / "o")
 
@@ -426,15 +523,31 @@ def _cut(d: Path) -> str:
 # name -> (plant(d) -> the file or key the message must name, commands that must fail)
 DEFECTS = {
     "missing-manifest": (lambda d: (d / "manifest.json").unlink() or "manifest.json", ("split", "info")),
-    "bad-json": (lambda d: (d / "manifest.json").write_text('{"format": "mpltools.shardset", ') and "manifest.json", ("split", "info")),
-    "wrong-format-version": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)) or "format_version 99", ("split", "info")),
-    "counts-do-not-add-up": (lambda d: _edit_manifest(d, lambda m: m.update(num_samples=201)) or "do not add up", ("split", "info")),
-    "shard-count-differs": (lambda d: _edit_manifest(d, lambda m: m["shards"][1].update(count=59) or m["shards"][2].update(count=61))
-                            or "shard-000001.tar", ("split", "info")),
+    "bad-json": (
+        lambda d: (d / "manifest.json").write_text('{"format": "mpltools.shardset", ') and "manifest.json",
+        ("split", "info"),
+    ),
+    "wrong-format-version": (
+        lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)) or "format_version 99",
+        ("split", "info"),
+    ),
+    "counts-do-not-add-up": (
+        lambda d: _edit_manifest(d, lambda m: m.update(num_samples=201)) or "do not add up",
+        ("split", "info"),
+    ),
+    "shard-count-differs": (
+        lambda d: (
+            _edit_manifest(d, lambda m: m["shards"][1].update(count=59) or m["shards"][2].update(count=61)) or "shard-000001.tar"
+        ),
+        ("split", "info"),
+    ),
     "shard-missing": (lambda d: (d / "shard-000003.tar").unlink() or "shard-000003.tar", ("split", "info")),
     "checksum-mismatch": (_flip_byte, ("split", "info")),
     "truncated-shard": (_cut, ("split", "info")),
-    "not-a-tar": (lambda d: (d / "shard-000001.tar").write_bytes(b"PK\x03\x04 a zip, not a tar" * 40) and "shard-000001.tar", ("split", "info")),
+    "not-a-tar": (
+        lambda d: (d / "shard-000001.tar").write_bytes(b"PK\x03\x04 a zip, not a tar" * 40) and "shard-000001.tar",
+        ("split", "info"),
+    ),
     "corrupt-image": (_plant_garbage_png, ("info",)),
     "duplicate-key": (_plant_duplicate, ("split", "info")),
     "label-out-of-range": (_plant_label, ("split", "info")),
@@ -463,8 +576,12 @@ def test_bad_shard_sets_fail_clearly_and_write_nothing(mpl, synthetic, tmp_path,
 def test_not_a_shard_set(mpl, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder/notes.txt").write_text("hello")
-    for args in (["split", tmp_path / "folder", "--out", tmp_path / "o", "--labeled", "1"], ["info", tmp_path / "folder"],
-                 ["info", tmp_path / "folder/notes.txt"], ["info", tmp_path / "nowhere"]):
+    for args in (
+        ["split", tmp_path / "folder", "--out", tmp_path / "o", "--labeled", "1"],
+        ["info", tmp_path / "folder"],
+        ["info", tmp_path / "folder/notes.txt"],
+        ["info", tmp_path / "nowhere"],
+    ):
         code, out, err = mpl("data", *args)
         assert code == 1 and out == "" and str(tmp_path) in err and ("not a shard set" in err or "does not exist" in err)
     _assert_nothing_written(tmp_path / "o")
@@ -493,21 +610,24 @@ def test_outputs_get_ordinary_permissions(run_cli, synthetic, tmp_path):
     assert (tmp_path / "s").stat().st_mode & 0o777 == (tmp_path / "reference").stat().st_mode & 0o777
 
 
-@pytest.mark.parametrize("args", [
-    ["data", "split", "x", "--out", "y", "--bogus"],
-    ["data", "split", "x", "--labeled", "3"],  # no --out
-    ["data", "import", "digits"],  # no --out
-    ["data", "import", "nonsense", "--out", "y"],
-    ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--preset", "cifar-10k"],
-    ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--labeled", "10", "--labeled-per-class", "3"],
-    ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--val", "10", "--val-fraction", "0.1", "--labeled", "3"],
-    ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--labeled-fraction", "1.5"],
-    ["data", "split", "{synthetic}", "--out", "{tmp}/y"],  # no labelled size
-    ["data", "import", "digits", "{synthetic}", "--out", "{tmp}/y"],  # built in: takes no PATH
-    ["data", "import", "cifar10", "--out", "{tmp}/y"],  # needs a PATH
-    ["data", "import", "synthetic", "--channels", "2", "--out", "{tmp}/y"],
-    ["data", "info", "-"],  # '-' with empty stdin
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "split", "x", "--out", "y", "--bogus"],
+        ["data", "split", "x", "--labeled", "3"],  # no --out
+        ["data", "import", "digits"],  # no --out
+        ["data", "import", "nonsense", "--out", "y"],
+        ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--preset", "cifar-10k"],
+        ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--labeled", "10", "--labeled-per-class", "3"],
+        ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--val", "10", "--val-fraction", "0.1", "--labeled", "3"],
+        ["data", "split", "{synthetic}", "--out", "{tmp}/y", "--labeled-fraction", "1.5"],
+        ["data", "split", "{synthetic}", "--out", "{tmp}/y"],  # no labelled size
+        ["data", "import", "digits", "{synthetic}", "--out", "{tmp}/y"],  # built in: takes no PATH
+        ["data", "import", "cifar10", "--out", "{tmp}/y"],  # needs a PATH
+        ["data", "import", "synthetic", "--channels", "2", "--out", "{tmp}/y"],
+        ["data", "info", "-"],  # '-' with empty stdin
+    ],
+)
 def test_usage_errors_exit_2(mpl, synthetic, tmp_path, args):
     code, out, err = mpl(*[a.format(synthetic=synthetic, tmp=tmp_path) for a in args])
     assert code == 2 and out == "", (code, out, err)
@@ -519,12 +639,16 @@ def test_usage_errors_exit_2(mpl, synthetic, tmp_path, args):
 
 
 def test_version_and_help_do_not_import_torch():
-    code = ("import sys\nfrom mpltools.cli import main\n"
-            "for argv in (['--version'], ['--help'], ['data', '--help'], ['data', 'split', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "assert 'mpltools.commands.data_split' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    code = (
+        "import sys\nfrom mpltools.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['data', '--help'], ['data', 'split', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'mpltools.commands.data_split' not in sys.modules\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 0, r.stderr
     assert "mpl (mpltools) " in r.stdout and "import" in r.stdout and "--labeled" in r.stdout
 
@@ -533,8 +657,15 @@ def test_version_and_help_do_not_import_torch():
 def test_launchers_print_the_version(launcher):
     from mpltools import __version__
 
-    r = subprocess.run([sys.executable, *launcher, "--version"], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=60)
+    r = subprocess.run(
+        [sys.executable, *launcher, "--version"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert (r.returncode, r.stdout) == (0, f"mpl (mpltools) {__version__}\n"), r.stderr
 
 
@@ -571,7 +702,19 @@ def test_split_of_shards_written_by_webdataset(run_cli, synthetic, tmp_path):
     _reseal(theirs)
     assert _sha_tree(theirs)["shard-000000.tar"] != _sha_tree(synthetic)["shard-000000.tar"]
     for name, src in (("ours", synthetic), ("theirs", theirs)):
-        code, _, err = run_cli("data", "split", src, "--labeled-per-class", "2", "--val-per-class", "3", "--seed", "4", "--out", tmp_path / f"split-{name}")
+        code, _, err = run_cli(
+            "data",
+            "split",
+            src,
+            "--labeled-per-class",
+            "2",
+            "--val-per-class",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+            tmp_path / f"split-{name}",
+        )
         assert code == 0, err
     for part in ("labeled", "unlabeled", "val"):
         assert _records(tmp_path / "split-ours" / part) == _records(tmp_path / "split-theirs" / part)

@@ -25,23 +25,39 @@ def world(tmp_path_factory) -> dict:
     ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
     ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
     sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
-    base = ["--set", f"data.labeled={sets['labeled']}", "--set", f"data.unlabeled={sets['unlabeled']}",
-            "--set", f"data.val={sets['val']}", "--set", "schedule.steps=1", "--set", "eval.every=0"]
+    base = [
+        "--set",
+        f"data.labeled={sets['labeled']}",
+        "--set",
+        f"data.unlabeled={sets['unlabeled']}",
+        "--set",
+        f"data.val={sets['val']}",
+        "--set",
+        "schedule.steps=1",
+        "--set",
+        "eval.every=0",
+    ]
     ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
     good = root / "run/student.safetensors"
     _, meta = read_checkpoint(good)
     three = build_model(meta.architecture, 3, tuple(meta.input_shape), **meta.architecture_kwargs)
     save_model(root / "three.safetensors", three, dataclasses.replace(meta, num_classes=3, classes=["a", "b", "c"]))
     (root / "garbage.safetensors").write_bytes(b"\x00not a checkpoint" * 10)
-    bad = {"missing": str(root / "gone.safetensors"), "garbage": str(root / "garbage.safetensors"),
-           "nan": _with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
-           "classes": str(root / "three.safetensors")}
+    bad = {
+        "missing": str(root / "gone.safetensors"),
+        "garbage": str(root / "garbage.safetensors"),
+        "nan": _with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
+        "classes": str(root / "three.safetensors"),
+    }
     labeled = Path(sets["labeled"])
     (root / "notjson").mkdir()
     (root / "notjson/manifest.json").write_text("{ not json")
-    data = {"missing": str(root / "nowhere"), "notjson": str(root / "notjson"),
-            "negative": _edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
-            "corrupt": _corrupt_shards(labeled, root / "corrupt")}
+    data = {
+        "missing": str(root / "nowhere"),
+        "notjson": str(root / "notjson"),
+        "negative": _edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
+        "corrupt": _corrupt_shards(labeled, root / "corrupt"),
+    }
     return dict(root=root, base=base, bad=bad, data=data, ck=str(good), **sets)
 
 
@@ -50,8 +66,17 @@ COMMANDS = {
     "eval-predictions": lambda w, ck: ["eval", ck, "--data", w["val"], "--predictions", "OUT"],
     "finetune": lambda w, ck: ["finetune", ck, "--labeled", w["labeled"], "--out", "OUT"],
     "filter-unlabeled": lambda w, ck: ["data", "filter-unlabeled", w["unlabeled"], "--model", ck, "--top-k", "1", "--out", "OUT"],
-    "train-pseudo-label-teacher": lambda w, ck: ["train", TWOMOON, *w["base"], "--set", "method.name=pseudo-label",
-                                                 "--set", f"method.teacher_checkpoint={ck}", "--out", "OUT"],
+    "train-pseudo-label-teacher": lambda w, ck: [
+        "train",
+        TWOMOON,
+        *w["base"],
+        "--set",
+        "method.name=pseudo-label",
+        "--set",
+        f"method.teacher_checkpoint={ck}",
+        "--out",
+        "OUT",
+    ],
     "reduced-predict": lambda w, ck: ["reduced", "predict", ck, "--data", w["labeled"], "--out", "OUT"],
 }
 BAD = ["missing", "garbage", "nan", "classes"]
@@ -73,8 +98,18 @@ def test_the_same_bad_checkpoint_gives_exit_1_from_every_command(world, tmp_path
 @pytest.mark.parametrize("bad", BAD)
 def test_recipes_validate_reports_a_bad_teacher_checkpoint_as_a_recipe_error(world, bad):
     ck = world["bad"][bad]
-    code, text = cli("recipes", "validate", TWOMOON, *world["base"], "--set", "method.name=pseudo-label",
-                     "--set", f"method.teacher_checkpoint={ck}", "--out", world["root"] / "never")
+    code, text = cli(
+        "recipes",
+        "validate",
+        TWOMOON,
+        *world["base"],
+        "--set",
+        "method.name=pseudo-label",
+        "--set",
+        f"method.teacher_checkpoint={ck}",
+        "--out",
+        world["root"] / "never",
+    )
     assert code == 2 and "method.teacher_checkpoint" in text and Path(ck).name in text, text[-2000:]
     assert "Traceback" not in text and not (world["root"] / "never").exists()
 
@@ -85,7 +120,17 @@ DATA_COMMANDS = {
     "data-info": lambda w, d: ["data", "info", d, "--verify"],
     "data-split": lambda w, d: ["data", "split", d, "--labeled-per-class", "1", "--out", "OUT"],
     "filter-unlabeled": lambda w, d: ["data", "filter-unlabeled", d, "--model", w["ck"], "--top-k", "1", "--out", "OUT"],
-    "train": lambda w, d: ["train", TWOMOON, *w["base"], "--set", "method.name=supervised", "--set", f"data.labeled={d}", "--out", "OUT"],
+    "train": lambda w, d: [
+        "train",
+        TWOMOON,
+        *w["base"],
+        "--set",
+        "method.name=supervised",
+        "--set",
+        f"data.labeled={d}",
+        "--out",
+        "OUT",
+    ],
     "reduced-predict": lambda w, d: ["reduced", "predict", w["ck"], "--data", d, "--out", "OUT"],
 }
 BAD_DATA = ["missing", "notjson", "negative", "corrupt"]

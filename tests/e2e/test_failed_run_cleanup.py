@@ -7,8 +7,6 @@ and says to resume with the same command; a resumed run never deletes anything.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mpltools import trainer
@@ -20,8 +18,18 @@ def base(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("cleanup")
     ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
     ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    return ["--set", f"data.labeled={root / 'split/labeled'}", "--set", f"data.unlabeled={root / 'split/unlabeled'}",
-            "--set", "data.val=", "--set", "method.name=supervised", "--set", "eval.every=0"]
+    return [
+        "--set",
+        f"data.labeled={root / 'split/labeled'}",
+        "--set",
+        f"data.unlabeled={root / 'split/unlabeled'}",
+        "--set",
+        "data.val=",
+        "--set",
+        "method.name=supervised",
+        "--set",
+        "eval.every=0",
+    ]
 
 
 # lr 1e38: step 1 is finite, its update overflows float32, so step 2 stops with a NonFinite error (an honest mid-run failure).
@@ -61,6 +69,7 @@ def test_force_restart_that_fails_leaves_no_stub(base, tmp_path):
 
 def test_ctrl_c_before_the_first_checkpoint_removes_the_new_run(base, tmp_path, monkeypatch):
     """KeyboardInterrupt while the data streams open (before the loop's SIGINT handler, which saves a state)."""
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 

@@ -32,7 +32,7 @@ def _write_fashion(root: Path, counts=(("train", 300), ("t10k", 100))) -> None:
         labels = np.arange(n) % 10
         images = rng.integers(0, 60, size=(n, 28, 28))
         for i, c in enumerate(labels):
-            images[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 255
+            images[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 255
         (root / f"{stem}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images)))
         (root / f"{stem}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
 
@@ -41,9 +41,25 @@ def _write_fashion(root: Path, counts=(("train", 300), ("t10k", 100))) -> None:
 def test_fashion_study_ci_size(tmp_path):
     _write_fashion(tmp_path / "idx")
     out = tmp_path / "study"
-    r = run_script("recipes/fashion_study.py", "--labels", "40", "--seeds", "0", "--steps", "12",
-                   "--baselines", "supervised", "--variants", "fo-soft", "--idx", str(tmp_path / "idx"),
-                   "--out", str(out), "--set", "runtime.log_every=4")
+    r = run_script(
+        "recipes/fashion_study.py",
+        "--labels",
+        "40",
+        "--seeds",
+        "0",
+        "--steps",
+        "12",
+        "--baselines",
+        "supervised",
+        "--variants",
+        "fo-soft",
+        "--idx",
+        str(tmp_path / "idx"),
+        "--out",
+        str(out),
+        "--set",
+        "runtime.log_every=4",
+    )
     report = json.loads((out / "results.json").read_text())
     study = report["studies"]["40"]
     s = study["summary"]
@@ -64,8 +80,15 @@ def test_fashion_study_ci_size(tmp_path):
 
 
 def test_fashion_study_without_idx_files_is_a_usage_error(tmp_path):
-    r = subprocess.run([sys.executable, "recipes/fashion_study.py", "--idx", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
-                       cwd=REPO, env=env(), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "recipes/fashion_study.py", "--idx", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert str(tmp_path / "none") in r.stderr and "dataset-fashion-mnist" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()

@@ -19,8 +19,19 @@ from tests.e2e.test_studies import run_script
 @pytest.mark.slow
 def test_feedback_study_ci_size(tmp_path):
     out = tmp_path / "feedback"
-    r = run_script("recipes/feedback_study.py", "--seeds", "0", "--steps", "40", "--baselines", "supervised",
-                   "--variants", "fo-soft,fo-released", "--out", str(out))
+    r = run_script(
+        "recipes/feedback_study.py",
+        "--seeds",
+        "0",
+        "--steps",
+        "40",
+        "--baselines",
+        "supervised",
+        "--variants",
+        "fo-soft,fo-released",
+        "--out",
+        str(out),
+    )
     report = json.loads((out / "results.json").read_text())
     s = report["summary"]
     assert set(s) == {"supervised", "fo-soft", "fo-released"}, s

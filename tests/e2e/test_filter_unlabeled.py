@@ -60,14 +60,34 @@ def work(tmp_path_factory) -> Path:
     """A trained 4-class checkpoint, a validation set, and a labelled pool of 3 shards with planted copies
     of validation images: 3 byte-identical, 1 re-encoded at another PNG level, 1 slightly brightened."""
     root = tmp_path_factory.mktemp("filter")
-    mpl("data", "import", "synthetic", "--num-samples", "420", "--num-classes", CLASSES, "--image-size", "16", "--seed", "0",
-        "--out", root / "all", cwd=root)
+    mpl(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "420",
+        "--num-classes",
+        CLASSES,
+        "--image-size",
+        "16",
+        "--seed",
+        "0",
+        "--out",
+        root / "all",
+        cwd=root,
+    )
     mpl("data", "split", root / "all", "--labeled-per-class", "15", "--val-per-class", "10", "--out", root / "split", cwd=root)
     (root / "sup.toml").write_text(RECIPE)
     mpl("train", "sup.toml", "--out", "runs/sup", cwd=root)
     val = list(open_shard_set(root / "split/val").samples())
-    writer = ShardWriter(root / "pool", input_spec=open_shard_set(root / "split/val").input_spec,
-                         classes=[f"class{c}" for c in range(CLASSES)], labeled=True, provenance={}, max_per_shard=130)
+    writer = ShardWriter(
+        root / "pool",
+        input_spec=open_shard_set(root / "split/val").input_spec,
+        classes=[f"class{c}" for c in range(CLASSES)],
+        labeled=True,
+        provenance={},
+        max_per_shard=130,
+    )
     for i, s in enumerate(open_shard_set(root / "split/unlabeled").samples()):
         writer.write(Sample(s.key, s.ext, s.data, i % CLASSES))
     for j in range(3):
@@ -88,8 +108,11 @@ def _scores(ckpt: Path, location: Path) -> dict[str, np.ndarray]:
     model, meta = load_model(ckpt)
     aug = AugmentSpec(kind=meta.augment["kind"], image_size=meta.augment["image_size"])
     samples = list(open_shard_set(location).samples())
-    x = to_float_batch(torch.from_numpy(np.stack([eval_view(decode_input(s), aug) for s in samples])),
-                       meta.normalisation["mean"], meta.normalisation["std"])
+    x = to_float_batch(
+        torch.from_numpy(np.stack([eval_view(decode_input(s), aug) for s in samples])),
+        meta.normalisation["mean"],
+        meta.normalisation["std"],
+    )
     with torch.no_grad():
         probs = model.eval()(x).softmax(1).numpy()
     return {s.key: p for s, p in zip(samples, probs)}
@@ -102,8 +125,18 @@ def _read(location: Path) -> dict[str, Sample]:
 
 
 def _filter(run_cli, work, out, *args):
-    r = run_cli("data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--out", work / out,
-                "--force", "--json", *args)
+    r = run_cli(
+        "data",
+        "filter-unlabeled",
+        work / "pool",
+        "--model",
+        work / "runs/sup/student.safetensors",
+        "--out",
+        work / out,
+        "--force",
+        "--json",
+        *args,
+    )
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -179,8 +212,18 @@ def test_exact_and_near_duplicates_of_the_evaluation_set_are_dropped(run_cli, wo
     assert report["duplicates_dropped"]["exact"] == 4 and report["duplicates_dropped"]["near"] == 0
     assert {e["key"] for e in report["duplicates_dropped"]["examples"]} == {"copy0", "copy1", "copy2", "reencoded"}
 
-    report = _filter(run_cli, work, "dedup_near", "--top-k", "1000", "--exclude", work / "split/val", "--near-duplicates",
-                     "--phash-distance", "4")
+    report = _filter(
+        run_cli,
+        work,
+        "dedup_near",
+        "--top-k",
+        "1000",
+        "--exclude",
+        work / "split/val",
+        "--near-duplicates",
+        "--phash-distance",
+        "4",
+    )
     kept_near = set(_read(work / "dedup_near"))
     assert "nearcopy" not in kept_near
     val_hashes = np.array([dhash(decode_input(s)) for s in open_shard_set(work / "split/val").samples()], np.uint64)
@@ -205,16 +248,51 @@ def test_store_topk_stores_the_checkpoints_top_classes(run_cli, work):
 
 
 def _launch(work: Path, *args) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "mpltools", *map(str, args)]
-    return subprocess.run(cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "mpltools",
+        *map(str, args),
+    ]
+    return subprocess.run(
+        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
 
 
 def test_two_processes_write_byte_identical_output(work):
     # The pool has 3 shards: process 0 scores shards 0 and 2, process 1 shard 1.
-    args = ["data", "filter-unlabeled", "pool", "--model", "runs/sup/student.safetensors", "--top-k", "25", "--threshold", "0.3",
-            "--balance", "--store-topk", "2", "--exclude", "split/val", "--near-duplicates", "--batch-size", "16", "--force"]
+    args = [
+        "data",
+        "filter-unlabeled",
+        "pool",
+        "--model",
+        "runs/sup/student.safetensors",
+        "--top-k",
+        "25",
+        "--threshold",
+        "0.3",
+        "--balance",
+        "--store-topk",
+        "2",
+        "--exclude",
+        "split/val",
+        "--near-duplicates",
+        "--batch-size",
+        "16",
+        "--force",
+    ]
     two = _launch(work, *args, "--out", "two")
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["two"]  # printed once
@@ -228,32 +306,80 @@ def test_two_processes_write_byte_identical_output(work):
 
 
 def test_model_path_from_stdin_and_only_the_path_on_stdout(work):
-    r = mpl("data", "filter-unlabeled", "pool", "--model", "-", "--top-k", "3", "--out", "stdin_out", cwd=work,
-            stdin="runs/sup/student.safetensors\n")
+    r = mpl(
+        "data",
+        "filter-unlabeled",
+        "pool",
+        "--model",
+        "-",
+        "--top-k",
+        "3",
+        "--out",
+        "stdin_out",
+        cwd=work,
+        stdin="runs/sup/student.safetensors\n",
+    )
     assert r.stdout == "stdin_out\n"
     assert open_shard_set(work / "stdin_out").num_samples <= 3 * CLASSES
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["--top-k", "0"], 2, "--top-k must be at least 1"),
-    (["--threshold", "1.5"], 2, "[0, 1]"),
-    (["--threshold", "-0.1"], 2, "[0, 1]"),
-    ([], 2, "say what to keep"),
-    (["--threshold", "0.5", "--balance"], 2, "needs --top-k"),
-    (["--top-k", "3", "--phash-distance", "99"], 2, "--phash-distance"),
-    (["--top-k", "3", "--store-topk", "9"], 2, "more than the checkpoint's 4 classes"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["--top-k", "0"], 2, "--top-k must be at least 1"),
+        (["--threshold", "1.5"], 2, "[0, 1]"),
+        (["--threshold", "-0.1"], 2, "[0, 1]"),
+        ([], 2, "say what to keep"),
+        (["--threshold", "0.5", "--balance"], 2, "needs --top-k"),
+        (["--top-k", "3", "--phash-distance", "99"], 2, "--phash-distance"),
+        (["--top-k", "3", "--store-topk", "9"], 2, "more than the checkpoint's 4 classes"),
+    ],
+)
 def test_bad_rules_exit_2_and_write_nothing(run_cli, work, args, code, needle):
-    r = run_cli("data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--out",
-                work / "bad_rule", *args)
+    r = run_cli(
+        "data",
+        "filter-unlabeled",
+        work / "pool",
+        "--model",
+        work / "runs/sup/student.safetensors",
+        "--out",
+        work / "bad_rule",
+        *args,
+    )
     assert r.exit_code == code and needle in r.stderr
     assert not (work / "bad_rule").exists() and not list(work.glob(".bad_rule.tmp-*"))
 
 
 def test_checkpoints_that_do_not_fit_the_data_are_refused(run_cli, work, tmp_path):
     ckpt = work / "runs/sup/student.safetensors"
-    mpl("data", "import", "synthetic", "--num-samples", "20", "--num-classes", "3", "--image-size", "16", "--out", tmp_path / "c3", cwd=work)
-    mpl("data", "import", "synthetic", "--num-samples", "20", "--num-classes", CLASSES, "--image-size", "20", "--out", tmp_path / "s20", cwd=work)
+    mpl(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "20",
+        "--num-classes",
+        "3",
+        "--image-size",
+        "16",
+        "--out",
+        tmp_path / "c3",
+        cwd=work,
+    )
+    mpl(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "20",
+        "--num-classes",
+        CLASSES,
+        "--image-size",
+        "20",
+        "--out",
+        tmp_path / "s20",
+        cwd=work,
+    )
     model, meta = load_model(ckpt)
     meta.classes = ["cat", "dog", "cow", "hen"]
     save_model(tmp_path / "renamed.safetensors", model, meta)
@@ -270,16 +396,41 @@ def test_checkpoints_that_do_not_fit_the_data_are_refused(run_cli, work, tmp_pat
         r = run_cli("data", "filter-unlabeled", data, "--model", model_path, "--top-k", "3", "--out", tmp_path / "out")
         assert r.exit_code == 1 and needle in r.stderr, (data, model_path, r.stderr)
         assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
-    r = run_cli("data", "filter-unlabeled", work / "pool", "--model", tmp_path / "renamed.safetensors", "--top-k", "3",
-                "--ignore-data-classes", "--out", tmp_path / "out", "--json")
-    assert r.exit_code == 0 and json.loads((tmp_path / "out/manifest.json").read_text())["classes"] == ["cat", "dog", "cow", "hen"]
+    r = run_cli(
+        "data",
+        "filter-unlabeled",
+        work / "pool",
+        "--model",
+        tmp_path / "renamed.safetensors",
+        "--top-k",
+        "3",
+        "--ignore-data-classes",
+        "--out",
+        tmp_path / "out",
+        "--json",
+    )
+    assert r.exit_code == 0 and json.loads((tmp_path / "out/manifest.json").read_text())["classes"] == [
+        "cat",
+        "dog",
+        "cow",
+        "hen",
+    ]
 
 
 def test_existing_output_is_kept_and_a_failure_mid_write_leaves_nothing(run_cli, work, monkeypatch):
     (work / "exists").mkdir()
     (work / "exists/keep.txt").write_text("mine")
-    r = run_cli("data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--top-k", "3",
-                "--out", work / "exists")
+    r = run_cli(
+        "data",
+        "filter-unlabeled",
+        work / "pool",
+        "--model",
+        work / "runs/sup/student.safetensors",
+        "--top-k",
+        "3",
+        "--out",
+        work / "exists",
+    )
     assert r.exit_code == 1 and "--force" in r.stderr and (work / "exists/keep.txt").read_text() == "mine"
 
     calls = {"n": 0}
@@ -292,8 +443,17 @@ def test_existing_output_is_kept_and_a_failure_mid_write_leaves_nothing(run_cli,
         return original(self, sample)
 
     monkeypatch.setattr(ShardWriter, "write", failing)
-    r = run_cli("data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--top-k", "3",
-                "--out", work / "half")
+    r = run_cli(
+        "data",
+        "filter-unlabeled",
+        work / "pool",
+        "--model",
+        work / "runs/sup/student.safetensors",
+        "--top-k",
+        "3",
+        "--out",
+        work / "half",
+    )
     assert r.exit_code == 1 and "the disk is full" in r.stderr and str(work / "half") in r.stderr
     assert not (work / "half").exists() and not list(work.glob(".half.tmp-*"))
     shutil.rmtree(work / "exists")

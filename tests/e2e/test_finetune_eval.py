@@ -44,8 +44,9 @@ def test_digits_chain_runs_as_one_shell_pipeline(tmp_path):
     import shutil
 
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip(), r.stderr[-3000:]
     result = json.loads(r.stdout)
@@ -63,14 +64,24 @@ def test_finetune_writes_metadata_and_resumes(work):
     assert meta["parent_sha256"] == file_sha256(student)
     extra = json.loads(meta["extra"])
     assert extra["finetune_steps"] == 5 and extra["parent_role"] == "student"
+
     # Re-running the same command resumes (nothing left to do) and gives the same file.
     def content(path):
         with safe_open(path, framework="pt") as fh:
             return fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
 
     meta_before, before = content(finetuned)
-    r = mpl("finetune", student, "--labeled", "data/tiny/digits/split/labeled", "--recipe", DIGITS, "--out",
-            "runs/tiny/digits/finetune", cwd=work)
+    r = mpl(
+        "finetune",
+        student,
+        "--labeled",
+        "data/tiny/digits/split/labeled",
+        "--recipe",
+        DIGITS,
+        "--out",
+        "runs/tiny/digits/finetune",
+        cwd=work,
+    )
     assert r.stdout.strip() == "runs/tiny/digits/finetune/finetuned.safetensors"
     assert "resuming" in r.stderr
     meta_after, after = content(finetuned)
@@ -80,8 +91,22 @@ def test_finetune_writes_metadata_and_resumes(work):
 
 def test_finetune_settings_come_from_the_checkpoint_then_set(work):
     student = work / "runs/tiny/digits/student.safetensors"
-    r = CliRunner().invoke(app, ["finetune", str(student), "--labeled", str(work / "data/tiny/digits/split/labeled"),
-                                 "--set", "finetune.steps=2", "--set", "finetune.lr=0.0", "--out", str(work / "runs/ft0"), "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            str(student),
+            "--labeled",
+            str(work / "data/tiny/digits/split/labeled"),
+            "--set",
+            "finetune.steps=2",
+            "--set",
+            "finetune.lr=0.0",
+            "--out",
+            str(work / "runs/ft0"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["step"] == 2
@@ -133,31 +158,96 @@ def test_eval_real_precision_and_predictions(work):
     real = work / "real.json"
     # Every class counts as correct for all but the first ten samples, which have no ReaL label.
     real.write_text(json.dumps({k: (list(range(10)) if i >= 10 else []) for i, k in enumerate(keys)}))
-    r = mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/val", "--real", real,
-            "--predictions", "preds", "--json", cwd=work)
+    r = mpl(
+        "eval",
+        "runs/tiny/digits/student.safetensors",
+        "--data",
+        "data/tiny/digits/split/val",
+        "--real",
+        real,
+        "--predictions",
+        "preds",
+        "--json",
+        cwd=work,
+    )
     m = json.loads(r.stdout)
     assert m["real_precision_at_1"] == 1.0 and m["real_counted"] == 90
     info = json.loads(mpl("data", "info", "preds", "--json", "--verify", cwd=work).stdout)
     assert info["num_samples"] == 100 and info["input"]["shape"] == [10] and info["verified"]
     bad = work / "bad_real.json"
     bad.write_text(json.dumps({keys[0]: [1]}))
-    r = mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/val", "--real", bad, cwd=work, check=False)
+    r = mpl(
+        "eval",
+        "runs/tiny/digits/student.safetensors",
+        "--data",
+        "data/tiny/digits/split/val",
+        "--real",
+        bad,
+        cwd=work,
+        check=False,
+    )
     assert r.returncode == 1 and "not in the ReaL file" in r.stderr
 
 
 def test_eval_is_exact_over_two_processes(work):
-    one = json.loads(mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/unlabeled", "--json",
-                         cwd=work, check=False).stdout or "{}") if False else None  # unlabelled data cannot be evaluated
+    one = (
+        json.loads(
+            mpl(
+                "eval",
+                "runs/tiny/digits/student.safetensors",
+                "--data",
+                "data/tiny/digits/split/unlabeled",
+                "--json",
+                cwd=work,
+                check=False,
+            ).stdout
+            or "{}"
+        )
+        if False
+        else None
+    )  # unlabelled data cannot be evaluated
     del one
-    single = json.loads(mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/val",
-                            "--json", "--batch-size", "32", cwd=work).stdout)
+    single = json.loads(
+        mpl(
+            "eval",
+            "runs/tiny/digits/student.safetensors",
+            "--data",
+            "data/tiny/digits/split/val",
+            "--json",
+            "--batch-size",
+            "32",
+            cwd=work,
+        ).stdout
+    )
     import sys
 
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "mpltools", "eval",
-           "runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/val", "--json", "--batch-size", "32"]
-    r = subprocess.run(cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "mpltools",
+        "eval",
+        "runs/tiny/digits/student.safetensors",
+        "--data",
+        "data/tiny/digits/split/val",
+        "--json",
+        "--batch-size",
+        "32",
+    ]
+    r = subprocess.run(
+        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     double = json.loads(r.stdout)
     assert double["world_size"] == 2 and double["num_samples"] == single["num_samples"] == 100
@@ -175,12 +265,40 @@ def test_eval_refuses_an_unlabelled_set(work):
 
 
 def test_checkpoint_for_other_classes_or_inputs_is_refused(work):
-    mpl("data", "import", "synthetic", "--num-samples", "40", "--num-classes", "4", "--image-size", "8", "--channels", "1",
-        "--out", "other4", cwd=work)
+    mpl(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "40",
+        "--num-classes",
+        "4",
+        "--image-size",
+        "8",
+        "--channels",
+        "1",
+        "--out",
+        "other4",
+        cwd=work,
+    )
     r = mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "other4", cwd=work, check=False)
     assert r.returncode == 1 and "10 classes" in r.stderr and "student.safetensors" in r.stderr
-    mpl("data", "import", "synthetic", "--num-samples", "40", "--num-classes", "10", "--image-size", "16", "--channels", "1",
-        "--out", "big16", cwd=work)
+    mpl(
+        "data",
+        "import",
+        "synthetic",
+        "--num-samples",
+        "40",
+        "--num-classes",
+        "10",
+        "--image-size",
+        "16",
+        "--channels",
+        "1",
+        "--out",
+        "big16",
+        cwd=work,
+    )
     r = mpl("eval", "runs/tiny/digits/student.safetensors", "--data", "big16", cwd=work, check=False)
     assert r.returncode == 1 and "shape" in r.stderr
     r = mpl("finetune", "runs/tiny/digits/student.safetensors", "--labeled", "other4", "--out", "ft_bad", cwd=work, check=False)
@@ -203,10 +321,17 @@ def test_truncated_corrupt_and_non_finite_checkpoints_are_named(work):
     save_file(tensors, nan, metadata=meta)
     foreign = work / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, foreign)
-    for path, needle in ((truncated, "truncated or corrupt"), (garbage, "truncated or corrupt"), (nan, "NaN"),
-                         (foreign, "not an mpltools checkpoint"), (work / "missing.safetensors", "does not exist")):
-        for args in (["eval", path, "--data", "data/tiny/digits/split/val"],
-                     ["finetune", path, "--labeled", "data/tiny/digits/split/labeled", "--out", "ft_x"]):
+    for path, needle in (
+        (truncated, "truncated or corrupt"),
+        (garbage, "truncated or corrupt"),
+        (nan, "NaN"),
+        (foreign, "not an mpltools checkpoint"),
+        (work / "missing.safetensors", "does not exist"),
+    ):
+        for args in (
+            ["eval", path, "--data", "data/tiny/digits/split/val"],
+            ["finetune", path, "--labeled", "data/tiny/digits/split/labeled", "--out", "ft_x"],
+        ):
             r = mpl(*args, cwd=work, check=False)
             assert r.returncode == 1, (path, r.stderr)
             assert needle in r.stderr and path.name in r.stderr, (path, r.stderr)

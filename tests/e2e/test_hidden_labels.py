@@ -12,8 +12,9 @@ from mpltools.errors import MplError
 
 
 def _split(run_cli, src, out, *extra):
-    code, _, err = run_cli("data", "split", src, "--out", out, "--labeled-per-class", "3", "--val-per-class", "2",
-                           "--seed", "0", *extra)
+    code, _, err = run_cli(
+        "data", "split", src, "--out", out, "--labeled-per-class", "3", "--val-per-class", "2", "--seed", "0", *extra
+    )
     assert code == 0, err
 
 
@@ -59,15 +60,28 @@ def test_training_is_identical_with_and_without_the_side_file(run_cli, tmp_path)
     for name in ("kept", "plain"):
         sets = [f"data.{p}={tmp_path / name / p}" for p in ("labeled", "unlabeled", "val")]
         args = [a for s in sets for a in ("--set", s)]
-        code, _, err = run_cli("train", "recipes/tiny/digits.toml", "--out", tmp_path / f"run-{name}", "--force",
-                               "--set", "schedule.steps=6", "--set", "runtime.log_every=2", *args)
+        code, _, err = run_cli(
+            "train",
+            "recipes/tiny/digits.toml",
+            "--out",
+            tmp_path / f"run-{name}",
+            "--force",
+            "--set",
+            "schedule.steps=6",
+            "--set",
+            "runtime.log_every=2",
+            *args,
+        )
         assert code == 0, err
         lines = (tmp_path / f"run-{name}" / "metrics.jsonl").read_text().splitlines()
         rows[name] = [json.loads(line) for line in lines]
     kept = [r for r in rows["kept"] if "diag/pl_accuracy" in r]
     assert kept and all(0.0 <= r["diag/pl_accuracy"] <= 1.0 for r in kept)
     assert not any("diag/pl_accuracy" in r for r in rows["plain"])
-    strip = lambda r: {k: v for k, v in r.items() if k != "diag/pl_accuracy" and not any(t in k for t in ("time", "per_s", "wait"))}  # noqa: E731
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "diag/pl_accuracy" and not any(t in k for t in ("time", "per_s", "wait"))}  # noqa: E731
+
     assert [strip(r) for r in rows["kept"]] == [strip(r) for r in rows["plain"]]
     from safetensors.numpy import load_file
 
@@ -80,8 +94,17 @@ def test_window_stats_reach_metrics_jsonl(run_cli, tmp_path):
     assert code == 0, err
     _split(run_cli, tmp_path / "all", tmp_path / "s")
     sets = [a for p in ("labeled", "unlabeled", "val") for a in ("--set", f"data.{p}={tmp_path / 's' / p}")]
-    code, _, err = run_cli("train", "recipes/tiny/digits.toml", "--out", tmp_path / "run", "--set", "schedule.steps=6",
-                           "--set", "runtime.log_every=3", *sets)
+    code, _, err = run_cli(
+        "train",
+        "recipes/tiny/digits.toml",
+        "--out",
+        tmp_path / "run",
+        "--set",
+        "schedule.steps=6",
+        "--set",
+        "runtime.log_every=3",
+        *sets,
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "diag/h_mean" in r]

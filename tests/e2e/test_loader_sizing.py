@@ -39,16 +39,31 @@ def data(tmp_path_factory) -> Path:
     from mpltools.cli import app
 
     root = tmp_path_factory.mktemp("sizing")
-    for args in (["data", "import", "synthetic", "--num-samples", "120", "--image-size", "8", "--out", root / "all"],
-                 ["data", "split", root / "all", "--labeled-per-class", "4", "--val-per-class", "0", "--max-per-shard", "20",
-                  "--out", root / "split"]):
+    for args in (
+        ["data", "import", "synthetic", "--num-samples", "120", "--image-size", "8", "--out", root / "all"],
+        [
+            "data",
+            "split",
+            root / "all",
+            "--labeled-per-class",
+            "4",
+            "--val-per-class",
+            "0",
+            "--max-per-shard",
+            "20",
+            "--out",
+            root / "split",
+        ],
+    ):
         r = CliRunner().invoke(app, [str(a) for a in args])
         assert r.exit_code == 0, r.stderr
     return root
 
 
-@pytest.mark.parametrize("total,mu,expected", [(8, 7, (1, 7)), (16, 8, (1, 15)), (3, 7, (1, 2)), (2, 7, (1, 1)),
-                                               (1, 7, (0, 1)), (0, 7, (0, 0)), (40, 1, (11, 29))])
+@pytest.mark.parametrize(
+    "total,mu,expected",
+    [(8, 7, (1, 7)), (16, 8, (1, 15)), (3, 7, (1, 2)), (2, 7, (1, 1)), (1, 7, (0, 1)), (0, 7, (0, 0)), (40, 1, (11, 29))],
+)
 def test_workers_are_split_by_the_streams_work(total, mu, expected):
     assert sizing.split_workers(total, mu, two_streams=True) == expected
     assert sizing.split_workers(total, mu, two_streams=False) == (total, 0)
@@ -59,9 +74,21 @@ def test_prefetch_is_bounded_in_bytes_with_one_batch_per_worker_as_the_floor():
     assert sizing.prefetch_factor(1024 * mb, [(1, mb), (7, 10 * mb)]) == 4
     assert sizing.prefetch_factor(160 * mb, [(1, mb), (7, 10 * mb)]) == 2  # 71 MB per round of queued batches
     assert sizing.prefetch_factor(10 * mb, [(1, mb), (7, 10 * mb)]) == 1
-    p = sizing.plan(labeled_batch=1024, unlabeled_batch=15360, two_streams=True, workers=16, unlabeled_ratio=15,
-                    view_bytes=3 * 224 * 224, extra_bytes=0, in_memory=False, augmented=True, shuffle_buffer=2000,
-                    encoded_bytes=(110_000, 110_000), decoded_bytes=0, prefetch_mb=1024)
+    p = sizing.plan(
+        labeled_batch=1024,
+        unlabeled_batch=15360,
+        two_streams=True,
+        workers=16,
+        unlabeled_ratio=15,
+        view_bytes=3 * 224 * 224,
+        extra_bytes=0,
+        in_memory=False,
+        augmented=True,
+        shuffle_buffer=2000,
+        encoded_bytes=(110_000, 110_000),
+        decoded_bytes=0,
+        prefetch_mb=1024,
+    )
     unl = p.stream("unlabelled")
     assert (p.stream("labelled").workers, unl.workers, unl.prefetch) == (1, 15, 1) and p.over_prefetch_budget
     assert unl.batch_bytes == 15360 * 2 * 3 * 224 * 224 and p.total > 15 * 3 * unl.batch_bytes  # queued + assembling

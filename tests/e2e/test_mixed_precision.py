@@ -47,8 +47,16 @@ def test_digits_recipe_in_bf16_logs_the_feedback_of_the_fp32_run(work):
     h = 0 or noise of either sign."""
     common = ["--set", "schedule.steps=250", "--set", "runtime.log_every=5", "--set", "eval.every=0"]
     for precision in ("no", "bf16"):
-        mpl("train", DIGITS, "--out", work / f"runs/digits_{precision}", *common,
-            "--set", f"runtime.mixed_precision={precision}", cwd=work)
+        mpl(
+            "train",
+            DIGITS,
+            "--out",
+            work / f"runs/digits_{precision}",
+            *common,
+            "--set",
+            f"runtime.mixed_precision={precision}",
+            cwd=work,
+        )
     fp32, bf16 = _h_series(work / "runs/digits_no"), _h_series(work / "runs/digits_bf16")
     assert json.loads((work / "runs/digits_bf16/run.json").read_text())[-1]["mixed_precision"] == "bf16"
     waiting = [s for s in fp32 if s <= 100]
@@ -68,8 +76,18 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_fp16_run_interrupted_and_resumed_is_bitwise_identical_and_keeps_its_loss_scalers(work):
     """A short growth interval makes the scales move all the time, so a resume that lost them would diverge."""
-    extra = ["--set", "runtime.mixed_precision=fp16", "--set", "runtime.loss_scale_growth_interval=5",
-             "--set", "schedule.steps=600", "--set", "checkpoint.every=50", "--set", "runtime.log_every=50"]
+    extra = [
+        "--set",
+        "runtime.mixed_precision=fp16",
+        "--set",
+        "runtime.loss_scale_growth_interval=5",
+        "--set",
+        "schedule.steps=600",
+        "--set",
+        "checkpoint.every=50",
+        "--set",
+        "runtime.log_every=50",
+    ]
     straight = work / "runs/fp16_straight"
     mpl("train", TWOMOON, "--out", straight, *extra, cwd=work)
     resumed = work / "runs/fp16_resumed"

@@ -29,8 +29,22 @@ def work(tmp_path_factory) -> Path:
     """The tiny TwoMoon chain (MPL run with val metrics) plus a supervised run without validation."""
     root = tmp_path_factory.mktemp("plot")
     replay(TWOMOON, root)
-    mpl("train", "recipes/tiny/twomoon.toml", "--set", "method.name=supervised", "--set", 'data.val=""',
-        "--set", "schedule.steps=60", "--set", "runtime.log_every=20", "--out", "runs/sl-noval", "--force", cwd=root)
+    mpl(
+        "train",
+        "recipes/tiny/twomoon.toml",
+        "--set",
+        "method.name=supervised",
+        "--set",
+        'data.val=""',
+        "--set",
+        "schedule.steps=60",
+        "--set",
+        "runtime.log_every=20",
+        "--out",
+        "runs/sl-noval",
+        "--force",
+        cwd=root,
+    )
     return root
 
 
@@ -67,16 +81,36 @@ def test_curves_refuses_overwrite_and_bad_input(work):
     assert r.returncode == 1 and "metrics.jsonl" in r.stderr and "Traceback" not in r.stderr
     r = mpl("plot", "curves", "runs/tiny/twomoon", "--out", "x.jpg", cwd=work, check=False)
     assert r.returncode == 2 and ".png" in r.stderr
-    r = mpl("plot", "curves", "runs/tiny/twomoon", "runs/sl-noval", "--labels", "only-one", "--out", "x.png", cwd=work, check=False)
+    r = mpl(
+        "plot", "curves", "runs/tiny/twomoon", "runs/sl-noval", "--labels", "only-one", "--out", "x.png", cwd=work, check=False
+    )
     assert r.returncode == 2 and "--labels" in r.stderr
     assert not (work / "x.png").exists() and not (work / "x.jpg").exists()
 
 
 @pytest.mark.slow
 def test_regions_like_figure_2(work):
-    ckpts = ["runs/tiny/twomoon/student.safetensors", "runs/tiny/twomoon/teacher.safetensors", "runs/sl-noval/student.safetensors"]
-    r = mpl("plot", "regions", *ckpts, "--data", "data/tiny/twomoon/all", "--labeled", "data/tiny/twomoon/split/labeled",
-            "--titles", "MPL student,MPL teacher,Supervised", "--resolution", "80", "--out", "fig2.png", cwd=work)
+    ckpts = [
+        "runs/tiny/twomoon/student.safetensors",
+        "runs/tiny/twomoon/teacher.safetensors",
+        "runs/sl-noval/student.safetensors",
+    ]
+    r = mpl(
+        "plot",
+        "regions",
+        *ckpts,
+        "--data",
+        "data/tiny/twomoon/all",
+        "--labeled",
+        "data/tiny/twomoon/split/labeled",
+        "--titles",
+        "MPL student,MPL teacher,Supervised",
+        "--resolution",
+        "80",
+        "--out",
+        "fig2.png",
+        cwd=work,
+    )
     assert r.stdout.strip() == "fig2.png"
     width, height = png_size(work / "fig2.png")
     assert (width, height) == (1440, 390)  # three 4.8 x 3.4 inch panels in one row, plus the legend strip
@@ -85,8 +119,17 @@ def test_regions_like_figure_2(work):
 
 @pytest.mark.slow
 def test_regions_reads_checkpoint_from_stdin_and_unlabelled_data(work):
-    r = mpl("plot", "regions", "-", "--data", "data/tiny/twomoon/split/unlabeled", "--out", "one.png", cwd=work,
-            stdin="runs/tiny/twomoon/student.safetensors\n")
+    r = mpl(
+        "plot",
+        "regions",
+        "-",
+        "--data",
+        "data/tiny/twomoon/split/unlabeled",
+        "--out",
+        "one.png",
+        cwd=work,
+        stdin="runs/tiny/twomoon/student.safetensors\n",
+    )
     assert r.stdout.strip() == "one.png"
     assert png_size(work / "one.png") == (480, 390)
 
@@ -97,20 +140,58 @@ def test_regions_refuses_a_checkpoint_that_is_not_2d(work, tmp_path):
     from mpltools.models import build_model
 
     model = build_model("mlp", 10, (8, 8, 1), hidden=[4], activation="relu", init_range=None)
-    meta = CheckpointMeta(role="student", architecture="mlp", architecture_kwargs={"hidden": [4], "activation": "relu", "init_range": None},
-                          num_classes=10, input_shape=[8, 8, 1], input_spec={"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
-                          normalisation={"name": "none", "mean": [0.0], "std": [1.0]}, augment={"kind": "none", "image_size": 0},
-                          classes=[str(c) for c in range(10)])
+    meta = CheckpointMeta(
+        role="student",
+        architecture="mlp",
+        architecture_kwargs={"hidden": [4], "activation": "relu", "init_range": None},
+        num_classes=10,
+        input_shape=[8, 8, 1],
+        input_spec={"kind": "image", "encoding": "png", "shape": [8, 8, 1], "dtype": "uint8"},
+        normalisation={"name": "none", "mean": [0.0], "std": [1.0]},
+        augment={"kind": "none", "image_size": 0},
+        classes=[str(c) for c in range(10)],
+    )
     save_model(tmp_path / "digits.safetensors", model, meta)
-    r = mpl("plot", "regions", tmp_path / "digits.safetensors", "--data", "data/tiny/twomoon/all", "--out", "no.png", cwd=work, check=False)
+    r = mpl(
+        "plot",
+        "regions",
+        tmp_path / "digits.safetensors",
+        "--data",
+        "data/tiny/twomoon/all",
+        "--out",
+        "no.png",
+        cwd=work,
+        check=False,
+    )
     assert r.returncode == 1 and r.stdout == ""
     assert "2-D" in r.stderr and "[8, 8, 1]" in r.stderr and "Traceback" not in r.stderr
     assert not (work / "no.png").exists()
     # 2-D checkpoint but the data are not 2-D points
-    r = mpl("plot", "regions", "runs/tiny/twomoon/student.safetensors", "--data", "runs/tiny/twomoon", "--out", "no.png", cwd=work, check=False)
+    r = mpl(
+        "plot",
+        "regions",
+        "runs/tiny/twomoon/student.safetensors",
+        "--data",
+        "runs/tiny/twomoon",
+        "--out",
+        "no.png",
+        cwd=work,
+        check=False,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    r = mpl("plot", "regions", "runs/tiny/twomoon/student.safetensors", "--data", "data/tiny/twomoon/all", "--titles", "a,b",
-            "--out", "no.png", cwd=work, check=False)
+    r = mpl(
+        "plot",
+        "regions",
+        "runs/tiny/twomoon/student.safetensors",
+        "--data",
+        "data/tiny/twomoon/all",
+        "--titles",
+        "a,b",
+        "--out",
+        "no.png",
+        cwd=work,
+        check=False,
+    )
     assert r.returncode == 2 and "--titles" in r.stderr
     assert not (work / "no.png").exists()
 
@@ -129,8 +210,10 @@ def test_plot_help_does_not_import_torch_or_matplotlib():
 
     from tests.e2e.helpers import env
 
-    code = ("import sys; from mpltools.cli import main\n"
-            "try:\n    main(['plot', 'regions', '--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]")
+    code = (
+        "import sys; from mpltools.cli import main\n"
+        "try:\n    main(['plot', 'regions', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -64,14 +64,23 @@ def test_feedback_of_a_real_run_lists_the_panels_its_metrics_hold(work):
 def test_runs_overlaid_and_absent_panels_left_out(work):
     # a pseudo-label style run: pseudo-label health only (no h, no teacher gradient split, no validation)
     (work / "runs/pl").mkdir(parents=True, exist_ok=True)
-    lines = [{"step": s, "student/loss": 2.0, "diag/pl_entropy_norm": 0.9 - s / 100, "diag/pl_max_class_fraction": 0.2,
-              "diag/pl_agreement": 0.3} for s in (5, 10, 15)]
+    lines = [
+        {
+            "step": s,
+            "student/loss": 2.0,
+            "diag/pl_entropy_norm": 0.9 - s / 100,
+            "diag/pl_max_class_fraction": 0.2,
+            "diag/pl_agreement": 0.3,
+        }
+        for s in (5, 10, 15)
+    ]
     (work / "runs/pl/metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     r = mpl("plot", "feedback", "runs/pl", "--out", "pl.png", "--json", cwd=work)
     report = json.loads(r.stdout)
     assert [(p["panel"], p["keys"], p["missing_keys"]) for p in report["panels"]] == [
         ("pl_spread", ["diag/pl_entropy_norm", "diag/pl_max_class_fraction"], []),
-        ("pl_quality", ["diag/pl_agreement"], ["diag/pl_accuracy"])]
+        ("pl_quality", ["diag/pl_agreement"], ["diag/pl_accuracy"]),
+    ]
     assert [p["panel"] for p in report["absent"]] == ["h", "h_pos_frac", "t_grad_norm", "cos_mpl", "val_top1"]
     assert decode(work / "pl.png") == (920, 370)  # two panels in one row
     r = mpl("plot", "feedback", "runs/mpl", "runs/pl", "--labels", "MPL,PL", "--out", "both.png", "--json", cwd=work)
@@ -112,9 +121,11 @@ def test_plot_feedback_help_does_not_import_torch_or_matplotlib():
 
     from tests.e2e.helpers import env
 
-    code = ("import sys; from mpltools.cli import main\n"
-            "try:\n    main(['plot', 'feedback', '--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]")
+    code = (
+        "import sys; from mpltools.cli import main\n"
+        "try:\n    main(['plot', 'feedback', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mpl plot feedback runs/digits" in r.stdout and "--json" in r.stdout

@@ -63,8 +63,11 @@ def test_chain_writes_prediction_sets_and_both_checkpoints(work):
         from mpltools.data.transforms import AugmentSpec, eval_view, to_float_batch
 
         aug = AugmentSpec(kind=meta.augment["kind"], image_size=meta.augment["image_size"])
-        x = to_float_batch(torch.from_numpy(np.stack([eval_view(decode_input(o), aug) for o in original[:8]])),
-                           meta.normalisation["mean"], meta.normalisation["std"])
+        x = to_float_batch(
+            torch.from_numpy(np.stack([eval_view(decode_input(o), aug) for o in original[:8]])),
+            meta.normalisation["mean"],
+            meta.normalisation["std"],
+        )
         with torch.no_grad():
             expected = model.eval()(x).numpy()
         got = np.stack([predictions.load(o.extras[predictions.LOGITS], o.key) for o in stored[:8]])
@@ -89,8 +92,12 @@ def test_reduced_teacher_starts_as_the_identity_of_the_stored_distribution(run_c
     assert r.exit_code == 0, r.stderr
     model, meta = load_model(out / "reduced_teacher.safetensors")
     assert meta.role == "reduced_teacher"
-    z = np.stack([predictions.as_logits(predictions.LOGITS, predictions.load(s.extras[predictions.LOGITS], s.key), 10, s.key)
-                  for s in open_shard_set(work / f"{D}/pred_unlabeled").samples()])
+    z = np.stack(
+        [
+            predictions.as_logits(predictions.LOGITS, predictions.load(s.extras[predictions.LOGITS], s.key), 10, s.key)
+            for s in open_shard_set(work / f"{D}/pred_unlabeled").samples()
+        ]
+    )
     z = torch.from_numpy(z)
     with torch.no_grad():
         assert torch.equal(model(z).softmax(1), z.softmax(1))
@@ -143,8 +150,19 @@ def test_topk_predictions_train_too(run_cli, work, monkeypatch):
         assert r.exit_code == 0, r.stderr
     stored = next(open_shard_set(work / "topk_u").samples()).extras[predictions.TOPK]
     assert predictions.load(stored, "x").dtype == predictions.TOPK_DTYPE
-    r = run_cli("reduced", "train", RECIPE, "--out", work / "runs/topk", "--set", "schedule.steps=2",
-                "--set", f'data.labeled="{work / "topk_l"}"', "--set", f'data.unlabeled="{work / "topk_u"}"')
+    r = run_cli(
+        "reduced",
+        "train",
+        RECIPE,
+        "--out",
+        work / "runs/topk",
+        "--set",
+        "schedule.steps=2",
+        "--set",
+        f'data.labeled="{work / "topk_l"}"',
+        "--set",
+        f'data.unlabeled="{work / "topk_u"}"',
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(meta_of(work / "runs/topk/reduced_teacher.safetensors")["extra"])["reads"] == predictions.TOPK
     mixed = run_cli("reduced", "train", RECIPE, "--out", work / "runs/mixed", "--set", f'data.labeled="{work / "topk_l"}"')
@@ -152,11 +170,35 @@ def test_topk_predictions_train_too(run_cli, work, monkeypatch):
 
 
 def test_two_processes_predict_byte_identical_sets(work):
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "mpltools",
-           "reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--batch-size", "16", "--out", "pred_two"]
-    two = subprocess.run(cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300,
-                         stdin=subprocess.DEVNULL)
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "mpltools",
+        "reduced",
+        "predict",
+        LARGE,
+        "--data",
+        f"{D}/split/labeled",
+        "--batch-size",
+        "16",
+        "--out",
+        "pred_two",
+    ]
+    two = subprocess.run(
+        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["pred_two"]
     mpl("reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--batch-size", "16", "--out", "pred_one", cwd=work)
@@ -173,12 +215,37 @@ def test_a_prediction_set_that_no_longer_matches_its_source_is_refused(run_cli, 
     shutil.copytree(work / f"{D}/split/labeled", src)
     assert run_cli("reduced", "predict", LARGE, "--data", src, "--out", work / "pred_src").exit_code == 0
     unl = f'data.unlabeled="{work / "pred_src"}"'  # the same set as both, to keep it short
-    ok = run_cli("reduced", "train", RECIPE, "--out", work / "runs/src_ok", "--set", "schedule.steps=1",
-                 "--set", f'data.labeled="{work / "pred_src"}"', "--set", unl)
+    ok = run_cli(
+        "reduced",
+        "train",
+        RECIPE,
+        "--out",
+        work / "runs/src_ok",
+        "--set",
+        "schedule.steps=1",
+        "--set",
+        f'data.labeled="{work / "pred_src"}"',
+        "--set",
+        unl,
+    )
     assert ok.exit_code == 0, ok.stderr
     # The source is re-created with other samples (another split seed) at the same path.
-    assert run_cli("data", "split", work / f"{D}/imagenet", "--labeled-per-class", "12", "--val-per-class", "4", "--seed", "7",
-                   "--out", work / "data/resplit").exit_code == 0
+    assert (
+        run_cli(
+            "data",
+            "split",
+            work / f"{D}/imagenet",
+            "--labeled-per-class",
+            "12",
+            "--val-per-class",
+            "4",
+            "--seed",
+            "7",
+            "--out",
+            work / "data/resplit",
+        ).exit_code
+        == 0
+    )
     shutil.rmtree(src)
     shutil.copytree(work / "data/resplit/labeled", src)
     r = run_cli("reduced", "train", RECIPE, "--out", work / "runs/src_bad", "--set", f'data.labeled="{work / "pred_src"}"')
@@ -186,11 +253,14 @@ def test_a_prediction_set_that_no_longer_matches_its_source_is_refused(run_cli, 
     assert not (work / "runs/src_bad").exists()
 
 
-@pytest.mark.parametrize("override, code, needle", [
-    ([f"--set", f"data.labeled={D}/split/labeled"], 1, "holds no stored teacher predictions"),
-    (["--set", "model.teacher_name=mlp"], 2, "model.teacher_name"),
-    (["--set", "method.name=uda"], 2, "method.name"),
-])
+@pytest.mark.parametrize(
+    "override, code, needle",
+    [
+        (["--set", f"data.labeled={D}/split/labeled"], 1, "holds no stored teacher predictions"),
+        (["--set", "model.teacher_name=mlp"], 2, "model.teacher_name"),
+        (["--set", "method.name=uda"], 2, "method.name"),
+    ],
+)
 def test_bad_step_2_input(run_cli, work, monkeypatch, override, code, needle):
     monkeypatch.chdir(work)
     r = run_cli("reduced", "train", RECIPE, "--out", work / "runs/bad", *override)
@@ -204,15 +274,31 @@ def test_bad_step_1_input_and_refusals(run_cli, work, tmp_path, monkeypatch):
     truncated.write_bytes((work / LARGE).read_bytes()[:-64])
     r = run_cli("reduced", "predict", truncated, "--data", f"{D}/split/labeled", "--out", tmp_path / "p")
     assert r.exit_code == 1 and str(truncated) in r.stderr and not (tmp_path / "p").exists()
-    assert run_cli("data", "import", "synthetic", "--num-samples", "20", "--num-classes", "5", "--image-size", "40",
-                   "--out", tmp_path / "c5").exit_code == 0
+    assert (
+        run_cli(
+            "data",
+            "import",
+            "synthetic",
+            "--num-samples",
+            "20",
+            "--num-classes",
+            "5",
+            "--image-size",
+            "40",
+            "--out",
+            tmp_path / "c5",
+        ).exit_code
+        == 0
+    )
     r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5", "--out", tmp_path / "p")
     assert r.exit_code == 1 and "classes" in r.stderr and not (tmp_path / "p").exists()
     r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5", "--ignore-data-classes", "--out", tmp_path / "p")
     assert r.exit_code == 2 and "is labelled" in r.stderr and not (tmp_path / "p").exists()
     # An unlabelled pool whose class names mean nothing is accepted with the flag; it gets the teacher's classes.
     assert run_cli("data", "split", tmp_path / "c5", "--labeled-per-class", "1", "--out", tmp_path / "c5split").exit_code == 0
-    r = run_cli("reduced", "predict", LARGE, "--data", tmp_path / "c5split/unlabeled", "--ignore-data-classes", "--out", tmp_path / "ok")
+    r = run_cli(
+        "reduced", "predict", LARGE, "--data", tmp_path / "c5split/unlabeled", "--ignore-data-classes", "--out", tmp_path / "ok"
+    )
     assert r.exit_code == 0, r.stderr
     assert open_shard_set(tmp_path / "ok").classes == open_shard_set(work / f"{D}/split/val").classes
     r = run_cli("reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--topk", "2", "--logits", "--out", tmp_path / "p")

@@ -19,8 +19,18 @@ def base(tmp_path_factory) -> list:
     root = tmp_path_factory.mktemp("kill")
     ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
     ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    return ["--set", f"data.labeled={root / 'split/labeled'}", "--set", f"data.val={root / 'split/val'}",
-            "--set", "method.name=supervised", "--set", "schedule.steps=2", "--set", "eval.every=0"]
+    return [
+        "--set",
+        f"data.labeled={root / 'split/labeled'}",
+        "--set",
+        f"data.val={root / 'split/val'}",
+        "--set",
+        "method.name=supervised",
+        "--set",
+        "schedule.steps=2",
+        "--set",
+        "eval.every=0",
+    ]
 
 
 def finals(run: Path) -> list[dict]:
@@ -40,7 +50,7 @@ def test_rerunning_a_finished_run_is_idempotent_and_cleans_export_temps(base, tm
     assert len(json.loads((run / "run.json").read_text())) == 2
 
 
-@pytest.mark.parametrize("content", [b"", b"[\n {\"command\": \"mpl tr"])
+@pytest.mark.parametrize("content", [b"", b'[\n {"command": "mpl tr'])
 def test_an_empty_or_partial_run_json_resumes(base, tmp_path, content):
     run = tmp_path / "run"
     ok("train", TWOMOON, *base, "--out", run)
@@ -54,7 +64,7 @@ def test_an_empty_or_partial_run_json_resumes(base, tmp_path, content):
 def test_a_partial_recipe_toml_before_the_first_state_starts_the_run(base, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.toml").write_text("[data]\nlabeled = \"/trunc")  # killed while the run folder was made
+    (run / "recipe.toml").write_text('[data]\nlabeled = "/trunc')  # killed while the run folder was made
     ok("train", TWOMOON, *base, "--out", run)
     assert (run / "student.safetensors").is_file() and len(finals(run)) == 1
 
@@ -62,7 +72,7 @@ def test_a_partial_recipe_toml_before_the_first_state_starts_the_run(base, tmp_p
 def test_a_partial_recipe_toml_next_to_states_is_a_clear_error(base, tmp_path):
     run = tmp_path / "run"
     ok("train", TWOMOON, *base, "--out", run)
-    (run / "recipe.toml").write_text("[data]\nlabeled = \"/trunc")
+    (run / "recipe.toml").write_text('[data]\nlabeled = "/trunc')
     before = (run / "student.safetensors").read_bytes()
     code, text = cli("train", TWOMOON, *base, "--out", run)
     assert code == 1 and "recipe.toml" in text and "--force" in text and "Traceback" not in text, text[-2000:]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,15 @@ from tests.e2e.helpers import REPO, env
 
 
 def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env(), capture_output=True, text=True,
-                       timeout=timeout, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, f"{script} {' '.join(args)} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     return r
 
@@ -31,8 +37,19 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
 @pytest.mark.slow
 def test_twomoon_study_ci_size(tmp_path):
     out = tmp_path / "twomoon"
-    r = run_script("recipes/twomoon/study.py", "--datasets", "2", "--first-seed", "100", "--out", str(out),
-                   "--set", "schedule.steps=2500", "--set", "runtime.log_every=500")
+    r = run_script(
+        "recipes/twomoon/study.py",
+        "--datasets",
+        "2",
+        "--first-seed",
+        "100",
+        "--out",
+        str(out),
+        "--set",
+        "schedule.steps=2500",
+        "--set",
+        "runtime.log_every=500",
+    )
     report = json.loads((out / "results.json").read_text())
     s = report["summary"]
     assert set(s) == {"SL", "PL", "MPL", "MPL teacher", "oracle (all labels)"}
@@ -54,10 +71,29 @@ def test_twomoon_study_ci_size(tmp_path):
 @pytest.mark.slow
 def test_digits_benchmark_ci_size(tmp_path):
     out = tmp_path / "digits"
-    r = run_script("recipes/digits_benchmark.py", "--seeds", "0", "--jobs", "1", "--methods", "supervised,mpl,mpl+finetune",
-                   "--out", str(out), "--set", "schedule.steps=400", "--set", "eval.every=0", "--set", "student.wait_steps=50",
-                   "--set", "method.uda_ramp_steps=100",
-                   "--set", "method.pseudo_labels=soft", "--set", "method.pseudo_label_view=weak")
+    r = run_script(
+        "recipes/digits_benchmark.py",
+        "--seeds",
+        "0",
+        "--jobs",
+        "1",
+        "--methods",
+        "supervised,mpl,mpl+finetune",
+        "--out",
+        str(out),
+        "--set",
+        "schedule.steps=400",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "student.wait_steps=50",
+        "--set",
+        "method.uda_ramp_steps=100",
+        "--set",
+        "method.pseudo_labels=soft",
+        "--set",
+        "method.pseudo_label_view=weak",
+    )
     report = json.loads((out / "results.json").read_text())
     s = report["summary"]
     assert "| mpl+finetune |" in r.stdout

@@ -14,8 +14,18 @@ from safetensors import safe_open
 from tests.e2e.helpers import REPO, env, mpl
 from tests.e2e.test_train import TWOMOON, _interrupt_and_resume, tensors
 
-ADAM = ["--set", 'teacher.optimizer="adam"', "--set", "teacher.lr=0.01", "--set", "schedule.steps=300",
-        "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
+ADAM = [
+    "--set",
+    'teacher.optimizer="adam"',
+    "--set",
+    "teacher.lr=0.01",
+    "--set",
+    "schedule.steps=300",
+    "--set",
+    "checkpoint.every=100",
+    "--set",
+    "runtime.log_every=100",
+]
 
 
 @pytest.fixture(scope="module")

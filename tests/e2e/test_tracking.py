@@ -35,8 +35,20 @@ def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
     pytest.importorskip("tensorboard")
     out = work / f"runs/{'alias' if 'true' in setting else 'list'}"
-    r = mpl("train", TWOMOON, "--out", out, "--force", "--set", "schedule.steps=20", "--set", "runtime.log_every=5",
-            "--set", setting, cwd=work)
+    r = mpl(
+        "train",
+        TWOMOON,
+        "--out",
+        out,
+        "--force",
+        "--set",
+        "schedule.steps=20",
+        "--set",
+        "runtime.log_every=5",
+        "--set",
+        setting,
+        cwd=work,
+    )
     if "true" in setting:
         assert "deprecated" in r.stderr
     logged = scalars(out / "tensorboard")
@@ -50,9 +62,18 @@ def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
     assert set(logged) == set(expected) and "throughput/images_per_s" in logged
     # the feedback diagnostics reach TensorBoard as scalars; the pseudo-label class histogram is not a scalar and is
     # carried by its summaries (diag/pl_entropy_norm, diag/pl_max_class_fraction), in metrics.jsonl as here
-    assert {"diag/h_mean", "diag/h_abs_median", "diag/h_pos_frac", "diag/t_grad_norm_sup", "diag/t_grad_norm_uda",
-            "diag/t_grad_norm_mpl", "diag/cos_mpl_aux", "diag/pl_entropy_norm", "diag/pl_max_class_fraction",
-            "diag/pl_agreement"} <= set(logged)
+    assert {
+        "diag/h_mean",
+        "diag/h_abs_median",
+        "diag/h_pos_frac",
+        "diag/t_grad_norm_sup",
+        "diag/t_grad_norm_uda",
+        "diag/t_grad_norm_mpl",
+        "diag/cos_mpl_aux",
+        "diag/pl_entropy_norm",
+        "diag/pl_max_class_fraction",
+        "diag/pl_agreement",
+    } <= set(logged)
     assert [s for s, _ in logged["diag/t_grad_norm_mpl"]] == [5, 10, 15, 20]
     assert not any(tag.startswith("hist/") for tag in logged)
     for tag, points in expected.items():

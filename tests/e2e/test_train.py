@@ -57,8 +57,20 @@ def test_tiny_digits_chain_writes_checkpoints_with_metadata(work):
 
 
 def test_print_config_applies_overrides_and_seed():
-    r = CliRunner().invoke(app, ["train", str(REPO / DIGITS), "--set", "method.name=uda", "--set",
-                                 "model.kwargs.dropout=0.5", "--seed", "7", "--print-config"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(REPO / DIGITS),
+            "--set",
+            "method.name=uda",
+            "--set",
+            "model.kwargs.dropout=0.5",
+            "--seed",
+            "7",
+            "--print-config",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     resolved = tomllib.loads(r.stdout)
     assert resolved["method"]["name"] == "uda" and resolved["runtime"]["seed"] == 7
@@ -66,12 +78,15 @@ def test_print_config_applies_overrides_and_seed():
     assert resolved["schedule"]["steps"] == 20  # from the recipe, not the default
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("method.feedbak=dot", "Did you mean 'feedback'"),
-    ("metod.name=uda", "Did you mean 'method'"),
-    ("method.feedback=dto", "Did you mean 'dot'"),
-    ("schedule.steps=ten", "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("method.feedbak=dot", "Did you mean 'feedback'"),
+        ("metod.name=uda", "Did you mean 'method'"),
+        ("method.feedback=dto", "Did you mean 'dot'"),
+        ("schedule.steps=ten", "must be an integer"),
+    ],
+)
 def test_bad_recipe_keys_exit_2_with_nearest_name(override, needle):
     r = CliRunner().invoke(app, ["train", str(REPO / DIGITS), "--set", override, "--print-config"])
     assert r.exit_code == 2
@@ -109,8 +124,21 @@ def test_twomoon_recipe_encodes_the_paper_setting():
 @pytest.mark.slow
 def test_h_is_exactly_zero_while_the_student_waits(work):
     out = work / "runs/wait"
-    mpl("train", DIGITS, "--out", out, "--set", "student.wait_steps=6", "--set", "runtime.log_every=1",
-        "--set", "schedule.steps=10", "--set", "student.warmup_steps=0", cwd=work)
+    mpl(
+        "train",
+        DIGITS,
+        "--out",
+        out,
+        "--set",
+        "student.wait_steps=6",
+        "--set",
+        "runtime.log_every=1",
+        "--set",
+        "schedule.steps=10",
+        "--set",
+        "student.warmup_steps=0",
+        cwd=work,
+    )
     records = [r for r in metrics(out) if "feedback/h" in r]
     waiting = [r for r in records if r["step"] <= 6]
     moving = [r for r in records if r["step"] > 6]
@@ -147,8 +175,19 @@ def test_baselines_and_released_variant_run_through_the_same_trainer(work, metho
 def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
     teacher = work / "runs/tiny/digits/teacher.safetensors"
     out = work / "runs/pl"
-    mpl("train", DIGITS, "--out", out, "--set", "method.name=pseudo-label", "--set",
-        f'method.teacher_checkpoint="{teacher}"', "--set", "schedule.steps=6", cwd=work)
+    mpl(
+        "train",
+        DIGITS,
+        "--out",
+        out,
+        "--set",
+        "method.name=pseudo-label",
+        "--set",
+        f'method.teacher_checkpoint="{teacher}"',
+        "--set",
+        "schedule.steps=6",
+        cwd=work,
+    )
     assert (out / "student.safetensors").exists()
     bad = mpl("train", DIGITS, "--out", work / "runs/pl2", "--set", "method.name=pseudo-label", cwd=work, check=False)
     assert bad.returncode == 2 and "teacher_checkpoint" in bad.stderr
@@ -210,8 +249,24 @@ def test_resume_refuses_a_different_recipe(work):
 @pytest.mark.slow
 def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
     out = work / "runs/nan"
-    r = mpl("train", DIGITS, "--out", out, "--set", "teacher.lr=1e30", "--set", "student.lr=1e30",
-            "--set", "student.wait_steps=0", "--set", "checkpoint.every=1", "--set", "schedule.steps=20", cwd=work, check=False)
+    r = mpl(
+        "train",
+        DIGITS,
+        "--out",
+        out,
+        "--set",
+        "teacher.lr=1e30",
+        "--set",
+        "student.lr=1e30",
+        "--set",
+        "student.wait_steps=0",
+        "--set",
+        "checkpoint.every=1",
+        "--set",
+        "schedule.steps=20",
+        cwd=work,
+        check=False,
+    )
     assert r.returncode == 1, r.stderr
     assert "not finite" in r.stderr and "step" in r.stderr
     assert not (out / "student.safetensors").exists()
@@ -226,10 +281,25 @@ def test_unsynchronised_multi_process_launch_is_refused(work):
 
 
 def _launch(work: Path, *args, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
-    return subprocess.run(cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 @pytest.mark.slow
@@ -237,8 +307,16 @@ def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(wo
     import shutil
 
     shutil.copytree(REPO / "mpl", work / "mpl", dirs_exist_ok=True)  # the repo-root launcher, as in a checkout
-    common = ["--set", "schedule.steps=3", "--set", "runtime.log_every=1", "--set", "method.pseudo_labels=argmax",
-              "--set", "checkpoint.every=1"]
+    common = [
+        "--set",
+        "schedule.steps=3",
+        "--set",
+        "runtime.log_every=1",
+        "--set",
+        "method.pseudo_labels=argmax",
+        "--set",
+        "checkpoint.every=1",
+    ]
     two = _launch(work, "mpl", "train", TWOMOON, "--out", "runs/two", *common)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["runs/two/student.safetensors"]  # printed once, by the main process
@@ -281,8 +359,19 @@ def test_compiled_networks_train_like_eager_ones(work):
 @pytest.mark.slow
 def test_bf16_autocast_path_trains_on_cpu(work):
     out = work / "runs/bf16"
-    mpl("train", DIGITS, "--out", out, "--set", "runtime.mixed_precision=bf16", "--set", "schedule.steps=4",
-        "--set", "runtime.channels_last=true", cwd=work)
+    mpl(
+        "train",
+        DIGITS,
+        "--out",
+        out,
+        "--set",
+        "runtime.mixed_precision=bf16",
+        "--set",
+        "schedule.steps=4",
+        "--set",
+        "runtime.channels_last=true",
+        cwd=work,
+    )
     run = json.loads((out / "run.json").read_text())[-1]
     assert run["mixed_precision"] == "bf16"
     assert all(math.isfinite(v) for r in metrics(out) for k, v in r.items() if isinstance(v, float))

@@ -13,7 +13,11 @@ CASES = [
     ("empty-labeled", lambda w: ["--set", "method.name=supervised", "--set", f"data.labeled={w['empty_vec']}"], "empty_vec"),
     ("tracker-not-installed", lambda w: ["--set", 'runtime.trackers=["wandb"]'], "runtime.trackers"),
     ("teacher-student-momentum", lambda w: ["--set", "teacher.momentum=0.5", "--set", "student.momentum=0.9"], "momentum"),
-    ("nan-teacher", lambda w: ["--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"], "nan.safetensors"),
+    (
+        "nan-teacher",
+        lambda w: ["--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"],
+        "nan.safetensors",
+    ),
 ]
 
 
@@ -22,7 +26,7 @@ def wv(w):
     """An empty vector set with the TwoMoon classes (the catalogue's `empty` holds images)."""
     from pathlib import Path
 
-    from mpltools.data.shards import InputSpec, ShardWriter, open_shard_set
+    from mpltools.data.shards import ShardWriter, open_shard_set
 
     like = open_shard_set(w["labeled"])
     folder = Path(w["root"]) / "empty_vec"

@@ -57,17 +57,44 @@ def _plain_copy(folder: Path, dest: Path) -> Path:
 def moons(tmp_path_factory) -> Path:
     """all/ (120 samples, 3 shards), split/{labeled,unlabeled,val}, and plain/<same> copies without manifests."""
     root = tmp_path_factory.mktemp("wds")
-    _ok("-q", "data", "import", "twomoon", "--num-samples", "120", "--scale", "20", "--max-per-shard", "40", "--out", root / "all")
-    _ok("-q", "data", "split", root / "all", "--labeled-per-class", "5", "--val-per-class", "10", "--max-per-shard", "40",
-        "--out", root / "split")
+    _ok(
+        "-q", "data", "import", "twomoon", "--num-samples", "120", "--scale", "20", "--max-per-shard", "40", "--out", root / "all"
+    )
+    _ok(
+        "-q",
+        "data",
+        "split",
+        root / "all",
+        "--labeled-per-class",
+        "5",
+        "--val-per-class",
+        "10",
+        "--max-per-shard",
+        "40",
+        "--out",
+        root / "split",
+    )
     for part in ("all", "split/labeled", "split/unlabeled", "split/val"):
         _plain_copy(root / part, root / "plain" / part)
     return root
 
 
 def _train_args(labeled: str, unlabeled: str, val: str, out: Path) -> list[str]:
-    return ["train", "recipes/tiny/twomoon.toml", "--out", out, "--set", "schedule.steps=3",
-            "--set", f"data.labeled={labeled}", "--set", f"data.unlabeled={unlabeled}", "--set", f"data.val={val}", "--json"]
+    return [
+        "train",
+        "recipes/tiny/twomoon.toml",
+        "--out",
+        out,
+        "--set",
+        "schedule.steps=3",
+        "--set",
+        f"data.labeled={labeled}",
+        "--set",
+        f"data.unlabeled={unlabeled}",
+        "--set",
+        f"data.val={val}",
+        "--json",
+    ]
 
 
 def _eval(run_cli, checkpoint: Path, data: str) -> dict:
@@ -110,24 +137,60 @@ def test_manifest_less_pattern_for_info_split_eval_train(run_cli, moons, student
     code, out, _ = run_cli("data", "info", f"{plain}/all/{THREE}")
     assert "no checksums" in out
     # split: the same samples as the split of the folder with the manifest
-    code, _, err = run_cli("data", "split", f"{plain}/all/{THREE}", "--labeled-per-class", "5", "--val-per-class", "10",
-                           "--max-per-shard", "40", "--out", tmp_path / "split")
+    code, _, err = run_cli(
+        "data",
+        "split",
+        f"{plain}/all/{THREE}",
+        "--labeled-per-class",
+        "5",
+        "--val-per-class",
+        "10",
+        "--max-per-shard",
+        "40",
+        "--out",
+        tmp_path / "split",
+    )
     assert code == 0, err
     for part in ("labeled", "unlabeled", "val"):
         ours = json.loads((moons / "split" / part / "manifest.json").read_text())
         theirs = json.loads((tmp_path / "split" / part / "manifest.json").read_text())
         assert theirs["num_samples"] == ours["num_samples"] and theirs["class_counts"] == ours["class_counts"]
     assert _eval(run_cli, student, f"{plain}/all/{THREE}") == _eval(run_cli, student, str(moons / "all"))
-    code, out, err = run_cli(*_train_args(f"{plain}/split/labeled/shard-000000.tar", f"{plain}/split/unlabeled/shard-{{000000..000002}}.tar",
-                                          f"{plain}/split/val/shard-000000.tar", tmp_path / "run"))
+    code, out, err = run_cli(
+        *_train_args(
+            f"{plain}/split/labeled/shard-000000.tar",
+            f"{plain}/split/unlabeled/shard-{{000000..000002}}.tar",
+            f"{plain}/split/val/shard-000000.tar",
+            tmp_path / "run",
+        )
+    )
     assert code == 0, err
     assert (tmp_path / "run/student.safetensors").is_file()
     # filter-unlabeled: a scanned unlabelled set names no classes, so the checkpoint's are used
-    code, out, err = run_cli("data", "filter-unlabeled", f"{plain}/split/unlabeled/{THREE}", "--model", student, "--top-k", "3",
-                             "--out", tmp_path / "filtered", "--json")
+    code, out, err = run_cli(
+        "data",
+        "filter-unlabeled",
+        f"{plain}/split/unlabeled/{THREE}",
+        "--model",
+        student,
+        "--top-k",
+        "3",
+        "--out",
+        tmp_path / "filtered",
+        "--json",
+    )
     assert code == 0, err
-    code, _, err = run_cli("data", "filter-unlabeled", moons / "split/unlabeled", "--model", student, "--top-k", "3",
-                           "--out", tmp_path / "filtered-folder")
+    code, _, err = run_cli(
+        "data",
+        "filter-unlabeled",
+        moons / "split/unlabeled",
+        "--model",
+        student,
+        "--top-k",
+        "3",
+        "--out",
+        tmp_path / "filtered-folder",
+    )
     assert code == 0, err
     kept, reference = (json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("filtered", "filtered-folder"))
     assert kept["provenance"]["source"] == f"{plain}/split/unlabeled/{THREE}"
@@ -140,8 +203,11 @@ def served(moons):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(moons)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(moons)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -158,13 +224,27 @@ def test_http_urls_for_eval_and_train(run_cli, moons, student, served, tmp_path)
     folder = _eval(run_cli, student, str(moons / "all"))
     assert _eval(run_cli, student, f"{served}/all/{THREE}") == folder  # manifest.json fetched from beside the shards
     assert _eval(run_cli, student, f"{served}/plain/all/{THREE}") == folder  # no manifest there: scanned
-    code, _, err = run_cli(*_train_args(f"{served}/split/labeled/shard-000000.tar", f"{served}/plain/split/unlabeled/{THREE}",
-                                        f"{served}/split/val/shard-000000.tar", tmp_path / "run"))
+    code, _, err = run_cli(
+        *_train_args(
+            f"{served}/split/labeled/shard-000000.tar",
+            f"{served}/plain/split/unlabeled/{THREE}",
+            f"{served}/split/val/shard-000000.tar",
+            tmp_path / "run",
+        )
+    )
     assert code == 0, err
     code, _, err = run_cli("eval", student, "--data", f"{served}/all/shard-000009.tar")
     assert code == 1 and f"{served}/all/shard-000009.tar: download failed (HTTP 404" in err
-    code, out, err = run_cli("data", "import", "webdataset", f"{served}/plain/split/val/shard-000000.tar", "--classes", "upper,lower",
-                             "--out", tmp_path / "adopted")
+    code, out, err = run_cli(
+        "data",
+        "import",
+        "webdataset",
+        f"{served}/plain/split/val/shard-000000.tar",
+        "--classes",
+        "upper,lower",
+        "--out",
+        tmp_path / "adopted",
+    )
     assert code == 0, err
     adopted = json.loads((tmp_path / "adopted/manifest.json").read_text())
     assert adopted["provenance"]["source_shards"] == [f"{served}/plain/split/val/shard-000000.tar"]
@@ -197,24 +277,52 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
     assert piped.pop("data") == pipe and piped == _eval(run_cli, student, str(moons / "all"))
     # Typed with --set and the flag: accepted. From a recipe file: refused even with the flag.
     unlabeled = f"pipe:cat {moons}/split/unlabeled/{THREE}"
-    code, _, err = run_cli("--allow-pipe", *_train_args(str(moons / "split/labeled"), unlabeled, str(moons / "split/val"), tmp_path / "a"))
+    code, _, err = run_cli(
+        "--allow-pipe", *_train_args(str(moons / "split/labeled"), unlabeled, str(moons / "split/val"), tmp_path / "a")
+    )
     assert code == 0, err
     # A scanned labelled set knows only label numbers; the mismatch with named classes says how to name them.
     labeled = f"pipe:cat {moons}/split/labeled/shard-000000.tar"
-    code, _, err = run_cli("--allow-pipe", *_train_args(labeled, str(moons / "split/unlabeled"), str(moons / "split/val"), tmp_path / "c"))
+    code, _, err = run_cli(
+        "--allow-pipe", *_train_args(labeled, str(moons / "split/unlabeled"), str(moons / "split/val"), tmp_path / "c")
+    )
     assert code == 1 and "share one label set" in err and "--classes FILE" in err
     recipe = tmp_path / "r.toml"
-    text = (Path("recipes/tiny/twomoon.toml")).read_text().replace('labeled = "data/tiny/twomoon/split/labeled"', f'labeled = "{labeled}"')
+    text = (
+        (Path("recipes/tiny/twomoon.toml"))
+        .read_text()
+        .replace('labeled = "data/tiny/twomoon/split/labeled"', f'labeled = "{labeled}"')
+    )
     recipe.write_text(text)
-    code, _, err = run_cli("--allow-pipe", "train", recipe, "--out", tmp_path / "b", "--set", f"data.unlabeled={moons}/split/unlabeled",
-                           "--set", f"data.val={moons}/split/val")
+    code, _, err = run_cli(
+        "--allow-pipe",
+        "train",
+        recipe,
+        "--out",
+        tmp_path / "b",
+        "--set",
+        f"data.unlabeled={moons}/split/unlabeled",
+        "--set",
+        f"data.val={moons}/split/val",
+    )
     assert code == 2 and "--allow-pipe" in err and "never from a recipe" in err
     # recipes validate makes the same check as train: the recipe's pipe is refused, the typed one accepted
     code, _, err = run_cli("--allow-pipe", "recipes", "validate", recipe, "--out", tmp_path / "v")
     assert code == 2 and "never from a recipe" in err and "data.labeled" in err
-    code, _, err = run_cli("--allow-pipe", "recipes", "validate", "recipes/tiny/twomoon.toml", "--out", tmp_path / "v",
-                           "--set", f"data.labeled={moons}/split/labeled", "--set", f"data.unlabeled={unlabeled}",
-                           "--set", f"data.val={moons}/split/val/shard-000000.tar")
+    code, _, err = run_cli(
+        "--allow-pipe",
+        "recipes",
+        "validate",
+        "recipes/tiny/twomoon.toml",
+        "--out",
+        tmp_path / "v",
+        "--set",
+        f"data.labeled={moons}/split/labeled",
+        "--set",
+        f"data.unlabeled={unlabeled}",
+        "--set",
+        f"data.val={moons}/split/val/shard-000000.tar",
+    )
     assert code == 0, err
     code, _, err = run_cli("data", "info", "pipe:false")
     assert code == 2
@@ -243,8 +351,16 @@ def _write_wds(path: Path, samples: list[dict]) -> None:
 
 
 def test_import_webdataset_then_train_and_eval(run_cli, moons, tmp_path):
-    code, out, err = run_cli("data", "import", "webdataset", f"{moons}/plain/split/labeled/shard-000000.tar", "--classes", "upper,lower",
-                             "--out", tmp_path / "lab")
+    code, out, err = run_cli(
+        "data",
+        "import",
+        "webdataset",
+        f"{moons}/plain/split/labeled/shard-000000.tar",
+        "--classes",
+        "upper,lower",
+        "--out",
+        tmp_path / "lab",
+    )
     assert code == 0, err
     assert out.strip() == str(tmp_path / "lab")
     manifest = json.loads((tmp_path / "lab/manifest.json").read_text())
@@ -252,15 +368,28 @@ def test_import_webdataset_then_train_and_eval(run_cli, moons, tmp_path):
     for key in ("num_samples", "classes", "class_counts", "input", "labeled"):
         assert manifest[key] == ours[key], key
     assert [s["sha256"] for s in manifest["shards"]] == [sha256_file(tmp_path / "lab" / s["name"]) for s in manifest["shards"]]
-    code, _, err = run_cli("data", "import", "webdataset", f"{moons}/plain/split/val/shard-000000.tar", "--classes", "upper,lower", "--out", tmp_path / "val")
+    code, _, err = run_cli(
+        "data",
+        "import",
+        "webdataset",
+        f"{moons}/plain/split/val/shard-000000.tar",
+        "--classes",
+        "upper,lower",
+        "--out",
+        tmp_path / "val",
+    )
     assert code == 0, err
     # Unlabelled shards adopted without --classes name no classes and fit any labelled set.
-    code, _, err = run_cli("data", "import", "webdataset", f"{moons}/plain/split/unlabeled/{THREE}", "--out", tmp_path / "unlabeled")
+    code, _, err = run_cli(
+        "data", "import", "webdataset", f"{moons}/plain/split/unlabeled/{THREE}", "--out", tmp_path / "unlabeled"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "unlabeled/manifest.json").read_text())["labeled"] is False
     code, _, err = run_cli("data", "import", "webdataset", f"{moons}/plain/split/val/shard-000000.tar", "--out", tmp_path / "val")
     assert code == 1 and "--force" in err  # no silent overwrite
-    code, _, err = run_cli(*_train_args(str(tmp_path / "lab"), str(tmp_path / "unlabeled"), str(tmp_path / "val"), tmp_path / "run"))
+    code, _, err = run_cli(
+        *_train_args(str(tmp_path / "lab"), str(tmp_path / "unlabeled"), str(tmp_path / "val"), tmp_path / "run")
+    )
     assert code == 0, err
     code, out, err = run_cli("eval", tmp_path / "run/student.safetensors", "--data", tmp_path / "val", "--json")
     assert code == 0, err
@@ -269,13 +398,28 @@ def test_import_webdataset_then_train_and_eval(run_cli, moons, tmp_path):
 
 def test_import_webdataset_images_with_named_labels(run_cli, tmp_path):
     rng = np.random.default_rng(0)
-    samples = [{"__key__": f"im{i:03d}", "png": _png(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)),
-                "label.txt": ["cat", "dog"][i % 2].encode(), "txt": b"a caption"} for i in range(6)]
+    samples = [
+        {
+            "__key__": f"im{i:03d}",
+            "png": _png(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)),
+            "label.txt": ["cat", "dog"][i % 2].encode(),
+            "txt": b"a caption",
+        }
+        for i in range(6)
+    ]
     _write_wds(tmp_path / "raw/a-000000.tar", samples[:4])
     _write_wds(tmp_path / "raw/a-000001.tar", samples[4:])
     (tmp_path / "classes.txt").write_text("dog\ncat\n")
-    code, _, err = run_cli("data", "import", "webdataset", f"{tmp_path}/raw/a-{{000000..000001}}.tar", "--classes", tmp_path / "classes.txt",
-                           "--out", tmp_path / "out")
+    code, _, err = run_cli(
+        "data",
+        "import",
+        "webdataset",
+        f"{tmp_path}/raw/a-{{000000..000001}}.tar",
+        "--classes",
+        tmp_path / "classes.txt",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 0, err
     assert ".txt (6×)" in err  # what was not carried over is said
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
@@ -288,8 +432,13 @@ def test_import_webdataset_images_with_named_labels(run_cli, tmp_path):
     assert code == 1 and "a-000000.tar: sample 'im000' keeps its label in a 'label.txt' member" in err
     assert "mpl data import webdataset" in err
     # uint8 .npy images become png; integer labels in json
-    _write_wds(tmp_path / "npy/b-000000.tar", [{"__key__": f"k{i}", "npy": _npy(np.full((4, 4), i, np.uint8)),
-                                                "json": json.dumps({"label": i % 3}).encode()} for i in range(3)])
+    _write_wds(
+        tmp_path / "npy/b-000000.tar",
+        [
+            {"__key__": f"k{i}", "npy": _npy(np.full((4, 4), i, np.uint8)), "json": json.dumps({"label": i % 3}).encode()}
+            for i in range(3)
+        ],
+    )
     code, _, err = run_cli("data", "import", "webdataset", tmp_path / "npy/b-000000.tar", "--out", tmp_path / "npyout")
     assert code == 0, err
     manifest = json.loads((tmp_path / "npyout/manifest.json").read_text())
@@ -314,14 +463,21 @@ def test_bad_webdataset_inputs_name_the_shard(run_cli, tmp_path):
     rng = np.random.default_rng(1)
     img = lambda h: _png(rng.integers(0, 255, (h, 4, 3), dtype=np.uint8))  # noqa: E731
     _write_wds(tmp_path / "mixed/m-000000.tar", [{"__key__": "a", "png": img(4), "cls": b"0"}])
-    _write_wds(tmp_path / "mixed/m-000001.tar", [{"__key__": "b", "png": img(4), "cls": b"1"}, {"__key__": "c", "png": img(5), "cls": b"0"}])
+    _write_wds(
+        tmp_path / "mixed/m-000001.tar",
+        [{"__key__": "b", "png": img(4), "cls": b"1"}, {"__key__": "c", "png": img(5), "cls": b"0"}],
+    )
     code, _, err = run_cli("data", "import", "webdataset", f"{tmp_path}/mixed/m-{{000000..000001}}.tar", "--out", tmp_path / "o")
     assert code == 1 and "m-000001.tar: sample 'c' has an input of shape (5, 4, 3)" in err and "sample 'a'" in err
     _write_wds(tmp_path / "nolab/n-000000.tar", [{"__key__": "a", "png": img(4), "cls": b"0"}, {"__key__": "b", "png": img(4)}])
-    for args in (("data", "import", "webdataset", tmp_path / "nolab/n-000000.tar", "--out", tmp_path / "o"),
-                 ("data", "info", tmp_path / "nolab/n-000000.tar")):
+    for args in (
+        ("data", "import", "webdataset", tmp_path / "nolab/n-000000.tar", "--out", tmp_path / "o"),
+        ("data", "info", tmp_path / "nolab/n-000000.tar"),
+    ):
         code, _, err = run_cli(*args)
         assert code == 1 and "n-000000.tar: sample 'b' has no label" in err and "missing labels" in err, err
-    code, _, err = run_cli("data", "import", "webdataset", tmp_path / "nolab/n-000000.tar", "--classes", "only", "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        "data", "import", "webdataset", tmp_path / "nolab/n-000000.tar", "--classes", "only", "--out", tmp_path / "o"
+    )
     assert code == 2 and "--classes" in err
     assert not (tmp_path / "o").exists()

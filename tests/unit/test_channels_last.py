@@ -44,8 +44,9 @@ def test_to_model_input_makes_one_copy_and_the_same_values_in_either_layout(chan
         assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         results[channels_last] = y
     assert torch.equal(results[True], results[False])
-    expected = (x.permute(0, 3, 1, 2).double() / 255 - torch.tensor(NORM[0][:channels]).double().view(1, -1, 1, 1)) \
-        / torch.tensor(NORM[1][:channels]).double().view(1, -1, 1, 1)
+    expected = (
+        x.permute(0, 3, 1, 2).double() / 255 - torch.tensor(NORM[0][:channels]).double().view(1, -1, 1, 1)
+    ) / torch.tensor(NORM[1][:channels]).double().view(1, -1, 1, 1)
     torch.testing.assert_close(results[True].double(), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -66,7 +67,9 @@ def test_auto_means_convolutional_networks_over_images():
 def test_channels_last_recipe_key_takes_auto_true_false_and_nothing_else():
     assert load_recipe(None).runtime.channels_last == "auto"
     for value in ("true", "false", '"auto"'):
-        assert load_recipe(None, [f"runtime.channels_last={value}"]).runtime.channels_last == {"true": True, "false": False}.get(value, "auto")
+        assert load_recipe(None, [f"runtime.channels_last={value}"]).runtime.channels_last == {"true": True, "false": False}.get(
+            value, "auto"
+        )
     for value in ("1", "yes", "0"):
         with pytest.raises(UsageError, match=r"runtime.channels_last .* choose one of 'auto', true, false"):
             load_recipe(None, [f"runtime.channels_last={value}"])

@@ -60,8 +60,14 @@ def test_quiet_and_debug_after_the_subcommand():
 
 
 def _mpl(*args, **env):
-    return subprocess.run([sys.executable, "-m", "mpltools", *args], env=subprocess_env(**env), capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "mpltools", *args],
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_show_completion_for_bash_and_complete_a_word():
@@ -75,7 +81,7 @@ def test_show_completion_for_bash_and_complete_a_word():
 def _examples(text: str) -> list[str]:
     lines = text.split("\n")
     start = next(i for i, line in enumerate(lines) if line.strip() == "Example:")
-    return [line.strip() for line in lines[start + 1:] if line.strip().startswith("mpl ")]
+    return [line.strip() for line in lines[start + 1 :] if line.strip().startswith("mpl ")]
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "mpl")

@@ -1,7 +1,6 @@
 """Step-side diagnostics: the teacher's gradient split by term, pseudo-label health, and the promise
 that diagnosing (on logging steps) changes nothing that training computes."""
 
-import copy
 import math
 
 import pytest
@@ -20,8 +19,12 @@ def _net(seed):
 
 def _batch(seed, hidden=False):
     g = torch.Generator().manual_seed(seed)
-    b = Batch(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g),
-              torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g))
+    b = Batch(
+        torch.randn(8, 4, generator=g),
+        torch.randint(0, 3, (8,), generator=g),
+        torch.randn(16, 4, generator=g),
+        torch.randn(16, 4, generator=g),
+    )
     if hidden:
         b.unlabeled_y = torch.randint(0, 3, (16,), generator=g)
     return b
@@ -29,14 +32,28 @@ def _batch(seed, hidden=False):
 
 def _nets(hp):
     t, s = _net(1), _net(2)
-    return Networks(t, s, build_sgd(t, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, norm_parameter_names(t)),
-                    build_sgd(s, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay, norm_parameter_names(s)),
-                    EMA(s, hp.ema_decay))
+    return Networks(
+        t,
+        s,
+        build_sgd(t, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, norm_parameter_names(t)),
+        build_sgd(s, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay, norm_parameter_names(s)),
+        EMA(s, hp.ema_decay),
+    )
 
 
 def _hp(**kw):
-    base = dict(total_steps=50, teacher_lr=0.1, student_lr=0.1, student_wait=2, lr_schedule="constant",
-                uda_weight=1.0, uda_threshold=0.3, uda_ramp_steps=0, label_smoothing=0.1, ema_decay=0.9)
+    base = dict(
+        total_steps=50,
+        teacher_lr=0.1,
+        student_lr=0.1,
+        student_wait=2,
+        lr_schedule="constant",
+        uda_weight=1.0,
+        uda_threshold=0.3,
+        uda_ramp_steps=0,
+        label_smoothing=0.1,
+        ema_decay=0.9,
+    )
     return MPLHyper(**{**base, **kw})
 
 
@@ -46,8 +63,7 @@ def test_gradient_split_adds_up_to_the_teachers_gradient_and_its_cosines_are_rig
     params = list(model.parameters())
     x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
     out = model(x)
-    terms = {"sup": 0.7 * nn.functional.cross_entropy(out, y), "uda": 2.0 * out.pow(2).mean(),
-             "mpl": -0.3 * out[:, 0].sum()}
+    terms = {"sup": 0.7 * nn.functional.cross_entropy(out, y), "uda": 2.0 * out.pow(2).mean(), "mpl": -0.3 * out[:, 0].sum()}
     split = teacher_gradient_split(terms, params, LOCAL)
     total = torch.autograd.grad(sum(terms.values()), params, retain_graph=True)
     parts = {k: torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, params, retain_graph=True)]) for k, v in terms.items()}
@@ -56,9 +72,12 @@ def test_gradient_split_adds_up_to_the_teachers_gradient_and_its_cosines_are_rig
         assert float(split[f"diag/t_grad_norm_{k}"]) == pytest.approx(float(parts[k].norm()), rel=1e-6)
     aux = parts["sup"] + parts["uda"]
     assert float(split["diag/t_grad_norm_aux"]) == pytest.approx(float(aux.norm()), rel=1e-6)
-    assert float(split["diag/cos_mpl_aux"]) == pytest.approx(float(parts["mpl"] @ aux / (parts["mpl"].norm() * aux.norm())), rel=1e-5)
+    assert float(split["diag/cos_mpl_aux"]) == pytest.approx(
+        float(parts["mpl"] @ aux / (parts["mpl"].norm() * aux.norm())), rel=1e-5
+    )
     assert float(split["diag/cos_mpl_sup"]) == pytest.approx(
-        float(parts["mpl"] @ parts["sup"] / (parts["mpl"].norm() * parts["sup"].norm())), rel=1e-5)
+        float(parts["mpl"] @ parts["sup"] / (parts["mpl"].norm() * parts["sup"].norm())), rel=1e-5
+    )
     # A term without a graph (e.g. MPL during the wait) contributes a zero gradient, cosine 0.
     zero = teacher_gradient_split({**terms, "mpl": torch.zeros(())}, params, LOCAL)
     assert float(zero["diag/t_grad_norm_mpl"]) == 0.0 and float(zero["diag/cos_mpl_aux"]) == 0.0
@@ -104,8 +123,15 @@ def test_diagnosing_changes_no_weight_statistic_or_rng(pseudo_labels, feedback):
     assert all(torch.equal(a.ema.shadow[k], b.ema.shadow[k]) for k in a.ema.shadow)
     assert [float(o["feedback/h"]) for o in out_a] == [float(o["feedback/h"]) for o in out_b]
     diag = out_b[-1]
-    for key in ("diag/t_grad_norm_sup", "diag/t_grad_norm_uda", "diag/t_grad_norm_mpl", "diag/cos_mpl_aux",
-                "diag/pl_entropy", "diag/pl_agreement", "diag/pl_accuracy"):
+    for key in (
+        "diag/t_grad_norm_sup",
+        "diag/t_grad_norm_uda",
+        "diag/t_grad_norm_mpl",
+        "diag/cos_mpl_aux",
+        "diag/pl_entropy",
+        "diag/pl_agreement",
+        "diag/pl_accuracy",
+    ):
         assert key in diag and math.isfinite(float(diag[key])), key
     assert float(diag["diag/t_grad_norm_mpl"]) > 0  # the student moved: the feedback reaches the teacher
     assert diag["hist/pseudo_labels"].shape == (3,) and float(diag["hist/pseudo_labels"].sum()) == 16

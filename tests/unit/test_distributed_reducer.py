@@ -20,9 +20,22 @@ STEPS = 3
 
 
 def _hp(**kw):
-    return MPLHyper(total_steps=20, teacher_lr=0.1, teacher_warmup=2, student_lr=0.2, student_warmup=1,
-                    student_wait=0, uda_weight=2.0, uda_ramp_steps=0, uda_threshold=0.4,
-                    uda_temperature=0.7, label_smoothing=0.1, baseline=True, ema_decay=0.0, **kw)
+    return MPLHyper(
+        total_steps=20,
+        teacher_lr=0.1,
+        teacher_warmup=2,
+        student_lr=0.2,
+        student_warmup=1,
+        student_wait=0,
+        uda_weight=2.0,
+        uda_ramp_steps=0,
+        uda_threshold=0.4,
+        uda_temperature=0.7,
+        label_smoothing=0.1,
+        baseline=True,
+        ema_decay=0.0,
+        **kw,
+    )
 
 
 def _mlp(seed):
@@ -33,32 +46,37 @@ def _mlp(seed):
 def _global_batch(step):
     g = torch.Generator().manual_seed(100 + step)
     x_u = torch.randn(16, 5, generator=g, dtype=torch.float64)
-    return Batch(torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g),
-                 x_u + 0.1 * torch.randn(x_u.shape, generator=g, dtype=torch.float64),
-                 x_u + 0.5 * torch.randn(x_u.shape, generator=g, dtype=torch.float64))
+    return Batch(
+        torch.randn(8, 5, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (8,), generator=g),
+        x_u + 0.1 * torch.randn(x_u.shape, generator=g, dtype=torch.float64),
+        x_u + 0.5 * torch.randn(x_u.shape, generator=g, dtype=torch.float64),
+    )
 
 
 def _shard(batch, rank, world):
     def part(t):
         n = t.shape[0] // world
-        return t[rank * n:(rank + 1) * n]
+        return t[rank * n : (rank + 1) * n]
 
-    return Batch(part(batch.labeled_x), part(batch.labeled_y), part(batch.unlabeled_weak),
-                 part(batch.unlabeled_strong))
+    return Batch(part(batch.labeled_x), part(batch.labeled_y), part(batch.unlabeled_weak), part(batch.unlabeled_strong))
 
 
 def _train(config, reducer=None, rank=0, world=1):
     hp = _hp(**CONFIGS[config])
     teacher, student = _mlp(0), _mlp(1)
-    nets = Networks(teacher, student, build_sgd(teacher, hp.teacher_lr, weight_decay=1e-3),
-                    build_sgd(student, hp.student_lr, weight_decay=1e-3))
+    nets = Networks(
+        teacher,
+        student,
+        build_sgd(teacher, hp.teacher_lr, weight_decay=1e-3),
+        build_sgd(student, hp.student_lr, weight_decay=1e-3),
+    )
     history = []
     for step in range(STEPS):
         batch = _shard(_global_batch(step), rank, world)
         out = mpl_step(nets, batch, step, hp, **({"reducer": reducer} if reducer else {}))
         history.append({k: v.clone() for k, v in out.items()})
-    weights = {**{f"t.{k}": v for k, v in teacher.state_dict().items()},
-               **{f"s.{k}": v for k, v in student.state_dict().items()}}
+    weights = {**{f"t.{k}": v for k, v in teacher.state_dict().items()}, **{f"s.{k}": v for k, v in student.state_dict().items()}}
     return history, weights
 
 

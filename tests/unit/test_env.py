@@ -23,9 +23,11 @@ def test_env_json_reports_versions_devices_and_the_accelerate_config(run_cli, tm
     assert v["torch"] == torch.__version__ and all(v[k] for k in ("accelerate", "safetensors", "webdataset"))
     assert report["devices"]["cuda_available"] == torch.cuda.is_available()
     assert len(report["devices"]["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    assert report["accelerate_config"] == {"path": str(config), "found": True,
-                                           "config": {"compute_environment": "LOCAL_MACHINE", "num_processes": 2,
-                                                      "mixed_precision": "bf16"}}
+    assert report["accelerate_config"] == {
+        "path": str(config),
+        "found": True,
+        "config": {"compute_environment": "LOCAL_MACHINE", "num_processes": 2, "mixed_precision": "bf16"},
+    }
 
 
 def test_env_text_names_a_missing_or_broken_config(run_cli, tmp_path, monkeypatch):

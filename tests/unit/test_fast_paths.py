@@ -24,8 +24,15 @@ def _sequential(path, num_classes):
 
 
 def _write(folder: Path, samples: list[Sample], labeled: bool, classes: int) -> Path:
-    writer = ShardWriter(folder, input_spec=InputSpec("image", "png", None), classes=[str(c) for c in range(classes)],
-                         labeled=labeled, provenance={}, max_per_shard=10_000, extras=("logits.npy",))
+    writer = ShardWriter(
+        folder,
+        input_spec=InputSpec("image", "png", None),
+        classes=[str(c) for c in range(classes)],
+        labeled=labeled,
+        provenance={},
+        max_per_shard=10_000,
+        extras=("logits.npy",),
+    )
     for s in samples:
         writer.write(s)
     writer.close()
@@ -56,7 +63,7 @@ def test_fast_index_equals_the_sequential_index(tmp_path, monkeypatch, labeled, 
 
 def test_a_payload_that_looks_like_a_header_sends_the_scan_to_the_walk(tmp_path, monkeypatch):
     fake = bytearray(2048)
-    fake[512 + 257:512 + 263] = b"ustar\x00"  # a block of this payload carries the magic where headers do
+    fake[512 + 257 : 512 + 263] = b"ustar\x00"  # a block of this payload carries the magic where headers do
     samples = [Sample("a", "npy", bytes(fake), 0), Sample("b", "png", b"png-bytes", 1)]
     path = _write(tmp_path / "s", samples, True, 2)
     walked = []
@@ -72,8 +79,9 @@ def _tree(folder: Path) -> dict[str, str]:
 
 def test_split_writes_the_same_shards_whatever_the_read_block_and_index_path(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    writer = ShardWriter(src, input_spec=InputSpec("image", "png", (4, 4, 3)), classes=list("abc"), labeled=True,
-                         provenance={}, max_per_shard=40)
+    writer = ShardWriter(
+        src, input_spec=InputSpec("image", "png", (4, 4, 3)), classes=list("abc"), labeled=True, provenance={}, max_per_shard=40
+    )
     rng = np.random.default_rng(0)
     for i in range(100):
         writer.write(Sample(f"s{i}", "png", encode_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)), i % 3))
@@ -100,8 +108,9 @@ def test_chunks_read_ahead_in_a_thread_are_the_same_chunks_and_errors(tmp_path):
     from mpltools.data.shards import ShardError
 
     src = tmp_path / "src"
-    writer = ShardWriter(src, input_spec=InputSpec("image", "png", (4, 4, 3)), classes=list("ab"), labeled=True,
-                         provenance={}, max_per_shard=7)
+    writer = ShardWriter(
+        src, input_spec=InputSpec("image", "png", (4, 4, 3)), classes=list("ab"), labeled=True, provenance={}, max_per_shard=7
+    )
     rng = np.random.default_rng(0)
     for i in range(30):
         writer.write(Sample(f"s{i}", "png", encode_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)), i % 2))

@@ -38,11 +38,24 @@ def _batch(seed=0, n_l=6, n_u=8):
 
 def _hp(**kw):
     base = dict(
-        total_steps=10, teacher_lr=0.0, teacher_warmup=0, student_lr=0.1, student_warmup=0,
-        student_wait=0, lr_schedule="constant", momentum=0.0, nesterov=False,
-        teacher_weight_decay=0.0, student_weight_decay=0.0, label_smoothing=LS,
-        uda_weight=0.0, teacher_supervised_weight=0.0, baseline=False, mpl_weight=1.0,
-        pseudo_labels="argmax", feedback="dot",
+        total_steps=10,
+        teacher_lr=0.0,
+        teacher_warmup=0,
+        student_lr=0.1,
+        student_warmup=0,
+        student_wait=0,
+        lr_schedule="constant",
+        momentum=0.0,
+        nesterov=False,
+        teacher_weight_decay=0.0,
+        student_weight_decay=0.0,
+        label_smoothing=LS,
+        uda_weight=0.0,
+        teacher_supervised_weight=0.0,
+        baseline=False,
+        mpl_weight=1.0,
+        pseudo_labels="argmax",
+        feedback="dot",
     )
     base.update(kw)
     return MPLHyper(**base)
@@ -51,7 +64,8 @@ def _hp(**kw):
 def _run(hp, batch, generator=None, steps=1, teacher_seed=1, student_seed=2):
     teacher, student = _mlp(teacher_seed), _mlp(student_seed, hidden=5)
     nets = Networks(
-        teacher, student,
+        teacher,
+        student,
         build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay),
         build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay),
     )
@@ -72,7 +86,7 @@ def _params(m):
 def _teacher_strong_logits(teacher, phi, batch):
     # The same single forward over [x_l; weak; strong] as the step (rows are independent here).
     x = torch.cat([batch.labeled_x, batch.unlabeled_weak, batch.unlabeled_strong])
-    return functional_call(teacher, phi, (x,))[-batch.unlabeled_strong.shape[0]:]
+    return functional_call(teacher, phi, (x,))[-batch.unlabeled_strong.shape[0] :]
 
 
 def _independent_quantities(teacher, student, batch, y_hat, eta):
@@ -171,9 +185,7 @@ def _exact_soft_meta_gradient(teacher, student, batch, update):
 
     def meta(phi_):
         p = torch.softmax(_teacher_strong_logits(teacher, phi_, batch), -1)
-        g_u = grad(
-            lambda th: smoothed_cross_entropy(functional_call(student, th, (batch.unlabeled_strong,)), p, LS)
-        )(theta)
+        g_u = grad(lambda th: smoothed_cross_entropy(functional_call(student, th, (batch.unlabeled_strong,)), p, LS))(theta)
         theta_new = update(theta, g_u)
         return F.cross_entropy(functional_call(student, theta_new, (batch.labeled_x,)), batch.labeled_y)
 
@@ -183,9 +195,7 @@ def _exact_soft_meta_gradient(teacher, student, batch, update):
 def test_soft_labels_teacher_gradient_is_the_exact_meta_gradient_plain_sgd():
     batch, eta = _batch(seed=5), 0.3
     _, nets, (teacher0, student0), _ = _run(_hp(pseudo_labels="soft", student_lr=eta), batch)
-    expected = _exact_soft_meta_gradient(
-        teacher0, student0, batch, lambda th, g: {n: th[n] - eta * g[n] for n in th}
-    )
+    expected = _exact_soft_meta_gradient(teacher0, student0, batch, lambda th, g: {n: th[n] - eta * g[n] for n in th})
     _assert_teacher_grad(nets.teacher, expected, rtol=1e-8)
 
 

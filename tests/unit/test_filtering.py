@@ -6,8 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
 from mpltools.data.chunks import eval_chunks
+from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
 from mpltools.data.shards import InputSpec, Sample, ShardWriter, decode_input, encode_png, open_shard_set
 from mpltools.data.transforms import AugmentSpec
 
@@ -33,7 +33,7 @@ def _feed(sel, index, cls, score, rng):
     start = 0
     while start < len(index):
         step = int(rng.integers(1, 300))
-        sel.add(index[start:start + step], cls[start:start + step], score[start:start + step])
+        sel.add(index[start : start + step], cls[start : start + step], score[start : start + step])
         start += step
 
 
@@ -56,7 +56,7 @@ def test_selection_memory_is_bounded_by_k_times_classes_not_by_candidates():
         start = 0
         while start < n:
             step = int(rng.integers(1, 500))
-            sel.add(index[start:start + step], cls[start:start + step], score[start:start + step])
+            sel.add(index[start : start + step], cls[start : start + step], score[start : start + step])
             assert sel.size <= sel.capacity == 30 * 10 + 100  # never more than K x classes + slack records
             start += step
         assert len(sel._a["index"]) <= sel.capacity  # nor allocated
@@ -143,8 +143,14 @@ def test_balance_gives_exactly_k_per_class_and_is_seeded():
 
 
 def test_eval_chunks_have_the_same_composition_for_any_number_of_processes(tmp_path):
-    writer = ShardWriter(tmp_path / "s", input_spec=InputSpec("image", "png", (4, 4, 1)), classes=["a", "b"], labeled=True,
-                         provenance={}, max_per_shard=13)
+    writer = ShardWriter(
+        tmp_path / "s",
+        input_spec=InputSpec("image", "png", (4, 4, 1)),
+        classes=["a", "b"],
+        labeled=True,
+        provenance={},
+        max_per_shard=13,
+    )
     for i in range(40):
         writer.write(Sample(f"k{i}", "png", encode_png(np.full((4, 4, 1), i, np.uint8)), i % 2))
     writer.close()
@@ -174,11 +180,24 @@ def test_shard_samples_reads_what_read_shard_reads_and_only_the_wanted_samples(t
     from mpltools.data.chunks import shard_samples
     from mpltools.data.shards import read_shard
 
-    writer = ShardWriter(tmp_path / "s", input_spec=InputSpec("image", "png", (4, 4, 1)), classes=["a", "b"], labeled=True,
-                         provenance={}, extras=("topk.npy", "note.txt"))
+    writer = ShardWriter(
+        tmp_path / "s",
+        input_spec=InputSpec("image", "png", (4, 4, 1)),
+        classes=["a", "b"],
+        labeled=True,
+        provenance={},
+        extras=("topk.npy", "note.txt"),
+    )
     for i in range(9):
-        writer.write(Sample(f"k{i}", "png", encode_png(np.full((4, 4, 1), i, np.uint8)), i % 2,
-                            {"topk.npy": bytes([i]) * (700 + i), "note.txt": b"x" * i}))
+        writer.write(
+            Sample(
+                f"k{i}",
+                "png",
+                encode_png(np.full((4, 4, 1), i, np.uint8)),
+                i % 2,
+                {"topk.npy": bytes([i]) * (700 + i), "note.txt": b"x" * i},
+            )
+        )
     writer.close()
     path = open_shard_set(tmp_path / "s").shard_paths[0]
     # A pax shard (a 120-character key): not plain ustar, so the tarfile path reads it.
@@ -192,7 +211,9 @@ def test_shard_samples_reads_what_read_shard_reads_and_only_the_wanted_samples(t
     for p in (path, pax):
         expected = list(read_shard(p, 2))
         got = [s for _, s in shard_samples(p, 2)]
-        assert [(s.key, s.ext, s.data, s.label, s.extras) for s in got] == [(s.key, s.ext, s.data, s.label, s.extras) for s in expected]
+        assert [(s.key, s.ext, s.data, s.label, s.extras) for s in got] == [
+            (s.key, s.ext, s.data, s.label, s.extras) for s in expected
+        ]
         some = list(shard_samples(p, 2, lambda pos: pos % 2 == 1))
         assert [pos for pos, _ in some] == list(range(1, len(expected), 2))
         assert [s.key for _, s in some] == [expected[pos].key for pos, _ in some]

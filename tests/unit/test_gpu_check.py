@@ -22,7 +22,8 @@ def test_gpu_check_dry_mode_runs_and_reports_every_section(tmp_path, capsys):
         assert 0.0 <= a["h_sign_agreement"] <= 1.0 and math.isfinite(a["h_median_relative_error"])
         assert 0.9 <= a["teacher_mpl_grad_cosine_min"] <= 1.0 + 1e-6
     assert {(s["precision"], s["channels_last"]) for s in report["speed"]} == {
-        (p, cl) for p in ("no", "bf16", "fp16") for cl in (False, True)}
+        (p, cl) for p in ("no", "bf16", "fp16") for cl in (False, True)
+    }
     assert all(s["step_ms"] > 0 and s["images_per_s"] > 0 for s in report["speed"])
     assert 0.0 <= report["data_wait"]["wait_fraction_steady"] <= 1.0
     printed = capsys.readouterr().out

@@ -16,11 +16,26 @@ def test_feedback_sign_reaches_the_step():
 def test_every_shared_method_key_is_carried():
     shared = {f.name for f in fields(MPLHyper)} & {f.name for f in fields(MethodConfig)}
     assert "feedback_sign" in shared and "mpl_weight" in shared
-    changed = {"feedback_sign": -1, "mpl_weight": 7.0, "teacher_supervised_weight": 0.0, "uda_weight": 0.0,
-               "pseudo_labels": "soft", "feedback": "dot", "feedback_bn": "eval", "baseline": False}
-    overrides = ["method.feedback_sign=-1", "method.mpl_weight=7.0", "method.teacher_supervised_weight=0.0",
-                 "method.uda_weight=0.0", 'method.pseudo_labels="soft"', 'method.feedback="dot"',
-                 'method.feedback_bn="eval"', "method.baseline=false"]
+    changed = {
+        "feedback_sign": -1,
+        "mpl_weight": 7.0,
+        "teacher_supervised_weight": 0.0,
+        "uda_weight": 0.0,
+        "pseudo_labels": "soft",
+        "feedback": "dot",
+        "feedback_bn": "eval",
+        "baseline": False,
+    }
+    overrides = [
+        "method.feedback_sign=-1",
+        "method.mpl_weight=7.0",
+        "method.teacher_supervised_weight=0.0",
+        "method.uda_weight=0.0",
+        'method.pseudo_labels="soft"',
+        'method.feedback="dot"',
+        'method.feedback_bn="eval"',
+        "method.baseline=false",
+    ]
     hyper = hyper_from(load_recipe(None, overrides))
     for k, v in changed.items():
         assert getattr(hyper, k) == v, k

@@ -34,8 +34,12 @@ def _out_of_place(model: nn.Module) -> nn.Module:
 
 
 def _nets(teacher: nn.Module, student: nn.Module, hp: MPLHyper) -> Networks:
-    return Networks(teacher, student, build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov),
-                    build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov))
+    return Networks(
+        teacher,
+        student,
+        build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov),
+        build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -46,12 +50,31 @@ def test_in_place_activations_give_bitwise_the_same_mpl_step(name, pseudo_labels
     student = build_model(name, 3, SHAPE, **TINY[name]).double()
     assert _activations(teacher) and all(m.inplace for m in _activations(teacher))
     g = torch.Generator().manual_seed(1)
-    batch = Batch(torch.randn(4, *SHAPE, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g),
-                  torch.randn(8, *SHAPE, generator=g, dtype=torch.float64), torch.randn(8, *SHAPE, generator=g, dtype=torch.float64))
+    batch = Batch(
+        torch.randn(4, *SHAPE, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (4,), generator=g),
+        torch.randn(8, *SHAPE, generator=g, dtype=torch.float64),
+        torch.randn(8, *SHAPE, generator=g, dtype=torch.float64),
+    )
     # Nesterov momentum and a real student lr: the soft meta-gradient's step size is not trivial.
-    hp = MPLHyper(total_steps=10, teacher_lr=0.1, student_lr=0.2, teacher_warmup=0, student_warmup=0, student_wait=0,
-                  lr_schedule="constant", momentum=0.9, nesterov=True, label_smoothing=0.1, uda_weight=1.0, uda_ramp_steps=1,
-                  uda_threshold=0.0, baseline=False, pseudo_labels=pseudo_labels, feedback=feedback)
+    hp = MPLHyper(
+        total_steps=10,
+        teacher_lr=0.1,
+        student_lr=0.2,
+        teacher_warmup=0,
+        student_warmup=0,
+        student_wait=0,
+        lr_schedule="constant",
+        momentum=0.9,
+        nesterov=True,
+        label_smoothing=0.1,
+        uda_weight=1.0,
+        uda_ramp_steps=1,
+        uda_threshold=0.0,
+        baseline=False,
+        pseudo_labels=pseudo_labels,
+        feedback=feedback,
+    )
     runs = []
     for t, s in ((teacher, student), (_out_of_place(teacher), _out_of_place(student))):
         nets = _nets(t, s, hp)
@@ -64,4 +87,3 @@ def test_in_place_activations_give_bitwise_the_same_mpl_step(name, pseudo_labels
             assert torch.equal(p.grad, q.grad), n
     assert all(torch.equal(ma[-1][k], mb[-1][k]) for k in ma[-1])
     assert float(a.teacher_opt.param_groups[0]["lr"]) > 0 and float(ma[-1]["teacher/mpl"]) != 0.0  # the MPL term is live
-

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from mpltools.data import transforms
-from mpltools.data.loaders import (LABELED, UNLABELED, InMemoryStream, ShardStream, StreamConfig, eval_batches,
-                                   load_in_memory, make_stream)
+from mpltools.data.loaders import (
+    LABELED,
+    UNLABELED,
+    InMemoryStream,
+    ShardStream,
+    StreamConfig,
+    eval_batches,
+    load_in_memory,
+    make_stream,
+)
 from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png, open_shard_set
 
 AUG = transforms.AugmentSpec(kind="cifar", image_size=8, magnitude=10, flip=True)
@@ -21,8 +29,14 @@ AUG = transforms.AugmentSpec(kind="cifar", image_size=8, magnitude=10, flip=True
 def shard_set(tmp_path_factory) -> Path:
     """60 labelled 8x8 images in 6 shards; pixel (0,0) encodes the sample index for tracing."""
     root = tmp_path_factory.mktemp("stream") / "set"
-    writer = ShardWriter(root, input_spec=InputSpec("image", "png", (8, 8, 3)), classes=[str(c) for c in range(3)],
-                         labeled=True, provenance={}, max_per_shard=10)
+    writer = ShardWriter(
+        root,
+        input_spec=InputSpec("image", "png", (8, 8, 3)),
+        classes=[str(c) for c in range(3)],
+        labeled=True,
+        provenance={},
+        max_per_shard=10,
+    )
     rng = np.random.default_rng(0)
     for i in range(60):
         img = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
@@ -47,7 +61,9 @@ def test_stream_resumes_exactly_at_a_position(shard_set, in_memory, views):
     straight = take(make_stream(shards, cfg, AUG, in_memory), 12)
     resumed = take(make_stream(shards, cfg, AUG, in_memory, position=7), 5)
     assert same(straight[7:], resumed)
-    assert not same(straight[:5], take(make_stream(shards, StreamConfig(views, 8, seed=4, stream_id=cfg.stream_id), AUG, in_memory), 5))
+    assert not same(
+        straight[:5], take(make_stream(shards, StreamConfig(views, 8, seed=4, stream_id=cfg.stream_id), AUG, in_memory), 5)
+    )
 
 
 def test_streamed_batches_with_workers_equal_resumed_order(shard_set):
@@ -61,8 +77,10 @@ def test_streamed_batches_with_workers_equal_resumed_order(shard_set):
 def test_in_memory_global_batch_is_the_same_for_one_and_two_processes(shard_set):
     inputs, labels, _ = load_in_memory(open_shard_set(shard_set))
     one = InMemoryStream(inputs, labels, StreamConfig("unlabeled", 8, seed=0, stream_id=UNLABELED), AUG)
-    halves = [InMemoryStream(inputs, labels, StreamConfig("unlabeled", 8, seed=0, stream_id=UNLABELED, rank=r, world=2), AUG)
-              for r in range(2)]
+    halves = [
+        InMemoryStream(inputs, labels, StreamConfig("unlabeled", 8, seed=0, stream_id=UNLABELED, rank=r, world=2), AUG)
+        for r in range(2)
+    ]
     for index in range(10):  # crosses epoch boundaries (60 samples / 8)
         full = one.batch(index)
         parts = [h.batch(index) for h in halves]

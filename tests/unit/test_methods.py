@@ -52,17 +52,26 @@ def make_batch(seed=0, n_l=8, n_u=16, dtype=torch.float32):
 
 
 def make_nets(teacher, student, hp, ema=None):
-    t_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay,
-                      norm_parameter_names(teacher))
-    s_opt = build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay,
-                      norm_parameter_names(student))
+    t_opt = build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay, norm_parameter_names(teacher))
+    s_opt = build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay, norm_parameter_names(student))
     return Networks(teacher, student, t_opt, s_opt, ema)
 
 
 def hp_(**kw):
-    base = dict(total_steps=100, teacher_lr=0.1, teacher_warmup=0, student_lr=0.1, student_warmup=0,
-                student_wait=0, lr_schedule="constant", uda_ramp_steps=0, uda_weight=1.0,
-                uda_threshold=0.4, pseudo_labels="argmax", ema_decay=0.0)
+    base = dict(
+        total_steps=100,
+        teacher_lr=0.1,
+        teacher_warmup=0,
+        student_lr=0.1,
+        student_warmup=0,
+        student_wait=0,
+        lr_schedule="constant",
+        uda_ramp_steps=0,
+        uda_weight=1.0,
+        uda_threshold=0.4,
+        pseudo_labels="argmax",
+        ema_decay=0.0,
+    )
     base.update(kw)
     return MPLHyper(**base)
 
@@ -79,11 +88,19 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("feedback_bn", ["batch", "eval"])
-@pytest.mark.parametrize("feedback,pseudo_labels", [("taylor", "sample"), ("dot", "argmax"),
-                                                    ("cosine", "sample"), ("taylor", "soft")])
+@pytest.mark.parametrize(
+    "feedback,pseudo_labels", [("taylor", "sample"), ("dot", "argmax"), ("cosine", "sample"), ("taylor", "soft")]
+)
 def test_h_is_exactly_zero_during_the_wait_with_bn_and_dropout(feedback_bn, feedback, pseudo_labels):
-    hp = hp_(student_wait=5, momentum=0.9, nesterov=True, student_weight_decay=5e-4,
-             feedback=feedback, pseudo_labels=pseudo_labels, feedback_bn=feedback_bn)
+    hp = hp_(
+        student_wait=5,
+        momentum=0.9,
+        nesterov=True,
+        student_weight_decay=5e-4,
+        feedback=feedback,
+        pseudo_labels=pseudo_labels,
+        feedback_bn=feedback_bn,
+    )
     nets = make_nets(bn_dropout_net(0), bn_dropout_net(1), hp, ema=EMA(bn_dropout_net(1), 0.9))
     gen = torch.Generator().manual_seed(0)
     for step in range(3):  # several steps: momentum buffers fill up, BN statistics move
@@ -213,9 +230,17 @@ def _two_runs(hp, reducer):
 
 @pytest.mark.parametrize("feedback", ["taylor", "dot"])
 def test_h_and_the_teacher_gradient_use_the_reduced_values(feedback):
-    hp = hp_(feedback=feedback, momentum=0.0, nesterov=False, teacher_lr=0.0, baseline=False,
-             teacher_supervised_weight=0.0, uda_weight=0.0, student_weight_decay=0.0,
-             teacher_weight_decay=0.0)
+    hp = hp_(
+        feedback=feedback,
+        momentum=0.0,
+        nesterov=False,
+        teacher_lr=0.0,
+        baseline=False,
+        teacher_supervised_weight=0.0,
+        uda_weight=0.0,
+        student_weight_decay=0.0,
+        teacher_weight_decay=0.0,
+    )
     rec = RecordingReducer(mean_scale=2.0)
     ((local, n_local), (reduced, n_red)), _ = _two_runs(hp, rec)
     assert same(params_of(n_local.student), params_of(n_red.student))
@@ -223,13 +248,19 @@ def test_h_and_the_teacher_gradient_use_the_reduced_values(feedback):
         assert reduced[key].item() == pytest.approx(2 * local[key].item(), rel=1e-12), key
     for p_local, p_red in zip(n_local.teacher.parameters(), n_red.teacher.parameters()):
         assert torch.allclose(p_red.grad, 2 * p_local.grad, rtol=1e-12, atol=1e-15)
-    assert rec.grad_calls == [{id(p) for p in n_red.student.parameters()},
-                              {id(p) for p in n_red.teacher.parameters()}]
+    assert rec.grad_calls == [{id(p) for p in n_red.student.parameters()}, {id(p) for p in n_red.teacher.parameters()}]
 
 
 def test_gradients_go_through_the_reducer_before_the_update():
-    hp = hp_(momentum=0.0, nesterov=False, student_weight_decay=0.0, teacher_weight_decay=0.0,
-             mpl_weight=0.0, uda_weight=0.0, teacher_lr=0.0)
+    hp = hp_(
+        momentum=0.0,
+        nesterov=False,
+        student_weight_decay=0.0,
+        teacher_weight_decay=0.0,
+        mpl_weight=0.0,
+        uda_weight=0.0,
+        teacher_lr=0.0,
+    )
     ((_, n_local), (_, n_red)), _ = _two_runs(hp, RecordingReducer(grad_scale=2.0))
     start = params_of(mlp(1, torch.float64))
     for p0, p_local, p_red in zip(start, n_local.student.parameters(), n_red.student.parameters()):
@@ -242,8 +273,7 @@ def test_gradients_go_through_the_reducer_before_the_update():
 
 
 @pytest.mark.parametrize("step_fn", [mpl_step, released_step])
-@pytest.mark.parametrize("where,term", [("unlabeled_strong", "teacher UDA loss"),
-                                        ("labeled_x", "teacher supervised loss")])
+@pytest.mark.parametrize("where,term", [("unlabeled_strong", "teacher UDA loss"), ("labeled_x", "teacher supervised loss")])
 def test_nan_input_raises_before_any_parameter_changes(step_fn, where, term):
     hp = hp_(momentum=0.9)
     nets = make_nets(mlp(0), mlp(1), hp)

@@ -218,8 +218,7 @@ def test_small_cnn_takes_any_image_size(shape):
 
 def test_stochastic_depth_only_in_training():
     torch.manual_seed(0)
-    model = build_model("efficientnet_b0", 4, (3, 16, 16), width_coefficient=0.1,
-                        drop_connect_rate=0.5, dropout=0.0)
+    model = build_model("efficientnet_b0", 4, (3, 16, 16), width_coefficient=0.1, drop_connect_rate=0.5, dropout=0.0)
     x = torch.randn(3, 3, 16, 16)
     model.eval()
     torch.testing.assert_close(model(x), model(x))  # deterministic at evaluation

@@ -33,26 +33,54 @@ def _runtime(precision: str) -> Runtime:
 def _cnn(seed: int, bn: bool) -> nn.Module:
     torch.manual_seed(seed)
     norm = (lambda: [nn.BatchNorm2d(8)]) if bn else (lambda: [])
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *norm(), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), *norm(),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        *norm(),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        *norm(),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
 
 
 def _batch(seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g),
-                 torch.randn(32, 1, 8, 8, generator=g), torch.randn(32, 1, 8, 8, generator=g))
+    return Batch(
+        torch.randn(16, 1, 8, 8, generator=g),
+        torch.randint(0, 4, (16,), generator=g),
+        torch.randn(32, 1, 8, 8, generator=g),
+        torch.randn(32, 1, 8, 8, generator=g),
+    )
 
 
 def _hp(lr: float, feedback: str, pseudo_labels: str, **kw) -> MPLHyper:
-    base = dict(total_steps=10, teacher_lr=0.0, student_lr=lr, lr_schedule="constant", momentum=0.9, nesterov=True,
-                teacher_weight_decay=0.0, student_weight_decay=0.0, uda_weight=0.0, teacher_supervised_weight=0.0,
-                baseline=False, pseudo_labels=pseudo_labels, feedback=feedback, label_smoothing=0.1)
+    base = dict(
+        total_steps=10,
+        teacher_lr=0.0,
+        student_lr=lr,
+        lr_schedule="constant",
+        momentum=0.9,
+        nesterov=True,
+        teacher_weight_decay=0.0,
+        student_weight_decay=0.0,
+        uda_weight=0.0,
+        teacher_supervised_weight=0.0,
+        baseline=False,
+        pseudo_labels=pseudo_labels,
+        feedback=feedback,
+        label_smoothing=0.1,
+    )
     return MPLHyper(**{**base, **kw})
 
 
 def _nets(hp: MPLHyper, bn: bool, precision: str, scale: float = 2.0**8) -> Networks:
     t, s = _cnn(1, bn), _cnn(2, bn)
-    nets = Networks(t, s, build_sgd(t, hp.teacher_lr, hp.momentum, hp.nesterov), build_sgd(s, hp.student_lr, hp.momentum, hp.nesterov))
+    nets = Networks(
+        t, s, build_sgd(t, hp.teacher_lr, hp.momentum, hp.nesterov), build_sgd(s, hp.student_lr, hp.momentum, hp.nesterov)
+    )
     if precision == "fp16":
         nets.teacher_scaler, nets.student_scaler = LossScaler(scale), LossScaler(scale)
     return nets
@@ -159,7 +187,10 @@ def test_loss_scaler_schedule_and_state():
     s.update(overflow=False)
     t = LossScaler()
     t.load_state_dict(s.state_dict())
-    assert t.state_dict() == s.state_dict() == {"scale": 8.0, "clean_steps": 1, "growth_factor": 2.0,
-                                                "backoff_factor": 0.5, "growth_interval": 3}
+    assert (
+        t.state_dict()
+        == s.state_dict()
+        == {"scale": 8.0, "clean_steps": 1, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 3}
+    )
     with pytest.raises(ValueError):
         LossScaler(backoff_factor=1.5)

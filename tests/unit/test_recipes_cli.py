@@ -20,8 +20,10 @@ def test_ls_lists_every_shipped_recipe_with_what_it_reproduces(run_cli):
     assert sorted(items) == SHIPPED and len(SHIPPED) >= 9
     for name, r in items.items():
         assert r["title"] and r["reproduces"] and r["expected"], name
-        assert any(c.startswith(f"mpl train recipes/{name}.toml") or c.startswith(f"mpl reduced train recipes/{name}.toml")
-                   for c in r["commands"]), name
+        assert any(
+            c.startswith(f"mpl train recipes/{name}.toml") or c.startswith(f"mpl reduced train recipes/{name}.toml")
+            for c in r["commands"]
+        ), name
     assert items["cifar10_4k"]["reproduces"] == "MPL on CIFAR-10-4K with WRN-28-2 (paper §3.2, Table 2)."
     assert items["cifar10_4k"]["expected"].startswith("96.11 ± 0.07% top-1 after finetuning")
     assert "NOT reproduced" in items["twomoon"]["expected"]
@@ -31,12 +33,18 @@ def test_ls_lists_every_shipped_recipe_with_what_it_reproduces(run_cli):
 
 def test_header_paragraphs_end_at_the_next_field(tmp_path):
     path = tmp_path / "x.toml"
-    path.write_text("# x.toml — A title.\n#\n# Reproduces: Table 9\n# of the paper.\n# Expected (paper): 1% top-1;\n"
-                    "# more. Measured here (file): 2%.\n# Setting known from the paper: big.\n# Cost: 3 hours.\n#\n"
-                    "# $ mpl train x.toml\n\n[data]\n# Expected: not a header line\n")
+    path.write_text(
+        "# x.toml — A title.\n#\n# Reproduces: Table 9\n# of the paper.\n# Expected (paper): 1% top-1;\n"
+        "# more. Measured here (file): 2%.\n# Setting known from the paper: big.\n# Cost: 3 hours.\n#\n"
+        "# $ mpl train x.toml\n\n[data]\n# Expected: not a header line\n"
+    )
     info = recipes.parse_header(path)
-    assert (info.title, info.reproduces, info.cost, info.commands) == ("A title.", "Table 9 of the paper.", "3 hours.",
-                                                                       ["mpl train x.toml"])
+    assert (info.title, info.reproduces, info.cost, info.commands) == (
+        "A title.",
+        "Table 9 of the paper.",
+        "3 hours.",
+        ["mpl train x.toml"],
+    )
     assert info.expected == "1% top-1; more. Measured here (file): 2%."
 
 
@@ -79,29 +87,50 @@ def test_validate_accepts_a_good_recipe_and_writes_nothing(run_cli, moons, tmp_p
     monkeypatch.chdir(tmp_path)
     ran = _validate(run_cli, f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''")
     assert ran.exit_code == 0, ran.stderr
-    assert ran.stdout.split(': ok ')[0] in (str(REPO_ROOT / 'recipes' / 'twomoon.toml'), str(REPO_ROOT / 'mpltools' / '_recipes' / 'twomoon.toml'))
-    assert ': ok (mpl; run it with `mpl train`)' in ran.stdout.splitlines()[0]
-    report = json.loads(run_cli("recipes", "validate", "twomoon", "--json", "--set", f"data.labeled={moons}",
-                                "--set", f"data.unlabeled={moons}", "--set", "data.val=''").stdout)
+    assert ran.stdout.split(": ok ")[0] in (
+        str(REPO_ROOT / "recipes" / "twomoon.toml"),
+        str(REPO_ROOT / "mpltools" / "_recipes" / "twomoon.toml"),
+    )
+    assert ": ok (mpl; run it with `mpl train`)" in ran.stdout.splitlines()[0]
+    report = json.loads(
+        run_cli(
+            "recipes",
+            "validate",
+            "twomoon",
+            "--json",
+            "--set",
+            f"data.labeled={moons}",
+            "--set",
+            f"data.unlabeled={moons}",
+            "--set",
+            "data.val=''",
+        ).stdout
+    )
     # two MLPs 2-8-8-2 with biases: 2*8+8 + 8*8+8 + 8*2+2 = 114 parameters each
-    assert report["networks"] == {"student": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1},
-                                              "parameters": 114},
-                                  "teacher": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1},
-                                              "parameters": 114}}
+    assert report["networks"] == {
+        "student": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1}, "parameters": 114},
+        "teacher": {"name": "mlp", "kwargs": {"hidden": [8, 8], "activation": "sigmoid", "init_range": 0.1}, "parameters": 114},
+    }
     assert report["data"]["data.labeled"] == {"path": str(moons), "samples": 40, "classes": 2}
     assert list(tmp_path.iterdir()) == []  # no run folder, nothing written
 
 
-@pytest.mark.parametrize("sets, key, hint", [
-    (["model.name=resnet5"], "model.name = 'resnet5'", "Did you mean 'resnet50'?"),
-    (["model.teacher_name=wrn28_3"], "model.teacher_name = 'wrn28_3'", "Unknown model 'wrn28_3'"),
-    (["model.kwargs.hiden=[4]"], "model.name = 'mlp'", "unknown argument 'hiden'. Did you mean 'hidden'?"),
-    (["data.unlabeled=no/such/set"], "data.unlabeled = 'no/such/set'", "does not exist"),
-    (["data.val=no/val"], "data.val = 'no/val'", "does not exist"),
-    (["schedule.steps=0"], "schedule.steps", "at least 1"),
-    (["method.name=pseudo-label", "method.teacher_checkpoint=no/teacher.safetensors"], "method.teacher_checkpoint = 'no/teacher.safetensors'",
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    "sets, key, hint",
+    [
+        (["model.name=resnet5"], "model.name = 'resnet5'", "Did you mean 'resnet50'?"),
+        (["model.teacher_name=wrn28_3"], "model.teacher_name = 'wrn28_3'", "Unknown model 'wrn28_3'"),
+        (["model.kwargs.hiden=[4]"], "model.name = 'mlp'", "unknown argument 'hiden'. Did you mean 'hidden'?"),
+        (["data.unlabeled=no/such/set"], "data.unlabeled = 'no/such/set'", "does not exist"),
+        (["data.val=no/val"], "data.val = 'no/val'", "does not exist"),
+        (["schedule.steps=0"], "schedule.steps", "at least 1"),
+        (
+            ["method.name=pseudo-label", "method.teacher_checkpoint=no/teacher.safetensors"],
+            "method.teacher_checkpoint = 'no/teacher.safetensors'",
+            "does not exist",
+        ),
+    ],
+)
 def test_validate_exits_2_naming_the_key(run_cli, moons, sets, key, hint):
     base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''"]
     ran = _validate(run_cli, *base, *sets)
@@ -125,8 +154,9 @@ def test_validate_builds_efficientnet_l2_on_the_meta_device(run_cli, tmp_path):
     ran = run_cli("recipes", "validate", "efficientnet_l2_jft", *sets)
     # as `mpl train` would: 2,048 + 16,384 images of 512x512 in one process cannot fit this machine's memory
     assert ran.exit_code == 2 and "the data loaders would hold about" in ran.stderr, ran.stderr
-    ran = run_cli("recipes", "validate", "efficientnet_l2_jft", *sets, "--set", "data.batch_size=2", "--set", "data.workers=0",
-                  "--json")
+    ran = run_cli(
+        "recipes", "validate", "efficientnet_l2_jft", *sets, "--set", "data.batch_size=2", "--set", "data.workers=0", "--json"
+    )
     assert ran.exit_code == 0, ran.stderr
     student = json.loads(ran.stdout)["networks"]["student"]
     assert student["name"] == "efficientnet_l2" and student["parameters"] > 400_000_000  # no memory was allocated for it
@@ -154,14 +184,24 @@ def test_validate_accepts_a_fitting_teacher_checkpoint_and_refuses_one_for_other
     base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''", "method.name=pseudo-label"]
     good = tmp_path / "teacher.safetensors"
     _save_teacher(good, base[:3], moons)
-    ran = run_cli("recipes", "validate", "twomoon", "--json", *[a for s in base + [f"method.teacher_checkpoint={good}"]
-                                                              for a in ("--set", s)])
+    ran = run_cli(
+        "recipes",
+        "validate",
+        "twomoon",
+        "--json",
+        *[a for s in base + [f"method.teacher_checkpoint={good}"] for a in ("--set", s)],
+    )
     assert ran.exit_code == 0, ran.stderr
-    assert json.loads(ran.stdout)["checkpoints"] == {"method.teacher_checkpoint": {"path": str(good), "architecture": "mlp",
-                                                                                  "role": "teacher"}}
+    assert json.loads(ran.stdout)["checkpoints"] == {
+        "method.teacher_checkpoint": {"path": str(good), "architecture": "mlp", "role": "teacher"}
+    }
     three = tmp_path / "three"
-    assert run_cli("data", "import", "synthetic", "--num-samples", "12", "--num-classes", "3", "--image-size", "4",
-                   "--out", three).exit_code == 0
+    assert (
+        run_cli(
+            "data", "import", "synthetic", "--num-samples", "12", "--num-classes", "3", "--image-size", "4", "--out", three
+        ).exit_code
+        == 0
+    )
     other = tmp_path / "other.safetensors"
     _save_teacher(other, [f"data.labeled={three}", f"data.unlabeled={three}", "data.val=''", "augment.kind='none'"], three)
     ran = _validate(run_cli, *base, f"method.teacher_checkpoint={other}")

@@ -34,15 +34,24 @@ def _batch(seed=0, n_l=6, n_u=8, d=4):
     """Images of dimension d=4 for the student, stored logits of dimension K=3 for the teacher."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    return Batch(r(n_l, d), torch.randint(0, K, (n_l,), generator=g), r(n_u, d), r(n_u, d),
-                 teacher_labeled=2 * r(n_l, K), teacher_unlabeled=2 * r(n_u, K))
+    return Batch(
+        r(n_l, d),
+        torch.randint(0, K, (n_l,), generator=g),
+        r(n_u, d),
+        r(n_u, d),
+        teacher_labeled=2 * r(n_l, K),
+        teacher_unlabeled=2 * r(n_u, K),
+    )
 
 
 def _run(hp, batch, generator=None):
     teacher, student = _reduced_teacher(), _mlp(2, d_in=4, hidden=5)
-    nets = Networks(teacher, student,
-                    build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay),
-                    build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay))
+    nets = Networks(
+        teacher,
+        student,
+        build_sgd(teacher, hp.teacher_lr, hp.momentum, hp.nesterov, hp.teacher_weight_decay),
+        build_sgd(student, hp.student_lr, hp.momentum, hp.nesterov, hp.student_weight_decay),
+    )
     before = (copy.deepcopy(teacher), copy.deepcopy(student))
     return mpl_step(nets, batch, 0, hp, generator=generator), nets, before
 
@@ -87,8 +96,9 @@ def test_teacher_supervised_loss_reads_the_labelled_predictions():
         assert h == pytest.approx(ce(student0, batch.labeled_x) - ce(student1, batch.labeled_x), rel=1e-9)
 
     def loss(p):
-        sup = (1 - 0.1) * F.cross_entropy(_teacher_logits(teacher0, p, batch.teacher_labeled), batch.labeled_y) \
-            + 0.1 * -torch.log_softmax(_teacher_logits(teacher0, p, batch.teacher_labeled), -1).mean(-1).mean()
+        sup = (1 - 0.1) * F.cross_entropy(
+            _teacher_logits(teacher0, p, batch.teacher_labeled), batch.labeled_y
+        ) + 0.1 * -torch.log_softmax(_teacher_logits(teacher0, p, batch.teacher_labeled), -1).mean(-1).mean()
         return 0.7 * sup + h * F.cross_entropy(_teacher_logits(teacher0, p, batch.teacher_unlabeled), y_hat)
 
     expected = grad(loss)(_params(teacher0))
@@ -101,7 +111,9 @@ def test_a_batch_without_teacher_inputs_is_unchanged():
     assert b.for_teacher() is b
     r = _batch()
     t = r.for_teacher()
-    assert t.labeled_x is r.teacher_labeled and t.unlabeled_weak is r.teacher_unlabeled and t.unlabeled_strong is r.teacher_unlabeled
+    assert (
+        t.labeled_x is r.teacher_labeled and t.unlabeled_weak is r.teacher_unlabeled and t.unlabeled_strong is r.teacher_unlabeled
+    )
 
 
 def test_reduced_teacher_starts_as_the_identity_and_refuses_images():
@@ -123,7 +135,9 @@ def test_topk_predictions_rebuild_the_stored_distribution():
     dist = torch.softmax(torch.from_numpy(logits), -1).numpy()
     assert dist[[1, 3]] == pytest.approx([0.6, 0.2], rel=1e-6)
     assert dist[[0, 2, 4]] == pytest.approx([0.2 / 3] * 3, rel=1e-5)
-    full = predictions.as_logits(predictions.TOPK, predictions.load(predictions.encode_topk(np.array([1.0], np.float32), np.array([2])), "x"), 3, "x")
+    full = predictions.as_logits(
+        predictions.TOPK, predictions.load(predictions.encode_topk(np.array([1.0], np.float32), np.array([2])), "x"), 3, "x"
+    )
     assert np.isfinite(full).all()  # the other classes get the floor, not log(0)
     z = np.array([1.0, -2.0, 3.5], np.float32)
     stored = predictions.load(predictions.encode_logits(z, "float16"), "x")
@@ -134,14 +148,28 @@ def test_topk_predictions_rebuild_the_stored_distribution():
 
 def _prediction_set(root, n=12, classes=3):
     """A labelled image set whose teacher_logits.npy is a one-hot (x10) of the sample's label."""
-    writer = ShardWriter(root, input_spec=InputSpec("image", "png", (6, 6, 1)), classes=[f"c{c}" for c in range(classes)],
-                         labeled=True, provenance={}, max_per_shard=5, extras=(predictions.LOGITS,))
+    writer = ShardWriter(
+        root,
+        input_spec=InputSpec("image", "png", (6, 6, 1)),
+        classes=[f"c{c}" for c in range(classes)],
+        labeled=True,
+        provenance={},
+        max_per_shard=5,
+        extras=(predictions.LOGITS,),
+    )
     rng = np.random.default_rng(0)
     for i in range(n):
         label = i % classes
         img = (rng.integers(0, 50, (6, 6, 1)) + 60 * label).astype(np.uint8)
-        writer.write(Sample(f"s{i:03d}", "png", encode_png(img), label,
-                            {predictions.LOGITS: predictions.encode_logits(10 * np.eye(classes)[label], "float16")}))
+        writer.write(
+            Sample(
+                f"s{i:03d}",
+                "png",
+                encode_png(img),
+                label,
+                {predictions.LOGITS: predictions.encode_logits(10 * np.eye(classes)[label], "float16")},
+            )
+        )
     writer.close()
     return open_shard_set(root)
 
@@ -152,8 +180,13 @@ def test_streams_deliver_stored_predictions_aligned_with_images_without_changing
     aug = AugmentSpec(kind="cifar", image_size=6, flip=True, cutout=False)
     for views, stream_id in (("labeled", LABELED), ("unlabeled", UNLABELED)):
         plain = make_stream(shards, StreamConfig(views, 4, seed=3, stream_id=stream_id, shuffle_buffer=4), aug, in_memory)
-        extra = make_stream(shards, StreamConfig(views, 4, seed=3, stream_id=stream_id, shuffle_buffer=4,
-                                                 extras=(predictions.LOGITS,)), aug, in_memory, position=0)
+        extra = make_stream(
+            shards,
+            StreamConfig(views, 4, seed=3, stream_id=stream_id, shuffle_buffer=4, extras=(predictions.LOGITS,)),
+            aug,
+            in_memory,
+            position=0,
+        )
         for _ in range(5):  # more than one epoch
             a, b = next(plain), next(extra)
             for key in a:
@@ -163,8 +196,13 @@ def test_streams_deliver_stored_predictions_aligned_with_images_without_changing
             if views == "labeled":
                 assert torch.equal(z.argmax(1), b["y"])  # row i is image i's prediction
         # Resuming at a position gives the same batches as reading up to it.
-        again = make_stream(shards, StreamConfig(views, 4, seed=3, stream_id=stream_id, shuffle_buffer=4,
-                                                 extras=(predictions.LOGITS,)), aug, in_memory, position=4)
+        again = make_stream(
+            shards,
+            StreamConfig(views, 4, seed=3, stream_id=stream_id, shuffle_buffer=4, extras=(predictions.LOGITS,)),
+            aug,
+            in_memory,
+            position=4,
+        )
         last = next(again)
         for key in b:
             assert torch.equal(last[key], b[key])

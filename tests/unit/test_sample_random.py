@@ -16,7 +16,7 @@ def test_any_slice_of_rows_equals_the_same_rows_of_the_whole_block(per_sample):
     whole = rng.block((9, 2, 4), 24)
     assert whole.shape == (24, per_sample) and not whole.flags.writeable
     for first in range(0, 21):  # first * per_sample covers every remainder mod 4 (a counter step is 4 draws)
-        np.testing.assert_array_equal(rng.block((9, 2, 4), 3, first_row=first), whole[first:first + 3])
+        np.testing.assert_array_equal(rng.block((9, 2, 4), 3, first_row=first), whole[first : first + 3])
 
 
 def test_a_block_depends_only_on_seed_stream_and_identity():
@@ -24,8 +24,13 @@ def test_a_block_depends_only_on_seed_stream_and_identity():
     first = a.block((7,), 4)
     b.block((1, 2, 3), 100)  # whatever was drawn before
     np.testing.assert_array_equal(b.block((7,), 4), first)
-    others = [a.block((8,), 4), a.block((7, 1), 4), a.block((0, 7), 4), BatchRandom(1, 1, 5).block((7,), 4),
-              BatchRandom(0, 0, 5).block((7,), 4)]
+    others = [
+        a.block((8,), 4),
+        a.block((7, 1), 4),
+        a.block((0, 7), 4),
+        BatchRandom(1, 1, 5).block((7,), 4),
+        BatchRandom(0, 0, 5).block((7,), 4),
+    ]
     for other in others:
         assert not np.isin(other, first).any()
     assert len(np.unique(first)) == first.size  # rows (samples) differ from each other

@@ -34,14 +34,30 @@ def _samples(n: int, num_classes: int = 3, seed: int = 0) -> list[Sample]:
     out = []
     for i in range(n):
         extras = {"logits.npy": encode_npy(rng.normal(size=3).astype(np.float32))} if i % 2 else {}
-        out.append(Sample(f"s-{i:04d}", "png", encode_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)),
-                          int(rng.integers(0, num_classes)), extras))
+        out.append(
+            Sample(
+                f"s-{i:04d}",
+                "png",
+                encode_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)),
+                int(rng.integers(0, num_classes)),
+                extras,
+            )
+        )
     return out
 
 
-def _write_set(folder: Path, samples: list[Sample], labeled: bool = True, max_per_shard: int = 4, classes=("a", "b", "c")) -> dict:
-    writer = ShardWriter(folder, input_spec=SPEC, classes=list(classes), labeled=labeled, provenance={"test": True},
-                         max_per_shard=max_per_shard, extras=("logits.npy",))
+def _write_set(
+    folder: Path, samples: list[Sample], labeled: bool = True, max_per_shard: int = 4, classes=("a", "b", "c")
+) -> dict:
+    writer = ShardWriter(
+        folder,
+        input_spec=SPEC,
+        classes=list(classes),
+        labeled=labeled,
+        provenance={"test": True},
+        max_per_shard=max_per_shard,
+        extras=("logits.npy",),
+    )
     for s in samples:
         writer.write(s)
     return writer.close()
@@ -64,7 +80,7 @@ def test_writer_writes_exactly_what_tarfile_writes_and_checksums_it(tmp_path):
     assert [s["count"] for s in manifest["shards"]] == [4, 4, 2]
     for k, shard in enumerate(manifest["shards"]):
         members = []
-        for s in samples[4 * k: 4 * k + 4]:
+        for s in samples[4 * k : 4 * k + 4]:
             members += [(f"{s.key}.png", s.data), (f"{s.key}.cls", str(s.label).encode())]
             members += [(f"{s.key}.{ext}", data) for ext, data in sorted(s.extras.items())]
         data = (tmp_path / "set" / shard["name"]).read_bytes()
@@ -81,7 +97,9 @@ def test_round_trip_keys_labels_inputs_and_extras(tmp_path):
     _write_set(tmp_path / "set", samples)
     shards = open_shard_set(tmp_path / "set")
     back = list(shards.samples())
-    assert [(b.key, b.ext, b.data, b.label, b.extras) for b in back] == [(s.key, s.ext, s.data, s.label, s.extras) for s in samples]
+    assert [(b.key, b.ext, b.data, b.label, b.extras) for b in back] == [
+        (s.key, s.ext, s.data, s.label, s.extras) for s in samples
+    ]
     assert shards.num_samples == 9 and shards.classes == ["a", "b", "c"] and shards.input_spec == SPEC
 
 
@@ -156,8 +174,15 @@ def test_index_matches_tarfile_offsets_and_write_raw_reproduces_the_shard(tmp_pa
     assert index.bounds[1:, 0].tolist() == index.bounds[:-1, 1].tolist()  # samples are back to back
     # Copying those byte ranges through write_raw gives the same shard as writing the samples.
     data = path.read_bytes()
-    writer = ShardWriter(tmp_path / "copy", input_spec=SPEC, classes=["a", "b", "c"], labeled=True, provenance={"test": True},
-                         max_per_shard=100, extras=("logits.npy",))
+    writer = ShardWriter(
+        tmp_path / "copy",
+        input_spec=SPEC,
+        classes=["a", "b", "c"],
+        labeled=True,
+        provenance={"test": True},
+        max_per_shard=100,
+        extras=("logits.npy",),
+    )
     for key, label, (start, end, _, _) in zip(index.keys, index.labels.tolist(), index.bounds.tolist()):
         writer.write_raw(key, label, data[start:end])
     writer.close()
@@ -237,14 +262,17 @@ def _hand_written(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("members, message", [
-    ([("a.png", b"x"), ("a.cls", b"0"), ("b.png", b"y"), ("a.cls", b"1")], "'a' appears twice"),
-    ([("a.png", b"x"), ("a.cls", b"7")], "label 7, outside 0..2"),
-    ([("a.png", b"x"), ("a.cls", b"one")], "not an integer"),
-    ([("a.cls", b"0")], "no input member"),
-    ([("a.png", b"x"), ("a.jpg", b"y")], "two inputs"),
-    ([("noext", b"x")], "not of the form"),
-])
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([("a.png", b"x"), ("a.cls", b"0"), ("b.png", b"y"), ("a.cls", b"1")], "'a' appears twice"),
+        ([("a.png", b"x"), ("a.cls", b"7")], "label 7, outside 0..2"),
+        ([("a.png", b"x"), ("a.cls", b"one")], "not an integer"),
+        ([("a.cls", b"0")], "no input member"),
+        ([("a.png", b"x"), ("a.jpg", b"y")], "two inputs"),
+        ([("noext", b"x")], "not of the form"),
+    ],
+)
 def test_bad_samples_are_named_by_every_reader_that_checks_them(tmp_path, members, message):
     path = _hand_written(tmp_path / "s.tar", members)
     with pytest.raises(ShardError, match=message):

@@ -47,8 +47,10 @@ def test_synthetic_any_size_classes_channels_and_deterministic():
     assert x3.shape == (7, 10, 10, 3)
 
 
-@pytest.mark.parametrize("module, name", [("os", "system"), ("builtins", "eval"), ("numpy", "load"),
-                                          ("subprocess", "Popen"), ("numpy.testing", "assert_equal")])
+@pytest.mark.parametrize(
+    "module, name",
+    [("os", "system"), ("builtins", "eval"), ("numpy", "load"), ("subprocess", "Popen"), ("numpy.testing", "assert_equal")],
+)
 def test_restricted_unpickler_refuses_everything_but_arrays(module, name):
     payload = b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\nq\x00."
     with pytest.raises(pickle.UnpicklingError, match=f"refusing to load {module}.{name}"):
@@ -92,9 +94,15 @@ def _check_cifar(fake, name: str, split: str, layout: str):
 
 
 @pytest.mark.parametrize("archive", [True, False], ids=["tar.gz", "folder"])
-@pytest.mark.parametrize("builder, name, layout", [
-    (fakes.cifar10_binary, "cifar10", "binary"), (fakes.cifar100_binary, "cifar100", "binary"),
-    (fakes.cifar10_python, "cifar10", "python"), (fakes.cifar100_python, "cifar100", "python")])
+@pytest.mark.parametrize(
+    "builder, name, layout",
+    [
+        (fakes.cifar10_binary, "cifar10", "binary"),
+        (fakes.cifar100_binary, "cifar100", "binary"),
+        (fakes.cifar10_python, "cifar10", "python"),
+        (fakes.cifar100_python, "cifar100", "python"),
+    ],
+)
 def test_cifar_layouts_both_splits(tmp_path, builder, name, layout, archive):
     fake = builder(tmp_path, archive=archive)
     _check_cifar(fake, name, "train", layout)
@@ -111,7 +119,9 @@ def test_cifar_binary_of_the_wrong_size_names_the_file(tmp_path):
 
 def test_cifar_python_batch_of_the_wrong_shape_names_the_file(tmp_path):
     fake = fakes.cifar100_python(tmp_path, archive=False)
-    (fake.path / "train").write_bytes(pickle.dumps({b"data": np.zeros((3, 100), np.uint8), b"fine_labels": [0, 1, 2]}, protocol=2))
+    (fake.path / "train").write_bytes(
+        pickle.dumps({b"data": np.zeros((3, 100), np.uint8), b"fine_labels": [0, 1, 2]}, protocol=2)
+    )
     with pytest.raises(MplError, match=r"cifar-100-python:train has the wrong shape"):
         load_source("cifar100", fake.path, SourceOptions())
 

@@ -14,16 +14,19 @@ import random
 import signal
 import tarfile
 
-import pytest
-
 from mpltools.data.shards import index_shard
 from mpltools.data.tarindex import BLOCK, NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
 
 
 def shard(n: int, seed: int) -> bytes:
     rng = random.Random(seed)
-    body = b"".join(member_bytes(f"s{i:04d}.{ext}", rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1500])) if ext == "png" else b"%d" % (i % 3))
-                    for i in range(n) for ext in ("png", "cls"))
+    body = b"".join(
+        member_bytes(
+            f"s{i:04d}.{ext}", rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1500])) if ext == "png" else b"%d" % (i % 3)
+        )
+        for i in range(n)
+        for ext in ("png", "cls")
+    )
     return body + end_of_archive(len(body))
 
 
@@ -42,7 +45,7 @@ def reference(data: bytes):
             end = tar.offset
     except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError):
         return None
-    block = data[end:end + BLOCK]
+    block = data[end : end + BLOCK]
     return out if len(block) == BLOCK and block.count(0) == BLOCK else None
 
 
@@ -52,7 +55,7 @@ def mutations(rng: random.Random):
         yield "intact", base
         for cut in sorted(rng.sample(range(len(base)), 25)):
             yield f"truncate@{cut}", base[:cut]
-        headers = [i for i in range(0, len(base) - BLOCK, BLOCK) if base[i + 257:i + 262] == b"ustar"]
+        headers = [i for i in range(0, len(base) - BLOCK, BLOCK) if base[i + 257 : i + 262] == b"ustar"]
         for _ in range(40):
             h = rng.choice(headers)
             pos = h + rng.choice([rng.randrange(BLOCK), *range(124, 136), *range(148, 156), 156, 0, 99])
@@ -63,17 +66,17 @@ def mutations(rng: random.Random):
             h = rng.choice(headers)
             size = rng.choice([b"77777777777", b"00000001000", b"-1000000000", b"9" * 11, b"\x80" + b"\0" * 10, b" " * 11])
             data = bytearray(base)
-            data[h + 124:h + 135] = size
+            data[h + 124 : h + 135] = size
             yield f"size={size!r}", bytes(data)
         for name in (b"../x.png", b"a/b.png", b"noext", b"\xff\xfe.png", b"", b"x" * 100, b".cls"):
             data = bytearray(base)
-            data[headers[0]:headers[0] + 100] = name.ljust(100, b"\0")[:100]
+            data[headers[0] : headers[0] + 100] = name.ljust(100, b"\0")[:100]
             yield f"name={name[:12]!r}", bytes(data)
         for _ in range(15):
             data = bytearray(base)
             start = rng.randrange(len(base))
             chunk = rng.randbytes(rng.randrange(1, 700))
-            data[start:start + len(chunk)] = chunk
+            data[start : start + len(chunk)] = chunk
             yield f"random@{start}", bytes(data)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from rich.console import Console
 
 from mpltools import log
@@ -13,16 +12,20 @@ from mpltools import log
 METRICS = "loss_t 2.3026 loss_s 2.3026 h +0.0012 top1 0.8123 lr_s 0.0500 lr_t 0.0500 uda 0.4321"
 
 
-@pytest.mark.parametrize("description, total, unit", [
-    ("train mpl", 300_000, "steps"),
-    ("reduced: predict", 130_000_000, "images"),  # long name, nine-digit total: still bar, rate and ETA
-])
+@pytest.mark.parametrize(
+    "description, total, unit",
+    [
+        ("train mpl", 300_000, "steps"),
+        ("reduced: predict", 130_000_000, "images"),  # long name, nine-digit total: still bar, rate and ETA
+    ],
+)
 def test_progress_at_80_columns_keeps_bar_rate_elapsed_and_eta(description, total, unit):
     term = Console(file=io.StringIO(), width=80, force_terminal=True, record=True, color_system=None)
     prog = log.make_progress(term)
     done = total * 2 // 5
-    task = prog.add_task(description, total=total, rate=f"{log.compact(123_456.7)} {unit}/s", extra=METRICS,
-                         count=log._count(done, total))
+    task = prog.add_task(
+        description, total=total, rate=f"{log.compact(123_456.7)} {unit}/s", extra=METRICS, count=log._count(done, total)
+    )
     prog.update(task, completed=done)
     term.print(prog.get_renderable())
     lines = term.export_text().rstrip("\n").split("\n")
@@ -36,8 +39,15 @@ def test_progress_at_80_columns_keeps_bar_rate_elapsed_and_eta(description, tota
 
 
 def test_compact_counts():
-    assert [log.compact(n) for n in (0, 7, 99_999, 100_000, 433_055, 43_333_333, 1_300_000_000)] == \
-        ["0", "7", "99999", "100.0k", "433.1k", "43.3M", "1.3G"]
+    assert [log.compact(n) for n in (0, 7, 99_999, 100_000, 433_055, 43_333_333, 1_300_000_000)] == [
+        "0",
+        "7",
+        "99999",
+        "100.0k",
+        "433.1k",
+        "43.3M",
+        "1.3G",
+    ]
 
 
 def test_progress_without_terminal_prints_plain_unabbreviated_lines(monkeypatch):

@@ -38,6 +38,7 @@ def _views(img, spec, seed=0):
 
 # --------------------------------------------------------------------------- shapes and dtypes
 
+
 @pytest.mark.parametrize("kind", ("cifar", "imagenet"))
 @pytest.mark.parametrize("size", (8, 32))
 @pytest.mark.parametrize("channels", (1, 3))
@@ -84,6 +85,7 @@ def test_input_normalisation():
 
 
 # --------------------------------------------------------------------------- determinism
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_same_seed_same_bytes(kind):
@@ -142,6 +144,7 @@ def test_cifar_strong_is_built_on_the_weak_view():
 
 # --------------------------------------------------------------------------- per-image op choice
 
+
 def test_ops_are_chosen_per_image():
     spec = AugmentSpec(image_size=8)
     rng = np.random.default_rng(0)
@@ -173,6 +176,7 @@ def test_randaugment_op_list():
 
 # --------------------------------------------------------------------------- individual ops
 
+
 def _apply(arr, name, magnitude=16.0, spec=None, seed=0):
     spec = spec or AugmentSpec()
     im = Image.fromarray(arr)
@@ -193,9 +197,9 @@ def test_levels_at_m16_and_m17():
     assert op_level("Posterize", 30, cifar) == 8 and op_level("Posterize", 1, cifar) == 1
     assert op_level("Solarize", 16, cifar) == 153  # int(409.6) = 409 wrapped to uint8
     assert op_level("Solarize", 17, cifar) == 179
-    assert op_level("Cutout", 16, cifar) == 6       # 12x12 square on 32x32
+    assert op_level("Cutout", 16, cifar) == 6  # 12x12 square on 32x32
     assert op_level("TranslateX", 17, inet) == pytest.approx(170.0)
-    assert op_level("Cutout", 17, inet) == 68       # 136x136
+    assert op_level("Cutout", 17, inet) == 68  # 136x136
     assert AugmentSpec(image_size=8).effective_translate_const == 1.0
     with pytest.raises(ValueError):
         op_level("Identity", 16, cifar)
@@ -248,7 +252,7 @@ def test_translate_fill_128(name, axis):
         signs.add(first)
         expected = np.zeros(32, bool)
         expected[:n] = first
-        expected[32 - n:] = not first
+        expected[32 - n :] = not first
         np.testing.assert_array_equal(filled, expected)
     assert signs == {True, False}
 
@@ -312,6 +316,7 @@ def test_every_op_on_every_mode(name, shape):
 
 # --------------------------------------------------------------------------- weak (CIFAR)
 
+
 def _find_shift(out, x, fill, pad):
     """Return (flipped, dy, dx) such that out is x shifted (and maybe flipped) with `fill` padding."""
     h, w = x.shape[:2]
@@ -321,7 +326,7 @@ def _find_shift(out, x, fill, pad):
             for dx in range(-pad, pad + 1):
                 ref = np.full_like(x, fill)
                 ys, xs = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
-                ref[ys, xs] = src[max(0, dy):min(h, h + dy), max(0, dx):min(w, w + dx)]
+                ref[ys, xs] = src[max(0, dy) : min(h, h + dy), max(0, dx) : min(w, w + dx)]
                 if np.array_equal(ref, out):
                     return flipped, dy, dx
     return None
@@ -381,6 +386,7 @@ def test_imagenet_crop_box_statistics():
 
 # --------------------------------------------------------------------------- eval and none
 
+
 def test_eval_view_cifar_identity_and_deterministic():
     x = _img((32, 32, 3))
     spec = AugmentSpec()
@@ -400,7 +406,7 @@ def test_eval_view_imagenet_centre_crop():
     np.testing.assert_array_equal(a, b)
     crop = int(0.875 * 300)  # 262
     top, left = (300 - crop + 1) // 2, (400 - crop + 1) // 2
-    ref = np.asarray(Image.fromarray(x[top:top + crop, left:left + crop]).resize((224, 224), Image.Resampling.BICUBIC))
+    ref = np.asarray(Image.fromarray(x[top : top + crop, left : left + crop]).resize((224, 224), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal(a, ref)
 
 
@@ -419,6 +425,7 @@ def test_kind_none_is_identity():
 
 
 # --------------------------------------------------------------------------- to_float_batch
+
 
 def test_to_float_batch_matches_hand_computation():
     x = torch.from_numpy(_img((4, 5, 6, 3)))
