@@ -62,6 +62,12 @@ def check(
     if reduced and method not in TWO_NETWORKS:
         raise UsageError(f'{source}: model.teacher_name = "reduced_teacher" needs method.name = "mpl" or "released".')
     check_models(recipe, source)
+    from mpltools import tracking
+
+    try:  # first, like `train`: a missing tracker package is named before any data is opened
+        tracking.check(tracking.requested(recipe.runtime))
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
 
     if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
         from mpltools.commands import reduced as reduced_command
