@@ -184,10 +184,10 @@ class InMemoryStream(torch.utils.data.IterableDataset):
             out = {"x": torch.from_numpy(x)}
             if self.labels is not None:
                 out["y"] = torch.from_numpy(self.labels[index].astype(np.int64))
-            return out
-        out = {"weak": torch.from_numpy(x), "strong": torch.from_numpy(x.copy())}
-        if "hidden_y" in self.extras:
-            out["hidden_y"] = torch.from_numpy(self.extras["hidden_y"][index])
+        else:
+            out = {"weak": torch.from_numpy(x), "strong": torch.from_numpy(x.copy())}
+        for name, rows in self.extras.items():  # a large teacher's stored logits (Reduced MPL), hidden labels
+            out[name] = torch.from_numpy(np.ascontiguousarray(rows[index]))
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -118,3 +118,21 @@ def test_batch_not_divisible_by_processes_is_an_error(shard_set):
 
     with pytest.raises(MplError, match="divisible"):
         make_stream(open_shard_set(shard_set), StreamConfig("labeled", 5, seed=0, stream_id=LABELED, world=2), AUG, False)
+
+
+@pytest.mark.parametrize("views", ["labeled", "unlabeled"])
+def test_vector_fast_path_carries_every_extra_row_aligned_with_its_input(views):
+    """Reduced MPL on vectors (TwoMoon): the stored teacher logits must travel with the batch (a KeyError
+    'teacher_logits.npy' in training.device_batch before; the fast path kept only hidden labels)."""
+    n = 20
+    inputs = np.stack([np.arange(n), -np.arange(n)], axis=1).astype(np.float32)
+    labels = (np.arange(n) % 2).astype(np.int64)
+    extras = {"teacher_logits.npy": np.stack([np.arange(n) * k for k in (1, 2, 3)], axis=1).astype(np.float32)}
+    aug = transforms.AugmentSpec(kind="none", image_size=2)
+    stream = InMemoryStream(inputs, labels, StreamConfig(views, 6, seed=0, stream_id=LABELED), aug, extras)
+    for index in range(5):  # crosses an epoch boundary
+        batch = stream.batch(index)
+        x = batch["x" if views == "labeled" else "weak"]
+        rows = batch["teacher_logits.npy"]
+        assert rows.shape == (6, 3) and rows.dtype == torch.float32
+        assert torch.equal(rows[:, 0], x[:, 0]) and torch.equal(rows[:, 2], 3 * x[:, 0])
