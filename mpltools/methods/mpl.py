@@ -5,11 +5,12 @@ returns metrics as 0-dim tensors (no `.item()`). It runs in five phases, numbere
 code; "Alg." is Appendix B's Algorithm 1 as summarised in `reference/mpl-algorithm.md` §1.8, and the
 other references are to that file's §1.
 
-1. **Teacher outputs** (Alg. before 2). One train-mode forward of the *pre-update* teacher over
-   ``[x_l; x_u_weak; x_u_strong]`` (§1.2) gives its supervised CE (label-smoothed) and UDA
-   consistency (§1.3): the losses of Alg. 6-7, differentiated in phase 5. One forward, not three,
-   because BN then sees the mixed batch as in the authors' code. With Reduced MPL the teacher reads
-   stored predictions instead of the images (`Batch.for_teacher`).
+1. **Teacher outputs** (what Alg. 2 and 5-7 evaluate). One train-mode forward of the *pre-update*
+   teacher over ``[x_l; x_u_weak; x_u_strong]`` (§1.2) gives the logits the pseudo labels and the MPL
+   term are drawn from, its supervised CE (label-smoothed) and its UDA consistency (§1.3); the graph
+   is kept for the teacher's backward in phase 5. One forward, not three, so that BN sees the mixed
+   batch as in the authors' code. With Reduced MPL the teacher reads stored predictions instead of
+   the images (`Batch.for_teacher`).
 2. **Pseudo labels** (Alg. 2) from the teacher's logits of `pseudo_label_view`: sampled (the paper;
    unbiased for REINFORCE), argmax, or the soft distribution itself.
 3. **Student update with CE_old and CE_new** (Alg. 3). Student forward on ``x_u_strong``, backward
@@ -31,7 +32,9 @@ other references are to that file's §1.
    ``cos(grad L_l(theta'), g_u)`` (Appendix C.3). The optional moving-average baseline starts at
    0 and is updated first, like the code: ``b <- b - (1 - decay)(b - h)``, ``h_c = h - b``. With
    soft pseudo labels the feedback is instead the exact one-step meta-gradient ``dL_l(theta')/dp``
-   (`_soft_meta_gradient`); h and the baseline are then only logged.
+   (`_soft_meta_gradient`); h and the baseline are then only logged. The factor h multiplies,
+   ``CE(y_hat, T(x_u_view))``, is computed here too, so that its global mean travels in the same
+   cross-process reduction as CE_old and CE_new (one collective, not two).
 5. **Teacher update** (Alg. 5-8) on ``w_sup * CE_sup + w_uda * UDA + sign * mpl_weight * h_c *
    CE(y_hat, T(x_u_view))``: the REINFORCE surrogate whose gradient raises ``T(y_hat|x_u)`` when the
    student's step helped (h > 0); ``sign`` is +1 except in the flipped ablation, and with soft
@@ -149,8 +152,8 @@ def mpl_step(
         grad_params = s_params if meta or grad_feedback else None
         ce_new, g_new = _labelled_loss(student, batch, hp.feedback_bn, grad_params, reducer)
 
-    # 4. Feedback: the teacher's MPL factor (hard labels: CE(y_hat, T(x_u)); soft: the meta-gradient's
-    #    value), h from global values, and the baseline (updated first, committed after the teacher's check).
+    # 4. Feedback: the MPL factor (hard labels: CE(y_hat, T(x_u)); soft: the meta-gradient's surrogate),
+    #    reduced with CE_old/CE_new; h from global values; the baseline (committed after the teacher's check).
     eta = _effective_step_size(nets.student_opt, s_norm, hp.max_grad_norm) if moved and (meta or grad_feedback) else 0.0
     if not soft:
         mpl_value = F.cross_entropy(t_view, target)  # REINFORCE surrogate CE, unsmoothed
