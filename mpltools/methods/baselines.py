@@ -23,9 +23,9 @@ from mpltools.methods.common import (
     finish_gradients,
     trainable,
 )
-from mpltools.methods.mpl import auxiliary_losses, teacher_forward
 from mpltools.methods.optim import learning_rate, set_lr
 from mpltools.methods.precision import apply_update, scaled
+from mpltools.methods.teacher import auxiliary_losses, teacher_forward
 
 
 def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:

@@ -1,7 +1,9 @@
-"""What the feedback does, measured inside a step on logging steps (`diagnose=True`).
+"""What an MPL step reports: its metrics, and what the feedback does on logging steps (`diagnose=True`).
 
 Pure torch; no I/O; nothing here changes a network, an optimiser, a BN statistic or an RNG, so a
 run's weights do not depend on how often it logs (tested).
+
+* `mpl_metrics`: the dict `mpl_step` returns, from the values its phases computed.
 
 * `teacher_gradient_split`: the teacher's gradient of each weighted term of its loss (supervised,
   UDA, MPL) by separate ``autograd.grad`` calls on the retained graph — their norms and the cosine
@@ -19,6 +21,71 @@ import torch
 from torch import Tensor
 
 from mpltools.losses import flat_cosine
+from mpltools.methods.common import MPLHyper, Networks
+
+
+def mpl_metrics(
+    nets: Networks,
+    hp: MPLHyper,
+    *,
+    losses: Tensor,
+    uda_weight: float,
+    mpl_mean: Tensor,
+    ce: tuple[Tensor, Tensor],
+    h: tuple[Tensor, Tensor],
+    lrs: tuple[float, float],
+    grad_norms: tuple[Tensor, Tensor],
+    skipped: tuple[bool, bool],
+    diag: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """The metrics of one MPL step, read after it (the baseline and the fp16 scales as they now are).
+
+    Args:
+        nets: the networks the step updated (baseline, loss scalers).
+        hp: the step's hyper-parameters (the teacher's loss weights, the feedback's sign, soft labels).
+        losses: global means of [teacher CE_sup, teacher UDA, UDA mask ratio, student loss].
+        uda_weight: the UDA weight at this step.
+        mpl_mean: global mean of CE(y_hat, T(x_u)) (hard labels) or of the soft surrogate's value.
+        ce: global (CE_old, CE_new); 0 when not measured.
+        h: (h, h_c), h_c centred by the baseline when there is one.
+        lrs, grad_norms, skipped: (teacher, student) each; grad norms before clipping.
+        diag: ``diag/*`` and ``hist/*`` of a diagnose step, else empty.
+
+    Returns:
+        teacher/{sup,uda,uda_weight,uda_mask,mpl,loss}, student/{loss,ce_old,ce_new,skipped},
+        feedback/{h,baseline,h_centered}, lr/{teacher,student}, grad_norm/{teacher,student}, the
+        `diag` entries; under fp16 also amp/{student,teacher}_scale and teacher/skipped. teacher/mpl is
+        CE(y_hat, T(x_u)) for hard labels and the value of the soft surrogate ``sum p * dL/dp`` for soft
+        labels; teacher/loss is the global value of the teacher's loss.
+    """
+    h_raw, h_c = h
+    mpl_global = mpl_mean if hp.pseudo_labels == "soft" else h_c * mpl_mean
+    t_loss = hp.teacher_supervised_weight * losses[0] + uda_weight * losses[1] + hp.feedback_sign * hp.mpl_weight * mpl_global
+    out = {
+        "teacher/sup": losses[0],
+        "teacher/uda": losses[1],
+        "teacher/uda_weight": torch.tensor(uda_weight),
+        "teacher/uda_mask": losses[2],
+        "teacher/mpl": mpl_mean,
+        "teacher/loss": t_loss,
+        "student/loss": losses[3],
+        "student/ce_old": ce[0],
+        "student/ce_new": ce[1],
+        "student/skipped": torch.tensor(float(skipped[1])),
+        "feedback/h": h_raw.detach(),
+        "feedback/baseline": nets.baseline.detach().clone(),
+        "feedback/h_centered": h_c,
+        "lr/teacher": torch.tensor(lrs[0]),
+        "lr/student": torch.tensor(lrs[1]),
+        "grad_norm/teacher": grad_norms[0],
+        "grad_norm/student": grad_norms[1],
+        **diag,
+    }
+    if nets.student_scaler is not None:
+        out["amp/student_scale"] = torch.tensor(nets.student_scaler.scale)
+        out["amp/teacher_scale"] = torch.tensor(nets.teacher_scaler.scale)
+        out["teacher/skipped"] = torch.tensor(float(skipped[0]))
+    return out
 
 
 def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:

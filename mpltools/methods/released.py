@@ -52,9 +52,8 @@ from mpltools.methods.common import (
     frozen_bn_stats,
     trainable,
 )
-from mpltools.methods.mpl import auxiliary_losses, learning_rates, teacher_forward
-from mpltools.methods.optim import set_lr
 from mpltools.methods.precision import apply_update, scaled
+from mpltools.methods.teacher import auxiliary_losses, begin_step, teacher_forward
 
 
 def released_step(
@@ -78,13 +77,7 @@ def released_step(
     t_scaler, s_scaler = nets.teacher_scaler, nets.student_scaler
     teacher, student = nets.teacher, nets.student
     t_params, s_params = trainable(teacher), trainable(student)
-    t_lr, s_lr = learning_rates(step, hp)
-    set_lr(nets.teacher_opt, t_lr)
-    set_lr(nets.student_opt, s_lr)
-    nets.teacher_opt.zero_grad(set_to_none=True)
-    nets.student_opt.zero_grad(set_to_none=True)
-    teacher.train()
-    student.train()
+    t_lr, s_lr = begin_step(nets, step, hp)
     x_l, y_l, x_s = batch.labeled_x, batch.labeled_y, batch.unlabeled_strong
 
     with frozen_bn_stats(teacher):
