@@ -68,7 +68,7 @@ def _patch_label(folder: Path, label: bytes) -> None:
 
 
 def _png(shape):
-    return lambda _: __import__("mpltools.data.shards", fromlist=["encode_png"]).encode_png(np.full(shape, 7, np.uint8))
+    return lambda _: __import__("mpltools.data.codecs", fromlist=["encode_png"]).encode_png(np.full(shape, 7, np.uint8))
 
 
 @pytest.fixture(scope="module")

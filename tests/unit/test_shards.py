@@ -1,4 +1,4 @@
-"""The shard-set format (mpltools.data.shards, .tarindex): writing, reading, indexing and its strict checks."""
+"""The shard-set format (mpltools.data.format, .shards, .tarindex): writing, reading, indexing and its strict checks."""
 
 from __future__ import annotations
 
