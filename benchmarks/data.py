@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from mpltools import __version__, log  # noqa: E402
 from mpltools.commands import data_split  # noqa: E402
-from mpltools.data.shards import open_shard_set  # noqa: E402
+from mpltools.data.opening import open_shard_set  # noqa: E402
 
 TARGET_RATIO = 0.5
 TARGET_RSS_GROWTH_MB = 50.0

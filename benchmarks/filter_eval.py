@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT.parent))
 from mpltools import __version__, log  # noqa: E402
 from mpltools.checkpoint import CheckpointMeta, save_model  # noqa: E402
 from mpltools.data import transforms  # noqa: E402
+from mpltools.data.codecs import decode_input  # noqa: E402
 from mpltools.data.loaders import to_model_input  # noqa: E402
-from mpltools.data.shards import decode_input, open_shard_set  # noqa: E402
+from mpltools.data.opening import open_shard_set  # noqa: E402
 from mpltools.methods import STEPS  # noqa: E402
 from mpltools.methods.common import Batch, MPLHyper, Networks  # noqa: E402
 from mpltools.methods.optim import build_sgd, norm_parameter_names  # noqa: E402

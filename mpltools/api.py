@@ -45,7 +45,7 @@ class Model:
     @property
     def transform(self) -> transforms.AugmentSpec:
         """The eval view (resize/crop) applied to images, as `mpl eval` applies it; normalisation follows."""
-        return api_inputs.eval_spec(self.meta)
+        return self.meta.eval_view().augment
 
     def inputs(self, x: Any) -> torch.Tensor:
         """A batch of model inputs from a PIL image, uint8 image data (HxWxC, or NxHxWxC), float model inputs

@@ -30,12 +30,6 @@ class InputError(MplError):
         super().__init__(f"predict: {message}", exit_code=2)
 
 
-def eval_spec(meta: CheckpointMeta) -> transforms.AugmentSpec:
-    """The eval view `mpl eval` uses for this checkpoint."""
-    a = meta.augment
-    return transforms.AugmentSpec(kind=a.get("kind", "none"), image_size=a.get("image_size", 1) or 1)
-
-
 def expected(meta: CheckpointMeta) -> str:
     """The input spec in words, for error messages."""
     shape = list(meta.input_shape)
@@ -140,7 +134,6 @@ def _images(images: list[np.ndarray], meta: CheckpointMeta, device: torch.device
                 f"{h}x{w} (as `mpl eval`, predict does not resize it): resize it first, e.g. "
                 f"img.resize(({w}, {h})); expected {expected(meta)}."
             )
-    spec = eval_spec(meta)
+    spec, norm = meta.eval_view()
     views = np.stack([transforms.eval_view(img, spec) for img in images])
-    norm = (meta.normalisation["mean"], meta.normalisation["std"])
     return to_model_input(torch.from_numpy(views), norm, device)

@@ -17,19 +17,25 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from mpltools import __version__
 from mpltools.atomic import DISK_ERRORS, atomic_file, fsync_dir, write_error
+from mpltools.data.augment_spec import AugmentSpec
 from mpltools.errors import MplError
 from mpltools.stwrite import write_safetensors
 
 FORMAT = "mpltools.checkpoint"
 FORMAT_VERSION = 1
-ROLES = ("teacher", "student", "reduced_teacher", "finetuned", "supervised")
 MARKER = "COMMITTED"
+
+
+class EvalView(NamedTuple):
+    augment: AugmentSpec  # the eval view's resize / centre crop (data/transforms.py `eval_view`)
+    normalisation: tuple[list[float], list[float]]  # (mean, std), applied to uint8 images / 255
 
 
 @dataclass
@@ -47,6 +53,12 @@ class CheckpointMeta:
     recipe: dict = field(default_factory=dict)
     parent_sha256: str = ""
     extra: dict = field(default_factory=dict)
+
+    def eval_view(self) -> EvalView:
+        """How this checkpoint's inputs are prepared to be predicted (`eval`, `filter-unlabeled`, `reduced predict`,
+        the Python API): the eval view of its augmentation kind and image size, then its normalisation."""
+        view = AugmentSpec(kind=self.augment.get("kind", "none"), image_size=self.augment.get("image_size", 1) or 1)
+        return EvalView(view, (self.normalisation["mean"], self.normalisation["std"]))
 
     def to_metadata(self) -> dict[str, str]:
         meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "mpltools_version": __version__}

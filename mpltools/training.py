@@ -18,8 +18,10 @@ from mpltools import log
 from mpltools.checkpoint import CheckpointMeta, latest_state
 from mpltools.config import Recipe, to_toml
 from mpltools.data import sizing, transforms
+from mpltools.data.codecs import InputSpec
 from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, estimated_bytes, make_stream, to_model_input
-from mpltools.data.shards import InputSpec, ShardSet, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardSet
 from mpltools.errors import MplError, UsageError
 from mpltools.methods.common import Batch
 

@@ -37,11 +37,13 @@ from mpltools import __version__, log
 from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import CheckpointMeta, check_compatible, file_sha256, load_model
-from mpltools.data import predictions, transforms
+from mpltools.data import predictions
 from mpltools.data.chunks import eval_chunks, shard_samples
+from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
 from mpltools.data.loaders import to_model_input
-from mpltools.data.shards import Sample, ShardSet, ShardWriter, decode_input, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardSet, ShardWriter
 from mpltools.errors import MplError, UsageError
 
 MAX_PHASH_DISTANCE = 32
@@ -178,8 +180,7 @@ def _references(locations: list[str], rule: Rule) -> References:
 
 def _score(model, meta: CheckpointMeta, shards: ShardSet, runtime, rule: Rule, refs: References, batch_size: int, workers: int):
     """This process's chunks: drop excluded images, score the rest, keep the candidates in a TopKPerClass."""
-    aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
-    norm = (meta.normalisation["mean"], meta.normalisation["std"])
+    aug, norm = meta.eval_view()
     selection = TopKPerClass(meta.num_classes, rule.top_k, rule.store_topk)
     stats = {"scored": 0, "exact": 0, "near": 0, "below_threshold": 0, "examples": []}
 

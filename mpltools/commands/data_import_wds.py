@@ -19,9 +19,9 @@ import numpy as np
 
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
-from mpltools.data.codecs import encode_png
+from mpltools.data.codecs import Sample, encode_png
 from mpltools.data.locations import resolve
-from mpltools.data.shards import Sample, ShardWriter, read_shard
+from mpltools.data.shards import ShardWriter, read_shard
 from mpltools.data.tarindex import ShardError
 from mpltools.data.wdscan import LABEL_MEMBERS, raw_label, scan_shards
 from mpltools.errors import UsageError

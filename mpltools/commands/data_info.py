@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from mpltools import log
-from mpltools.data.shards import ShardError, decode_input, open_shard_set, read_shard, sha256_file
+from mpltools.data.codecs import decode_input
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardError, read_shard, sha256_file
 
 MAX_LISTED = 20  # problems listed one by one; the rest are only counted (a set of wrong images has one per sample)
 

@@ -17,9 +17,10 @@ from mpltools import log, preflight
 from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
-from mpltools.data import transforms
+from mpltools.data.codecs import InputSpec, Sample, encode_npy
 from mpltools.data.loaders import eval_batches, to_model_input
-from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_npy, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter
 from mpltools.errors import MplError
 from mpltools.evaluation import evaluate
 
@@ -47,8 +48,7 @@ def run(
     shards.require_labels("evaluation")
     check_compatible(meta, shards.num_classes, shards.input_spec.to_json(), checkpoint, str(data))
     preflight.check_eval(checkpoint, shards, predictions, force, batch_size)
-    aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
-    norm = (meta.normalisation["mean"], meta.normalisation["std"])
+    aug, norm = meta.eval_view()
     real_labels = _read_real(real, None, meta.num_classes) if real else None
     real_hits = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # [hits, counted]
     missing: list[str] = []

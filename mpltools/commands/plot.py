@@ -201,7 +201,7 @@ def _load_2d_checkpoint(path: Path):
 
 def _load_points(location: str, what: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     from mpltools.data.loaders import load_in_memory
-    from mpltools.data.shards import open_shard_set
+    from mpltools.data.opening import open_shard_set
 
     shards = open_shard_set(location)
     spec = shards.input_spec

@@ -33,7 +33,7 @@ def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
 
 
 def _open_key(source: str, key: str, location: str, need_labels: bool):
-    from mpltools.data.shards import open_shard_set
+    from mpltools.data.opening import open_shard_set
 
     try:
         shards = open_shard_set(location)

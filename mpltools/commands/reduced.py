@@ -38,10 +38,12 @@ from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.config import Recipe
-from mpltools.data import predictions, transforms
+from mpltools.data import predictions
 from mpltools.data.chunks import eval_chunks, shard_samples
+from mpltools.data.codecs import Sample
 from mpltools.data.loaders import to_model_input
-from mpltools.data.shards import Sample, ShardSet, ShardWriter, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardSet, ShardWriter
 from mpltools.errors import MplError, UsageError
 
 CONTENT = "reduced-mpl teacher predictions"
@@ -91,8 +93,7 @@ def predict(
     if topk > meta.num_classes:
         raise UsageError(f"--topk {topk} is more than the teacher's {meta.num_classes} classes.")
     member = predictions.TOPK if topk else predictions.LOGITS
-    aug = transforms.AugmentSpec(kind=meta.augment.get("kind", "none"), image_size=meta.augment.get("image_size", 1) or 1)
-    norm = (meta.normalisation["mean"], meta.normalisation["std"])
+    aug, norm = meta.eval_view()
     provenance = {
         "command": command,
         "content": CONTENT,

@@ -28,7 +28,9 @@ import torch
 
 from mpltools.data import transforms
 from mpltools.data import verify
-from mpltools.data.shards import INPUT_EXTENSIONS, Sample, ShardError, ShardSet, decode_input, index_shard, read_shard
+from mpltools.data.codecs import Sample, decode_input
+from mpltools.data.format import INPUT_EXTENSIONS
+from mpltools.data.shards import ShardError, ShardSet, index_shard, read_shard
 from mpltools.data.tarindex import BLOCK
 from mpltools.data.worker_errors import Carrying, unwrap
 

@@ -1,4 +1,5 @@
-"""Encoding and decoding of sample members (images, .npy arrays), with errors that name the key.
+"""A sample and its input spec, and the encoding and decoding of its members (images, .npy arrays),
+with errors that name the key.
 
 Decoding is always explicit and full (a Pillow `verify()` lets truncated JPEGs through), and
 `.npy` members are loaded with `allow_pickle=False`.
@@ -7,16 +8,38 @@ Decoding is always explicit and full (a Pillow `verify()` lets truncated JPEGs t
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mpltools.data.input_check import channels_of_mode, check_shape
 from mpltools.data.tarindex import ShardError
 
-if TYPE_CHECKING:
-    from mpltools.data.shards import InputSpec, Sample
+
+@dataclass(frozen=True)
+class InputSpec:
+    kind: str  # "image" or "vector"
+    encoding: str  # "png", "jpg", "npy" or "mixed"
+    shape: tuple[int, ...] | None  # (H, W, C) for images, (D,) for vectors; None if it varies
+    dtype: str = "uint8"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "encoding": self.encoding, "shape": list(self.shape) if self.shape else None, "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(d: dict) -> "InputSpec":
+        shape = d.get("shape")
+        return InputSpec(d["kind"], d["encoding"], tuple(shape) if shape else None, d.get("dtype", "uint8"))
+
+
+@dataclass
+class Sample:
+    key: str
+    ext: str  # extension of the input member
+    data: bytes  # encoded input
+    label: int | None = None
+    extras: dict[str, bytes] = field(default_factory=dict)
 
 
 def decode_input(sample: Sample, where: Path | str = "", spec: InputSpec | None = None) -> np.ndarray:

@@ -19,9 +19,10 @@ import os
 
 import numpy as np
 
+from mpltools.data.format import INPUT_EXTENSIONS
 from mpltools.data.tarindex import BLOCK
 
-_INPUTS = (b"png", b"jpg", b"jpeg", b"npy")  # shards.INPUT_EXTENSIONS (shards imports this module)
+_INPUTS = tuple(ext.encode() for ext in INPUT_EXTENSIONS)
 _EXT_MAX = 32  # longer extensions are left to the sequential reader
 _POWERS = 8 ** np.arange(5, -1, -1, dtype=np.int64)
 _SIZE_POWERS = 8 ** np.arange(10, -1, -1, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The one check of a decoded input against its shard set's input spec (issue 9).
+"""The one check of a decoded input against its shard set's input spec.
 
 `codecs.decode_input(sample, where, spec)` calls `check_shape` after every decode, so each reader
 (train's streams, eval, finetune, filter-unlabeled, `data info --verify`) refuses an image whose

@@ -29,7 +29,8 @@ import torch
 from mpltools.data import predictions, transforms
 from mpltools.data.chunks import shard_samples
 from mpltools.data.sample_random import BatchRandom, Uniforms
-from mpltools.data.shards import Sample, ShardError, ShardSet, decode_input, read_shard
+from mpltools.data.codecs import Sample, decode_input
+from mpltools.data.shards import ShardError, ShardSet, read_shard
 from mpltools.data.worker_errors import Carrying, unwrap
 from mpltools.errors import MplError
 

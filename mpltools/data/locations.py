@@ -30,8 +30,8 @@ from pathlib import Path
 
 from mpltools import log
 from mpltools.data import pipes, verify
-from mpltools.data.manifest_schema import build_manifest, check_manifest, shard_names, sub_manifest
-from mpltools.data.shards import MANIFEST, ShardSet
+from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_names, sub_manifest
+from mpltools.data.shards import ShardSet
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import UsageError
 

@@ -30,15 +30,13 @@ Deliberate deviations from the TF code (all are TF bugs/quirks we do not copy):
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mpltools.data.transforms import AugmentSpec
+from mpltools.data.augment_spec import AugmentSpec
 
-__all__ = ["RANDAUGMENT_OPS", "apply_op", "op_level", "rand_augment", "UNIFORMS_PER_LAYER"]
+__all__ = ["RANDAUGMENT_OPS", "apply_op", "cutout", "op_level", "rand_augment", "UNIFORMS_PER_LAYER"]
 
 RANDAUGMENT_OPS: tuple[str, ...] = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize",
@@ -182,7 +180,7 @@ def _contrast_degenerate(img: Image.Image) -> Image.Image:
     return Image.new(img.mode, img.size, _fill(img, mean))
 
 
-def _cutout(img: Image.Image, half: int, u_row: float, u_col: float, fill: int) -> Image.Image:
+def cutout(img: Image.Image, half: int, u_row: float, u_col: float, fill: int) -> Image.Image:
     w, h = img.size
     cy, cx = int(u_row * h), int(u_col * w)  # centre uniform over the image (TF: [0, H) x [0, W))
     box = (max(0, cx - half), max(0, cy - half), min(w, cx + half), min(h, cy + half))
@@ -234,7 +232,7 @@ def _apply(img: Image.Image, name: str, magnitude: float, spec: AugmentSpec, u) 
         # PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]]/13 keeps the border pixels, as TF does.
         return _blend(img.filter(ImageFilter.SMOOTH), img, level)
     if name == "Cutout":
-        return _cutout(img, level, u[1], u[2], spec.fill)
+        return cutout(img, level, u[1], u[2], spec.fill)
     raise ValueError(f"unknown RandAugment op {name!r}; expected one of {RANDAUGMENT_OPS}")
 
 

@@ -1,36 +1,40 @@
-"""The shard-set format (DESIGN §3): WebDataset-compatible tar shards plus `manifest.json`.
+"""Reading and writing the tar shards of a shard set (the format: data/format.py).
 
-A shard set is a folder holding `shard-000000.tar`, `shard-000001.tar`, ... and `manifest.json`.
-A sample is the group of consecutive tar members `<key>.<ext>`: one input (`png`, `jpg` or `npy`),
-`cls` (ASCII integer label; absent in unlabelled sets) and optional extras such as `logits.npy`.
-This module is the only place that knows the manifest's field names.
+`ShardWriter` writes samples into shards and closes the set with its manifest; `read_shard` yields a
+shard's samples, `index_shard` and `read_keys_and_labels` read only where they lie, and `ShardSet` is a
+readable set (a folder opened by `open_folder`; patterns and URLs: data/locations.py).
 
 Reading never uses WebDataset's default decoders (they unpickle `.pyd`/`.pkl` members); inputs are
-decoded explicitly here, and `.npy` members are loaded with `allow_pickle=False`.
+decoded explicitly (data/codecs.py), and `.npy` members are loaded with `allow_pickle=False`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from mpltools.data import verify
+from mpltools.data.codecs import InputSpec, Sample
+from mpltools.data.fastindex import index_plain
+from mpltools.data.format import (
+    INPUT_EXTENSIONS,
+    MANIFEST,
+    SHARD_PATTERN,
+    ManifestFields,
+    build_manifest,
+    read_manifest,
+    shard_names,
+    shard_entry,
+    write_manifest,
+)
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
-from mpltools.data.manifest_schema import build_manifest, check_manifest
-from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
 
-FORMAT = "mpltools.shardset"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SHARD_PATTERN = "shard-%06d.tar"
-INPUT_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -41,31 +45,6 @@ def validate_key(key: str) -> None:
             f"invalid sample key {key!r}: keys may contain only letters, digits, '_' and '-' "
             "(no '/', '..' or dots)."
         )
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    kind: str  # "image" or "vector"
-    encoding: str  # "png", "jpg", "npy" or "mixed"
-    shape: tuple[int, ...] | None  # (H, W, C) for images, (D,) for vectors; None if it varies
-    dtype: str = "uint8"
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "encoding": self.encoding, "shape": list(self.shape) if self.shape else None, "dtype": self.dtype}
-
-    @staticmethod
-    def from_json(d: dict) -> "InputSpec":
-        shape = d.get("shape")
-        return InputSpec(d["kind"], d["encoding"], tuple(shape) if shape else None, d.get("dtype", "uint8"))
-
-
-@dataclass
-class Sample:
-    key: str
-    ext: str  # extension of the input member
-    data: bytes  # encoded input
-    label: int | None = None
-    extras: dict[str, bytes] = field(default_factory=dict)
 
 
 class ShardWriter:
@@ -82,7 +61,8 @@ class ShardWriter:
         self.input_spec, self.classes, self.labeled = input_spec, list(classes), labeled
         self.provenance, self.max_per_shard, self.extras = provenance, max_per_shard, tuple(extras)
         self._keys: set[str] = set()
-        self._shards: list[dict] = []
+        self._shards: list[dict] = []  # the manifest's entries of the shards written so far
+        self._name = ""
         self._fh = None
         self._digest = hashlib.sha256()
         self._offset = 0
@@ -124,14 +104,12 @@ class ShardWriter:
         self._digest.update(data)
         self._offset += len(data)
         self._count_in_shard += 1
-        self._shards[-1]["count"] += 1
         self.num_samples += 1
 
     def _open_next_shard(self) -> None:
         self._close_shard()
-        name = SHARD_PATTERN % len(self._shards)
-        self._shards.append({"name": name, "count": 0})
-        self._fh = open(self.folder / name, "wb", buffering=1 << 20)
+        self._name = SHARD_PATTERN % len(self._shards)
+        self._fh = open(self.folder / self._name, "wb", buffering=1 << 20)
         self._digest, self._offset, self._count_in_shard = hashlib.sha256(), 0, 0
 
     def _close_shard(self) -> None:
@@ -141,7 +119,7 @@ class ShardWriter:
             self._digest.update(tail)
             self._fh.close()
             self._fh = None
-            self._shards[-1]["sha256"], self._shards[-1]["bytes"] = self._digest.hexdigest(), self._offset + len(tail)
+            self._shards.append(shard_entry(self._name, self._count_in_shard, self._digest.hexdigest(), self._offset + len(tail)))
 
     def close(self) -> dict:
         """Finish the last shard and write the manifest; return it."""
@@ -149,7 +127,7 @@ class ShardWriter:
         manifest = build_manifest(num_samples=self.num_samples, labeled=self.labeled, classes=self.classes,
                                   class_counts=self.class_counts if self.labeled else None, input_spec=self.input_spec.to_json(),
                                   extras=list(self.extras), shards=self._shards, provenance=self.provenance)
-        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        write_manifest(self.folder, manifest)
         return manifest
 
 
@@ -162,60 +140,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclass
-class ShardSet:
-    """A readable shard set: a manifest folder, or a brace pattern / URL of shards (`root` is then that string)."""
+class ShardSet(ManifestFields):
+    """A readable shard set: a manifest folder, or a brace pattern / URL of shards (`root` is then that string).
+    Its manifest's fields are properties (data/format.py); a manifest-less set knows only its shard files."""
 
     root: Path
     shard_paths: list[Path]
     manifest: dict | None
     manifest_sha256: str | None = None
     origin: str | None = None  # where the metadata came from: a manifest.json, or a scan (no checksums)
-
-    # Properties read the manifest; a manifest-less set knows only its shard files.
-    @property
-    def num_samples(self) -> int | None:
-        return self.manifest["num_samples"] if self.manifest else None
-
-    @property
-    def labeled(self) -> bool | None:
-        return self.manifest["labeled"] if self.manifest else None
-
-    @property
-    def classes(self) -> list[str] | None:
-        return self.manifest["classes"] if self.manifest else None
-
-    @property
-    def classes_unknown(self) -> bool:
-        """An unlabelled set that names no classes (scanned, or adopted without --classes): it fits any label set."""
-        return bool(self.manifest) and (bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes))
-
-    @property
-    def num_classes(self) -> int | None:
-        return len(self.manifest["classes"]) if self.manifest else None
-
-    @property
-    def input_spec(self) -> InputSpec | None:
-        return InputSpec.from_json(self.manifest["input"]) if self.manifest else None
-
-    @property
-    def shard_counts(self) -> list[int] | None:
-        return [s["count"] for s in self.manifest["shards"]] if self.manifest else None
-
-    @property
-    def shard_checksums(self) -> list[str] | None:
-        return [s["sha256"] for s in self.manifest["shards"]] if self.manifest else None
-
-    @property
-    def class_counts(self) -> list[int] | None:
-        return self.manifest.get("class_counts") if self.manifest else None
-
-    @property
-    def extras(self) -> list[str]:
-        return list(self.manifest.get("extras", [])) if self.manifest else []
-
-    @property
-    def provenance(self) -> dict:
-        return self.manifest.get("provenance", {}) if self.manifest else {}
 
     def require_manifest(self, why: str) -> None:
         if self.manifest is None:
@@ -232,15 +165,9 @@ class ShardSet:
             yield from read_shard(self.shard_paths[i], num_classes=self.num_classes)
 
 
-def open_shard_set(location: str | Path) -> ShardSet:
-    """Open a shard set folder (validating its manifest), or a brace pattern / URL of shards (data/locations.py)."""
-    text = str(location)
-    if not Path(text).is_dir():
-        from mpltools.data.locations import looks_like_shards, open_location
-
-        if looks_like_shards(text):
-            return open_location(text)
-    root = Path(location)
+def open_folder(root: Path) -> ShardSet:
+    """Open a shard set folder, validating its manifest and that every shard it lists is there."""
+    root = Path(root)
     if not root.exists():
         raise ShardError(f"{root} does not exist; pass a shard set folder (made by `mpl data import` or `mpl data split`).")
     if not root.is_dir():
@@ -250,40 +177,14 @@ def open_shard_set(location: str | Path) -> ShardSet:
         raise ShardError(f"{root} is not a shard set: it has no {MANIFEST}. Create shard sets with `mpl data import`; plain "
                          f"WebDataset shards can be read as a brace pattern ('{root}/shard-{{000000..000009}}.tar') or adopted "
                          "with `mpl data import webdataset PATTERN --out DIR`.")
-    raw = manifest_path.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{manifest_path} is not valid JSON ({exc}); re-create the shard set.") from None
-    check_manifest(manifest, manifest_path)
-    paths = [root / s["name"] for s in manifest["shards"]]
+    manifest, manifest_sha256 = read_manifest(root)
+    paths = [root / name for name in shard_names(manifest)]
     for path in paths:
         if not path.is_file():
             raise ShardError(f"{path} is listed in {manifest_path} but missing; the shard set is incomplete, re-create it.")
-    verify.register(paths, [s["sha256"] for s in manifest["shards"]])
-    return ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest(),
-                    origin=str(manifest_path))
-
-
-def _check_manifest(m: object, path: Path) -> None:
-    def bad(what: str) -> ShardError:
-        return ShardError(f"{path} is malformed: {what}. Re-create the shard set with `mpl data import`/`split`.")
-
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise bad(f"'format' must be {FORMAT!r}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise bad(f"format_version {m.get('format_version')!r} is not supported (this mpltools reads {FORMAT_VERSION})")
-    for key, typ in (("num_samples", int), ("labeled", bool), ("classes", list), ("input", dict), ("shards", list)):
-        if not isinstance(m.get(key), typ):
-            raise bad(f"field {key!r} is missing or not a {typ.__name__}")
-    for s in m["shards"]:
-        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("count"), int)
-                and isinstance(s.get("sha256"), str)) or "/" in s["name"] or s["name"].startswith("."):
-            raise bad(f"shard entry {s!r} needs a plain 'name', a 'count' and a 'sha256'")
-    if sum(s["count"] for s in m["shards"]) != m["num_samples"]:
-        raise bad("the per-shard counts do not add up to num_samples")
-    if m["input"].get("kind") not in ("image", "vector"):
-        raise bad("input.kind must be 'image' or 'vector'")
+    shards = ShardSet(root=root, shard_paths=paths, manifest=manifest, manifest_sha256=manifest_sha256, origin=str(manifest_path))
+    verify.register(paths, shards.shard_checksums)
+    return shards
 
 
 def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
@@ -376,8 +277,6 @@ def index_shard(path: Path, num_classes: int | None = None) -> ShardIndex | None
     sample starts where the previous one ends. Well-formed shards take the vectorised path
     (data/fastindex.py); anything it does not accept is read here, member by member.
     """
-    from mpltools.data.fastindex import index_plain
-
     fast = index_plain(path, num_classes)
     if fast is not None:
         return ShardIndex(*fast)

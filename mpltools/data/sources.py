@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mpltools.data.shards import InputSpec, Sample, ShardError, encode_npy, encode_png
+from mpltools.data.codecs import InputSpec, Sample, encode_npy, encode_png
+from mpltools.data.shards import ShardError
 from mpltools.data.input_check import channels_of_mode
 from mpltools.errors import MplError, UsageError
 

@@ -31,7 +31,6 @@ Deviations from the TF pipeline: resizing uses PIL's bicubic filter (antialiased
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import math
@@ -39,11 +38,12 @@ import math
 import numpy as np
 from PIL import Image
 
+from mpltools.data.augment_spec import AugmentSpec
 from mpltools.data.randaugment import (
     RANDAUGMENT_OPS,
     UNIFORMS_PER_LAYER,
-    _cutout,
     apply_op,
+    cutout,
     op_level,
     rand_augment,
 )
@@ -52,8 +52,6 @@ __all__ = [
     "AugmentSpec", "NORMALISATION", "RANDAUGMENT_OPS", "apply_op", "draws", "eval_view", "op_level",
     "rand_augment", "strong", "to_float_batch", "weak", "weak_and_strong",
 ]
-
-KINDS = ("cifar", "imagenet", "none")
 
 # Per-channel mean/std in 0..1 units. The authors' code keeps CIFAR constants in 0..255 units
 # (x255); these are the same numbers divided back.  The authors reuse the CIFAR-10 constants for
@@ -65,45 +63,6 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "none": ((0.0,), (1.0,)),
 }
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    kind: str = "cifar"            # "cifar" | "imagenet" | "none"
-    image_size: int = 32           # output size (square)
-    num_layers: int = 2            # RandAugment N
-    magnitude: float = 16.0        # RandAugment M, 0..10 nominal scale, extrapolates above 10
-    cutout: bool = True            # the CIFAR pipeline's extra Cutout (half-size image_size//4)
-    translate_const: float | None = None  # None -> image_size//8 (cifar), 100 (imagenet)
-    cutout_const: float | None = None     # None -> image_size//8 (cifar), 40 (imagenet)
-    fill: int = 128
-    flip: bool = True              # horizontal flips (turn off for digits)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"augment kind must be one of {KINDS}, got {self.kind!r}")
-        if int(self.image_size) < 1:
-            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
-        if int(self.num_layers) < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
-        if float(self.magnitude) < 0:
-            raise ValueError(f"magnitude must be >= 0, got {self.magnitude}")
-        if not 0 <= int(self.fill) <= 255:
-            raise ValueError(f"fill must be in 0..255, got {self.fill}")
-
-    @property
-    def effective_translate_const(self) -> float:
-        # The authors' constants, unscaled: ImageNet's 100 px (cutout 40) were set for 224x224
-        # inputs; set translate_const/cutout_const explicitly for small imagenet-kind images.
-        if self.translate_const is not None:
-            return float(self.translate_const)
-        return float(self.image_size // 8) if self.kind != "imagenet" else 100.0
-
-    @property
-    def effective_cutout_const(self) -> float:
-        if self.cutout_const is not None:
-            return float(self.cutout_const)
-        return float(self.image_size // 8) if self.kind != "imagenet" else 40.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +159,7 @@ def _cifar_strong_from_weak(w: np.ndarray, spec: AugmentSpec, rng: np.random.Gen
     im, ops = rand_augment(_to_pil(w), spec, rng, return_ops=True)
     u = rng.random(_CUTOUT_UNIFORMS + _JITTER_UNIFORMS)
     if spec.cutout:
-        im = _cutout(im, spec.image_size // 4, u[0], u[1], spec.fill)
+        im = cutout(im, spec.image_size // 4, u[0], u[1], spec.fill)
     s = _flip_and_jitter(_hwc_view(im), u[2:], spec.image_size // 8, spec.fill, spec.flip)
     return (s, ops) if return_ops else s
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpltools.data.shards import InputSpec, Sample, read_shard
+from mpltools.data.codecs import InputSpec, Sample
+from mpltools.data.shards import read_shard
 from mpltools.data.tarindex import ShardError
 
 LABEL_MEMBERS = ("label.txt", "label", "json")

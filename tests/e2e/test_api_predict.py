@@ -81,17 +81,16 @@ def test_predict_on_pil_images_equals_mpl_eval(trained):
 
 def test_predict_inputs_are_bit_identical_to_mpl_evals(trained):
     """The input transform itself (eval view, normalisation from the checkpoint) equals `mpl eval`'s, bit for bit."""
-    from mpltools.api_inputs import eval_spec
     from mpltools.data.loaders import eval_batches, to_model_input
-    from mpltools.data.shards import open_shard_set
+    from mpltools.data.opening import open_shard_set
 
     name, ckpt, val, _, _ = trained
     model = mpltools.load_checkpoint(ckpt)
     keys, images, _ = _pil_images(val)
     ours = dict(zip(keys, model.inputs(images)))
-    norm = (model.meta.normalisation["mean"], model.meta.normalisation["std"])
+    spec, norm = model.meta.eval_view()  # what `mpl eval` prepares its inputs with
     seen = 0
-    for batch_keys, x, _ in eval_batches(open_shard_set(val), eval_spec(model.meta), 7, 0, 1):
+    for batch_keys, x, _ in eval_batches(open_shard_set(val), spec, 7, 0, 1):
         for key, row in zip(batch_keys, to_model_input(x, norm, torch.device("cpu"))):
             assert torch.equal(ours[key], row), key
             seen += 1

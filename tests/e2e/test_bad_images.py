@@ -37,7 +37,8 @@ def cli(*args) -> tuple[int, str]:
 
 def _image_set(folder: Path, shape=(8, 8, 1), bad=None) -> str:
     """8 labelled samples declared as `shape`; sample s003 gets the image (or bytes) `bad` returns."""
-    from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
+    from mpltools.data.codecs import InputSpec, Sample, encode_png
+    from mpltools.data.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     w = ShardWriter(
@@ -67,7 +68,7 @@ def _patch_label(folder: Path, label: bytes) -> None:
 
 
 def _png(shape):
-    return lambda _: __import__("mpltools.data.shards", fromlist=["encode_png"]).encode_png(np.full(shape, 7, np.uint8))
+    return lambda _: __import__("mpltools.data.codecs", fromlist=["encode_png"]).encode_png(np.full(shape, 7, np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,8 @@ def test_bad_image(w, tmp_path, fault, argv):
 
 def test_verify_lists_the_first_problems_and_counts_all(tmp_path):
     """A set whose every image has the wrong size: each sample is named up to 20, the rest are counted."""
-    from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
+    from mpltools.data.codecs import InputSpec, Sample, encode_png
+    from mpltools.data.shards import ShardWriter
 
     w = ShardWriter(
         tmp_path / "s",

@@ -51,7 +51,8 @@ def ok(*args) -> str:
 
 
 def _image_set(folder: Path, n: int, size: int = 8) -> None:
-    from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png
+    from mpltools.data.codecs import InputSpec, Sample, encode_png
+    from mpltools.data.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     w = ShardWriter(
@@ -189,7 +190,7 @@ def _corrupt_shards(src: Path, dst: Path) -> str:
 
 
 def _png_bytes() -> bytes:
-    from mpltools.data.shards import encode_png
+    from mpltools.data.codecs import encode_png
 
     return encode_png(np.zeros((8, 8, 1), dtype=np.uint8))
 

@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mpltools.cli import app
-from mpltools.data.shards import decode_input, open_shard_set
+from mpltools.data.codecs import decode_input
+from mpltools.data.opening import open_shard_set
 from tests import fakes
 from tests.conftest import REPO_ROOT, subprocess_env
 

@@ -19,8 +19,10 @@ from PIL import Image
 
 from mpltools.checkpoint import load_model, save_model
 from mpltools.data import predictions
+from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.filtering import dhash
-from mpltools.data.shards import Sample, ShardWriter, decode_input, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter
 from mpltools.data.transforms import AugmentSpec, eval_view, to_float_batch
 from tests.e2e.helpers import env, mpl
 

@@ -134,7 +134,7 @@ def test_eval_reports_every_metric_for_any_checkpoint(work, role):
 def test_eval_metrics_match_an_independent_computation(work):
     from mpltools.checkpoint import load_model
     from mpltools.data.loaders import load_in_memory
-    from mpltools.data.shards import open_shard_set
+    from mpltools.data.opening import open_shard_set
     from mpltools.data.transforms import to_float_batch
 
     ckpt = work / "runs/tiny/digits/student.safetensors"
@@ -151,7 +151,7 @@ def test_eval_metrics_match_an_independent_computation(work):
 
 
 def test_eval_real_precision_and_predictions(work):
-    from mpltools.data.shards import open_shard_set
+    from mpltools.data.opening import open_shard_set
 
     val = open_shard_set(work / "data/tiny/digits/split/val")
     keys = [s.key for s in val.samples()]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mpltools.data.hidden_labels import HIDDEN_LABELS, read_hidden_labels
-from mpltools.data.shards import open_shard_set
+from mpltools.data.opening import open_shard_set
 from mpltools.errors import MplError
 
 

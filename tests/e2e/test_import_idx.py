@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpltools.data.codecs import decode_input
 from mpltools.data.idx import FASHION_CLASSES, read_idx
-from mpltools.data.shards import decode_input, open_shard_set
+from mpltools.data.opening import open_shard_set
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from mpltools.checkpoint import load_model
 from mpltools.data import predictions
-from mpltools.data.shards import open_shard_set
+from mpltools.data.opening import open_shard_set
 from tests.e2e.helpers import env, metrics, mpl, replay
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
@@ -59,7 +59,7 @@ def test_chain_writes_prediction_sets_and_both_checkpoints(work):
         assert all(a.data == b.data and a.label == b.label for a, b in zip(stored, original))
         # The stored logits are the large teacher's (float16) on the eval view.
         model, meta = load_model(work / LARGE)
-        from mpltools.data.shards import decode_input
+        from mpltools.data.codecs import decode_input
         from mpltools.data.transforms import AugmentSpec, eval_view, to_float_batch
 
         aug = AugmentSpec(kind=meta.augment["kind"], image_size=meta.augment["image_size"])

@@ -26,7 +26,8 @@ def wv(w):
     """An empty vector set with the TwoMoon classes (the catalogue's `empty` holds images)."""
     from pathlib import Path
 
-    from mpltools.data.shards import ShardWriter, open_shard_set
+    from mpltools.data.opening import open_shard_set
+    from mpltools.data.shards import ShardWriter
 
     like = open_shard_set(w["labeled"])
     folder = Path(w["root"]) / "empty_vec"

@@ -8,8 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mpltools.config import load_recipe
+from mpltools.data.codecs import InputSpec
 from mpltools.data.loaders import to_model_input
-from mpltools.data.shards import InputSpec
 from mpltools.errors import UsageError
 from mpltools.models import build_model
 from mpltools.training import DataSetup, use_channels_last

@@ -11,7 +11,9 @@ import pytest
 
 import mpltools.data.fastindex as fastindex
 from mpltools.commands import data_split
-from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_npy, encode_png, index_shard, open_shard_set
+from mpltools.data.codecs import InputSpec, Sample, encode_npy, encode_png
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter, index_shard
 
 
 def _sequential(path, num_classes):

@@ -7,8 +7,10 @@ import numpy as np
 from PIL import Image
 
 from mpltools.data.chunks import eval_chunks
+from mpltools.data.codecs import InputSpec, Sample, decode_input, encode_png
 from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
-from mpltools.data.shards import InputSpec, Sample, ShardWriter, decode_input, encode_png, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter
 from mpltools.data.transforms import AugmentSpec
 
 

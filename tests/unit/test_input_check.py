@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mpltools.data.codecs import InputSpec, Sample, decode_input, encode_npy, encode_png
 from mpltools.data.input_check import channels_of_mode, check_shape, describe
-from mpltools.data.shards import InputSpec, Sample, ShardError, decode_input, encode_npy, encode_png
+from mpltools.data.shards import ShardError
 from mpltools.data.worker_errors import Carrying, WorkerFailure, unwrap
 from mpltools.errors import MplError
 

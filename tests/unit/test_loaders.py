@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mpltools.data import transforms
+from mpltools.data.codecs import InputSpec, Sample, encode_png
 from mpltools.data.loaders import (
     LABELED,
     UNLABELED,
@@ -20,7 +21,8 @@ from mpltools.data.loaders import (
     load_in_memory,
     make_stream,
 )
-from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter
 
 AUG = transforms.AugmentSpec(kind="cifar", image_size=8, magnitude=10, flip=True)
 

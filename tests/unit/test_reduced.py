@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from mpltools.data import predictions
+from mpltools.data.codecs import InputSpec, Sample, encode_png
 from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, make_stream
-from mpltools.data.shards import InputSpec, Sample, ShardWriter, encode_png, open_shard_set
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardWriter
 from mpltools.data.transforms import AugmentSpec
 from mpltools.methods import Batch, Networks, build_sgd, mpl_step
 from mpltools.models import build_model

@@ -1,4 +1,4 @@
-"""The shard-set format (mpltools.data.shards, .tarindex): writing, reading, indexing and its strict checks."""
+"""The shard-set format (mpltools.data.format, .shards, .tarindex): writing, reading, indexing and its strict checks."""
 
 from __future__ import annotations
 
@@ -11,20 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpltools.data.shards import (
-    InputSpec,
-    Sample,
-    ShardError,
-    ShardWriter,
-    decode_input,
-    encode_npy,
-    encode_png,
-    index_shard,
-    open_shard_set,
-    read_keys_and_labels,
-    read_shard,
-    validate_key,
-)
+from mpltools.data.codecs import InputSpec, Sample, decode_input, encode_npy, encode_png
+from mpltools.data.opening import open_shard_set
+from mpltools.data.shards import ShardError, ShardWriter, index_shard, read_keys_and_labels, read_shard, validate_key
 
 SPEC = InputSpec("image", "png", (4, 4, 3))
 

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mpltools.data.shards import decode_input
+from mpltools.data.codecs import decode_input
 from mpltools.data.sources import RestrictedUnpickler, SourceOptions, load_source, make_synthetic, make_two_moons
 from mpltools.errors import MplError, UsageError
 from tests import fakes

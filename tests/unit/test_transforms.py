@@ -282,14 +282,14 @@ def test_cutout_op_square_of_128():
         assert mask.sum() == len(rows) * len(cols)  # a (clipped) rectangle
         full += mask.sum() == 144
     assert full > 0
-    im = ra._cutout(Image.fromarray(x), 6, 0.5, 0.5, 128)  # centre (16, 16)
+    im = ra.cutout(Image.fromarray(x), 6, 0.5, 0.5, 128)  # centre (16, 16)
     mask = (np.asarray(im) == 128).all(axis=2)
     assert mask[10:22, 10:22].all() and mask.sum() == 144
 
 
 def test_cifar_extra_cutout_is_16x16():
     x = np.full((32, 32, 3), 40, np.uint8)
-    mask = (np.asarray(ra._cutout(Image.fromarray(x), 32 // 4, 0.5, 0.5, 128)) == 128).all(axis=2)
+    mask = (np.asarray(ra.cutout(Image.fromarray(x), 32 // 4, 0.5, 0.5, 128)) == 128).all(axis=2)
     assert mask[8:24, 8:24].all() and mask.sum() == 256
 
 
