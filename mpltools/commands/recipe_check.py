@@ -12,23 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from mpltools.config import Recipe, load_recipe
+from mpltools.config import TWO_NETWORKS, Recipe
 from mpltools.errors import MplError, UsageError
-from mpltools.preflight import check_models, check_training
+from mpltools.preflight import check_models, check_trackers, check_training, load_and_check
 
 __all__ = ["check", "check_models", "render"]
 
-TWO_NETWORKS = ("mpl", "released")
 _ACTIONS = {"new": "a new run", "resume": "resumes the run there", "restart": "deleted and started over (--force)"}
 
 
 def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
     """(role, recipe key, name, kwargs) of the networks `train` builds, resolved as the trainer does."""
+    from mpltools.networks import teacher_architecture
+
     m = recipe.model
     nets = [("student", "model.name", m.name, dict(m.kwargs))]
     if recipe.method.name in TWO_NETWORKS:
-        kwargs = m.teacher_kwargs or (m.kwargs if not m.teacher_name else {})
-        nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", m.teacher_name or m.name, dict(kwargs)))
+        name, kwargs = teacher_architecture(m)
+        nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", name, dict(kwargs)))
     return nets
 
 
@@ -53,29 +54,23 @@ def check(
 
     import torch
 
-    from mpltools.training import build_network, check_run_folder, open_data
+    from mpltools.networks import build_network
+    from mpltools.run_folder import check_run_folder
+    from mpltools.train_data import open_data
 
-    recipe = load_recipe(path, list(overrides), seed=seed)
+    recipe = load_and_check(path, list(overrides), seed=seed)
     source = str(path) if path is not None else "defaults"
     method = recipe.method.name
     reduced = recipe.model.teacher_name == "reduced_teacher"
-    if reduced and method not in TWO_NETWORKS:
-        raise UsageError(f'{source}: model.teacher_name = "reduced_teacher" needs method.name = "mpl" or "released".')
-    check_models(recipe, source)
-    from mpltools import tracking
-
     try:  # first, like `train`: a missing tracker package is named before any data is opened
-        tracking.check(tracking.requested(recipe.runtime))
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc.message}") from None
+        check_trackers(recipe)
+        member = ""
+        if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
+            from mpltools.commands import reduced as reduced_command
 
-    if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
-        from mpltools.commands import reduced as reduced_command
-
-        try:
             _, _, member = reduced_command.check_inputs(recipe)
-        except MplError as exc:
-            raise UsageError(f"{source}: {exc.message}") from None
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
 
     need_unlabeled = method != "supervised"
     keys = [("data.labeled", recipe.data.labeled, True)]
@@ -112,7 +107,7 @@ def check(
             data,
             SimpleNamespace(world=int(os.environ.get("WORLD_SIZE", "1")), is_main=False),
             None,
-            (member,) if reduced else (),
+            (member,) if member else (),
         )
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None

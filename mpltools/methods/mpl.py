@@ -51,11 +51,9 @@ from torch import Tensor, nn
 
 from mpltools.losses import flat_cosine, flat_dot, smoothed_cross_entropy, uda_consistency, uda_weight
 from mpltools.methods.common import (
-    LOCAL,
     Batch,
     MPLHyper,
     Networks,
-    Reducer,
     check_finite,
     draw_pseudo_labels,
     finish_gradients,
@@ -67,6 +65,7 @@ from mpltools.methods.common import (
 from mpltools.methods.diagnostics import pseudo_label_health, teacher_gradient_split
 from mpltools.methods.optim import apply_weight_decay_and_clip, clip_scale, learning_rate, set_lr
 from mpltools.methods.precision import apply_update, full_precision, scaled
+from mpltools.reducer import LOCAL, Reducer
 
 
 def teacher_forward(model: nn.Module, batch: Batch, weak_no_grad: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -42,11 +42,9 @@ from torch import Tensor
 
 from mpltools.losses import smoothed_cross_entropy
 from mpltools.methods.common import (
-    LOCAL,
     Batch,
     MPLHyper,
     Networks,
-    Reducer,
     check_finite,
     finish_gradients,
     frozen_bn_stats,
@@ -55,6 +53,7 @@ from mpltools.methods.common import (
 from mpltools.methods.mpl import auxiliary_losses, learning_rates, teacher_forward
 from mpltools.methods.optim import set_lr
 from mpltools.methods.precision import apply_update, scaled
+from mpltools.reducer import LOCAL, Reducer
 
 
 def released_step(
