@@ -46,15 +46,46 @@ def _open_key(source: str, key: str, location: str, need_labels: bool):
     return shards
 
 
+def _data_report(recipe: Recipe, source: str) -> dict:
+    """Each data key the run reads: a shard set with a manifest (and labels where it needs them); its size."""
+    keys = [("data.labeled", recipe.data.labeled, True)]
+    if recipe.method.name != "supervised":
+        keys.append(("data.unlabeled", recipe.data.unlabeled, False))
+    if recipe.data.val:
+        keys.append(("data.val", recipe.data.val, True))
+    report = {}
+    for key, location, labels in keys:
+        if not location:
+            raise UsageError(f"{source}: {key} is empty: name a shard set (or pass --set {key}=PATH).")
+        shards = _open_key(source, key, location, labels)
+        report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
+    return report
+
+
+def _network_report(recipe: Recipe, data, source: str, reduced: bool) -> dict:
+    """The networks `train` builds, built on the meta device (no memory): their names, kwargs and sizes."""
+    import torch
+
+    from mpltools.networks import build_network
+
+    networks = {}
+    with torch.device("meta"):
+        for role, key, name, kwargs in _networks(recipe):
+            shape = (data.num_classes,) if role == "teacher" and reduced else None
+            try:
+                net = build_network(name, kwargs, data, input_shape=shape)
+            except MplError as exc:
+                raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
+            networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
+    return networks
+
+
 def check(
     path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None, force: bool = False
 ) -> dict:
     """`out` is the run folder `train` would use (default runs/<recipe name>, as `mpl train`)."""
     import os
 
-    import torch
-
-    from mpltools.networks import build_network
     from mpltools.run_folder import check_run_folder
     from mpltools.train_data import open_data
 
@@ -72,32 +103,12 @@ def check(
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
 
-    need_unlabeled = method != "supervised"
-    keys = [("data.labeled", recipe.data.labeled, True)]
-    if need_unlabeled:
-        keys.append(("data.unlabeled", recipe.data.unlabeled, False))
-    if recipe.data.val:
-        keys.append(("data.val", recipe.data.val, True))
-    data_report = {}
-    for key, location, labels in keys:
-        if not location:
-            raise UsageError(f"{source}: {key} is empty: name a shard set (or pass --set {key}=PATH).")
-        shards = _open_key(source, key, location, labels)
-        data_report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
+    data_report = _data_report(recipe, source)
     try:
-        data = open_data(recipe, need_unlabeled=need_unlabeled)
+        data = open_data(recipe, need_unlabeled=method != "supervised")
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
-
-    networks = {}
-    with torch.device("meta"):
-        for role, key, name, kwargs in _networks(recipe):
-            shape = (data.num_classes,) if role == "teacher" and reduced else None
-            try:
-                net = build_network(name, kwargs, data, input_shape=shape)
-            except MplError as exc:
-                raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
-            networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
+    networks = _network_report(recipe, data, source, reduced)
 
     # What `trainer.fit` checks before it writes (preflight.check_training), the same function, as one process of
     # WORLD_SIZE that logs nothing.
