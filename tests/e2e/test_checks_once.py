@@ -5,33 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_bad_inputs import TWOMOON, cli, ok
+from tests.e2e.test_bad_inputs import TWOMOON, cli
+from tests.e2e.test_failed_run_cleanup import base  # noqa: F401 - the module's TwoMoon data fixture
 
 WARNING = "runtime.tensorboard = true is deprecated"
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> list[str]:
-    pytest.importorskip("tensorboard")
-    root = tmp_path_factory.mktemp("once")
-    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
-    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    return [
-        "--set",
-        f"data.labeled={root / 'split/labeled'}",
-        "--set",
-        f"data.unlabeled={root / 'split/unlabeled'}",
-        "--set",
-        "data.val=",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        "runtime.tensorboard=true",
-    ]
-
-
 @pytest.mark.parametrize("command", [["train"], ["recipes", "validate"]], ids=["train", "validate"])
-def test_the_deprecated_tensorboard_key_is_warned_about_once(base, tmp_path, command):
-    code, text = cli(*command, TWOMOON, *base, "--out", tmp_path / "run")
+def test_the_deprecated_tensorboard_key_is_warned_about_once(base, tmp_path, command):  # noqa: F811
+    pytest.importorskip("tensorboard")
+    once = ["--set", "schedule.steps=1", "--set", "runtime.tensorboard=true", "--out", tmp_path / "run"]
+    code, text = cli(*command, TWOMOON, *base, *once)
     assert code == 0, text[-2000:]
     assert text.count(WARNING) == 1, text[-2000:]
