@@ -24,10 +24,10 @@ import torch
 
 from mpltools import api_inputs
 from mpltools.checkpoint import CheckpointMeta, load_model
-from mpltools.config import Recipe, validate
-from mpltools.config import load_recipe as _load_recipe
+from mpltools.config import Recipe
 from mpltools.data import transforms
 from mpltools.errors import MplError
+from mpltools.preflight import load_and_check
 
 
 @dataclass
@@ -73,15 +73,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
 
 def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *, seed: int | None = None) -> Recipe:
     """A recipe file with `--set`-style overrides ("section.key=value"), checked as `mpl train` checks it."""
-    return _load_recipe(path, list(overrides), seed=seed)
+    return load_and_check(path, list(overrides), seed=seed)
 
 
 def validate_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Raise MplError (exit_code 2) if the recipe is not valid; return it resolved."""
-    if isinstance(recipe, Recipe):
-        validate(recipe, "recipe")
-        return recipe
-    return load_recipe(recipe, overrides)
+    """Raise MplError (exit_code 2) if the recipe (a file, or a Recipe object) is not valid; return it resolved, with
+    the overrides. The checks are `mpl train`'s before it opens the data (`mpl recipes validate` checks the data too)."""
+    return load_and_check(recipe, list(overrides))
 
 
 def run(command: str, *args: Any, echo_logs: bool = True) -> str:

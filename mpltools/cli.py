@@ -57,7 +57,7 @@ def _root(
 
 
 def _load_recipe(recipe: Path | None, overrides: list[str], seed: int | None):
-    from mpltools.config import load_recipe
+    from mpltools.preflight import load_and_check as load_recipe
 
     return _execute(lambda: load_recipe(recipe, overrides, seed=seed))
 

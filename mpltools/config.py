@@ -1,8 +1,11 @@
 """Recipes: TOML files mapped onto typed sections, with `--set section.key=value` overrides.
 
-Precedence: command line (`--set`) > recipe > the defaults below. Unknown sections or keys and
-values of the wrong type are rejected before anything runs, naming the nearest valid key. The
-resolved recipe is saved in the run folder and in every checkpoint's metadata.
+Precedence: command line (`--set`) > recipe > the defaults below. Unknown sections or keys, values
+of the wrong type or out of range are rejected here, before anything runs, naming the key (and the
+nearest valid one). The rules that need more than the recipe's values (the model registry, rules
+between keys, the data) are `mpltools.preflight`'s; commands load recipes through
+`preflight.load_and_check`. The resolved recipe is saved in the run folder and in every
+checkpoint's metadata. Standard library only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpltools import preflight
 from mpltools.errors import UsageError
 
 
@@ -73,6 +75,9 @@ class MethodConfig:
     teacher_weak_no_grad: bool = False
     teacher_checkpoint: str = ""  # pseudo-label: the fixed teacher
     feedback_sign: int = 1  # 1 = the paper's sign; -1 = the sign-flipped ablation (for studies only)
+
+
+TWO_NETWORKS = ("mpl", "released")  # the methods that train a teacher and a student together
 
 
 @dataclass
@@ -254,6 +259,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int | None = None) -> Recipe:
+    """A recipe file (None = the defaults) with `--set` overrides and `--seed`, typed and range-checked."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
@@ -265,17 +271,21 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{path} is not valid TOML: {exc}.") from None
         source = str(path)
+    return resolve(raw, overrides, seed=seed, source=source)
+
+
+def resolve(raw: dict, overrides: list[str] = (), *, seed: int | None = None, source: str = "recipe") -> Recipe:
+    """A recipe from its TOML tables (e.g. `Recipe.to_dict()`), with overrides and seed, typed and range-checked."""
     raw = apply_overrides(raw, list(overrides))
     if seed is not None:
         raw.setdefault("runtime", {})["seed"] = seed
     recipe = from_dict(raw, source)
     validate(recipe, source)
-    preflight.validate(recipe, "train", source)
     return recipe
 
 
 def validate(r: Recipe, source: str) -> None:
-    """Cross-field checks that the type system cannot express."""
+    """The ranges the types cannot express (all sections but [finetune]: `validate_finetune`)."""
 
     def bad(msg: str) -> UsageError:
         return UsageError(f"{source}: {msg}")
@@ -286,8 +296,6 @@ def validate(r: Recipe, source: str) -> None:
         raise bad("data.workers must be >= 0 and data.prefetch_mb >= 1.")
     if r.schedule.steps < 1:
         raise bad("schedule.steps must be at least 1.")
-    if r.method.name == "pseudo-label" and not r.method.teacher_checkpoint:
-        raise bad("method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run).")
     if r.method.feedback_sign not in (1, -1):
         raise bad(
             f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}."
@@ -306,6 +314,43 @@ def validate(r: Recipe, source: str) -> None:
         raise bad(
             'student.optimizer must be "sgd" (the one-step feedback assumes an SGD student); only [teacher] may use "adam".'
         )
+    for key in ("teacher.warmup_steps", "student.warmup_steps", "student.wait_steps"):
+        section, name = key.split(".")
+        if getattr(getattr(r, section), name) < 0:
+            raise bad(f"{key} must be >= 0, not {getattr(getattr(r, section), name)}.")
+    m = r.method
+    for key in _NONNEG_METHOD:
+        if getattr(m, key) < 0:
+            raise bad(f"method.{key} must be >= 0, not {getattr(m, key)}.")
+    if m.uda_temperature == 0:
+        raise bad("method.uda_temperature must be > 0 (it divides the logits), not 0.")
+    if not 0 <= m.uda_threshold <= 1:
+        raise bad(f"method.uda_threshold must be in [0, 1], not {m.uda_threshold}.")
+    if r.eval.batch_size < 1:
+        raise bad(f"eval.batch_size must be at least 1, not {r.eval.batch_size}.")
+    if r.eval.every < 0:
+        raise bad(f"eval.every must be >= 0, not {r.eval.every}.")
+    if r.runtime.log_every < 1:
+        raise bad(f"runtime.log_every must be at least 1, not {r.runtime.log_every}.")
+
+
+_NONNEG_METHOD = ("mpl_weight", "uda_weight", "teacher_supervised_weight", "uda_temperature", "uda_ramp_steps")
+
+
+def validate_finetune(r: Recipe, source: str) -> None:
+    """The [finetune] section's ranges (`mpl finetune`; `validate` leaves the section alone)."""
+    ft = r.finetune
+    if ft.steps < 1:
+        raise UsageError(f"{source}: finetune.steps must be at least 1, not {ft.steps}.")
+    if ft.batch_size < 1:
+        raise UsageError(f"{source}: finetune.batch_size must be at least 1, not {ft.batch_size}.")
+    for key in ("lr", "weight_decay", "warmup_steps"):
+        if getattr(ft, key) < 0:
+            raise UsageError(f"{source}: finetune.{key} must be >= 0, not {getattr(ft, key)}.")
+    if not 0 <= ft.momentum < 1:
+        raise UsageError(f"{source}: finetune.momentum must be in [0, 1), not {ft.momentum}.")
+    if not 0 <= ft.label_smoothing < 1:
+        raise UsageError(f"{source}: finetune.label_smoothing must be in [0, 1), not {ft.label_smoothing}.")
 
 
 def to_toml(recipe: Recipe) -> str:

@@ -1,53 +1,81 @@
-"""Preflight: check everything a command will need before it writes its first byte (issue 9).
+"""Preflight: check everything a command will need before it writes its first byte.
 
-`validate(recipe, command)` checks recipe values and names the key the user set; `check_run`
-checks what `fit` is about to use (shard sets, checkpoints) before the run folder exists;
-`check_eval` does the same for `mpl eval`. Every failure is an MplError naming the file or key,
-so the CLI maps it to the documented exit code (2 recipe/usage, 1 bad file).
+`load_and_check` is how every training command, `mpl recipes validate` and `mpltools.load_recipe` /
+`validate_recipe` get a recipe: `config` types it and checks each key's range, then `check_recipe`
+adds what needs more than the values (the model registry, rules between keys).
+`check_teacher_kind` says which command trains a reduced teacher; `check_trackers` names a
+missing tracker package before any data is opened; `check_training` checks what `trainer.fit`
+is about to use (loaders, shard sets, checkpoints) before the run folder exists; `check_eval`
+does the same for `mpl eval`. Every failure is an MplError naming the file or key, so the CLI
+maps it to the documented exit code (2 recipe/usage, 1 bad file).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mpltools import config, tracking
+from mpltools.config import TWO_NETWORKS, Recipe
 from mpltools.errors import MplError, UsageError
 
-_NONNEG_METHOD = ("mpl_weight", "uda_weight", "teacher_supervised_weight", "uda_temperature", "uda_ramp_steps")
+
+def load_and_check(recipe: Recipe | str | Path | None, overrides: list[str] = (), *, seed: int | None = None) -> Recipe:
+    """A recipe file (None = the defaults) or a Recipe object, with `--set` overrides and `--seed`, checked as
+    every training command checks it before it opens the data; returns the resolved recipe."""
+    if isinstance(recipe, Recipe):  # typed again as a file's tables would be
+        resolved, source = config.resolve(recipe.to_dict(), overrides, seed=seed), "recipe"
+    else:
+        resolved = config.load_recipe(recipe, list(overrides), seed=seed)
+        source = str(recipe) if recipe is not None else "defaults"
+    check_recipe(resolved, source)
+    return resolved
 
 
-def validate(recipe, command: str = "train", source: str = "recipe") -> None:
-    """Recipe values that `config.validate` does not cover; raise UsageError naming the key."""
-
-    def bad(key: str, msg: str) -> UsageError:
-        return UsageError(f"{source}: {key} {msg}")
-
-    if command == "finetune":
-        ft = recipe.finetune
-        if ft.steps < 1:
-            raise bad("finetune.steps", f"must be at least 1, not {ft.steps}.")
-        if ft.batch_size < 1:
-            raise bad("finetune.batch_size", f"must be at least 1, not {ft.batch_size}.")
-        for key in ("lr", "weight_decay", "warmup_steps"):
-            if getattr(ft, key) < 0:
-                raise bad(f"finetune.{key}", f"must be >= 0, not {getattr(ft, key)}.")
-        if not 0 <= ft.momentum < 1:
-            raise bad("finetune.momentum", f"must be in [0, 1), not {ft.momentum}.")
-        if not 0 <= ft.label_smoothing < 1:
-            raise bad("finetune.label_smoothing", f"must be in [0, 1), not {ft.label_smoothing}.")
-        return
-    m = recipe.method
-    for key in _NONNEG_METHOD:
-        if getattr(m, key) < 0:
-            raise bad(f"method.{key}", f"must be >= 0, not {getattr(m, key)}.")
-    if not 0 <= m.uda_threshold <= 1:
-        raise bad("method.uda_threshold", f"must be in [0, 1], not {m.uda_threshold}.")
-    if recipe.eval.batch_size < 1:
-        raise bad("eval.batch_size", f"must be at least 1, not {recipe.eval.batch_size}.")
-    if recipe.eval.every < 0:
-        raise bad("eval.every", f"must be >= 0, not {recipe.eval.every}.")
-    if recipe.runtime.log_every < 1:
-        raise bad("runtime.log_every", f"must be at least 1, not {recipe.runtime.log_every}.")
+def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
+    """What a recipe needs beyond its keys' types and ranges (`config`): networks the model registry builds, and
+    the rules between keys."""
+    m, t, s = recipe.method, recipe.teacher, recipe.student
+    if m.name == "pseudo-label" and not m.teacher_checkpoint:
+        raise UsageError(
+            f"{source}: method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run)."
+        )
+    if m.name in TWO_NETWORKS and (t.momentum, t.nesterov, t.max_grad_norm) != (s.momentum, s.nesterov, s.max_grad_norm):
+        raise UsageError(
+            f"{source}: [teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do)."
+        )
+    if m.teacher_weak_no_grad and m.pseudo_label_view == "weak" and m.mpl_weight:
+        raise UsageError(
+            f"{source}: method.teacher_weak_no_grad = true leaves the weak view without gradient, so the MPL term cannot "
+            'use method.pseudo_label_view = "weak"; use "strong" or method.mpl_weight = 0.'
+        )
     check_models(recipe, source)
+
+
+def check_teacher_kind(recipe: Recipe, reduced: bool) -> None:
+    """The reduced teacher (model.teacher_name = "reduced_teacher") reads a large teacher's stored predictions instead of
+    images: `mpl reduced train` (`reduced`) trains it with the MPL step, and no other command trains one."""
+    if reduced and recipe.method.name != "mpl":
+        raise UsageError(
+            f'Reduced MPL trains with the MPL step: set method.name = "mpl" (the recipe says {recipe.method.name!r}).'
+        )
+    if reduced and recipe.model.teacher_name != "reduced_teacher":
+        raise UsageError(
+            'Reduced MPL needs model.teacher_name = "reduced_teacher" (an MLP over the stored predictions), '
+            f"not {recipe.model.teacher_name!r}; see recipes/reduced_b7_yfcc.toml."
+        )
+    if not reduced and recipe.model.teacher_name == "reduced_teacher" and recipe.method.name in TWO_NETWORKS:
+        raise UsageError(
+            'model.teacher_name = "reduced_teacher" is the teacher of Reduced MPL, which reads a large teacher\'s '
+            "stored predictions: train it with `mpl reduced train RECIPE` (see recipes/reduced_b7_yfcc.toml)."
+        )
+
+
+def check_trackers(recipe: Recipe) -> list[str]:
+    """The trackers the recipe asks for (warning once about a deprecated key); an unknown one, or one whose package is
+    missing, is refused. Run it before the data are opened."""
+    names = tracking.requested(recipe.runtime)
+    tracking.check(names)
+    return names
 
 
 def check_models(recipe, source: str = "recipe") -> None:
@@ -73,22 +101,17 @@ def check_nonempty(shards, what: str) -> None:
         raise MplError(f"{shards.root} holds no samples; {what} needs at least one (re-create it, or point {what} elsewhere).")
 
 
-def check_training(recipe, data, runtime, init_student: Path | None = None, extras: tuple[str, ...] = ()):
+def check_training(recipe: Recipe, data, runtime, init_student: Path | None = None, extras: tuple[str, ...] = ()):
     """Every check `train`, `finetune` and `reduced train` make once the data is open, before the run folder is
-    written: the optimiser settings' cross-field rules, the loaders' memory, the data sets' sizes, the checkpoints
-    the run will load, the trackers. `mpl recipes validate` calls exactly this (one implementation).
+    written: the loaders' memory, the data sets' sizes, the checkpoints the run will load. `mpl recipes validate`
+    calls exactly this (one implementation).
 
     `runtime` needs `.world` and `.is_main` (the loaders' plan is logged by the main process only).
     Returns (the loaders' plan, {recipe key: checkpoint metadata} of the checkpoints read)."""
-    from mpltools import tracking
-    from mpltools.trainer import hyper_from
-    from mpltools.training import check_loaders
+    from mpltools.train_data import check_loaders
 
-    hyper_from(recipe)
     plan = check_loaders(data, recipe, runtime, recipe.method.name != "supervised", extras)
-    checkpoints = check_run(recipe, data, init_student)
-    tracking.check(tracking.requested(recipe.runtime))
-    return plan, checkpoints
+    return plan, check_run(recipe, data, init_student)
 
 
 def check_run(recipe, data, init_student: Path | None) -> dict:

@@ -1,4 +1,4 @@
-"""A failed training command leaves nothing it created (issue 9).
+"""A failed training command leaves nothing it created.
 
 `RunFolderGuard` wraps everything `trainer.fit` does from the creation of the run folder on.
 When the command fails or is interrupted (any exception, KeyboardInterrupt included):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mpltools.errors import MplError
+from mpltools.reducer import LOCAL, Reducer, TorchDistributedReducer
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Runtime:
     world: int
     is_main: bool
     mixed_precision: str  # "no" | "bf16" | "fp16"
-    reducer: object
+    reducer: Reducer
 
     def autocast(self):
         """The precision region of one training step or evaluation batch.
@@ -124,8 +125,6 @@ def start(mixed_precision: str = "auto", threads: int = 0, seed: int = 0) -> Run
         raise MplError(_UNSYNCHRONISED.format(world=world_env, got=f"{accelerator.num_processes} process(es) in Accelerate"))
     if threads > 0:
         torch.set_num_threads(threads)
-    from mpltools.methods.common import LOCAL, TorchDistributedReducer
-
     world = accelerator.num_processes
     reducer = TorchDistributedReducer() if world > 1 else LOCAL
     device = accelerator.device
@@ -149,10 +148,27 @@ def default_workers(runtime: Runtime) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // runtime.world - 1))
 
 
+# ---------------------------------------------------------------- seeds of a training run
+
+
+def seed_initial_networks(seed: int) -> None:
+    """Before the networks are built: every process builds identical initial networks."""
+    torch.manual_seed(seed)
+
+
 def seed_everything(seed: int, rank: int) -> None:
     # Dropout masks differ across processes (as with independent replicas); everything else that
     # must agree across processes (data order, augmentation) is seeded without the rank.
     torch.manual_seed(seed * 1000 + rank)
+
+
+def seed_training(seed: int, rank: int, device: torch.device) -> torch.Generator:
+    """After the networks are built: the global RNG per process (`seed_everything`), and the generator of the
+    steps' own draws (pseudo labels sampled from the teacher), also one per process."""
+    seed_everything(seed, rank)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 7919 + rank)
+    return generator
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mpltools import preflight, trainer
 from mpltools.checkpoint import file_sha256, read_checkpoint
-from mpltools.config import apply_overrides, from_dict, validate
+from mpltools.config import apply_overrides, from_dict, resolve, validate_finetune
 from mpltools.errors import UsageError
 
 
@@ -38,7 +38,7 @@ def run(
         raw["finetune"] = {**raw.get("finetune", {}), **given.get("finetune", {})}
     raw = apply_overrides(raw, overrides)
     base = from_dict(raw, "finetune settings")
-    preflight.validate(base, "finetune", "finetune settings")
+    validate_finetune(base, "finetune settings")
     ft = base.finetune
     # Finetuning = the supervised method on the labelled set, starting from the checkpoint.
     raw["model"] = {"name": meta.architecture, "kwargs": meta.architecture_kwargs}
@@ -62,16 +62,15 @@ def run(
     raw["eval"] = {**raw.get("eval", {}), "every": 0}
     if not ft.augment:
         raw["augment"] = {**raw.get("augment", {}), "kind": "none"}
-    recipe = from_dict(raw, "finetune settings")
-    validate(recipe, "finetune settings")
+    recipe = resolve(raw, source="finetune settings")
+    preflight.check_recipe(recipe, "finetune settings")
     out = Path(out) if out else Path(checkpoint).parent / "finetune"
-    export = trainer.Export(
-        student_file="finetuned.safetensors",
-        student_role="finetuned",
-        init_student=Path(checkpoint),
-        parent_sha256=file_sha256(Path(checkpoint)),
+    finetuned = trainer.Output(
+        "finetuned.safetensors",
+        "finetuned",
         extra={"parent_role": meta.role, "parent_step": meta.step, "finetune_steps": ft.steps},
+        parent_sha256=file_sha256(Path(checkpoint)),
     )
-    report = trainer.fit(recipe, out, force=force, command=command, export=export)
+    report = trainer.fit(recipe, out, force=force, command=command, init_student=Path(checkpoint), student=finetuned)
     report["finetuned"] = report.pop("student", None)
     return report

@@ -12,23 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from mpltools.config import Recipe, load_recipe
+from mpltools.config import TWO_NETWORKS, Recipe
 from mpltools.errors import MplError, UsageError
-from mpltools.preflight import check_models, check_training
+from mpltools.preflight import check_models, check_trackers, check_training, load_and_check
 
 __all__ = ["check", "check_models", "render"]
 
-TWO_NETWORKS = ("mpl", "released")
 _ACTIONS = {"new": "a new run", "resume": "resumes the run there", "restart": "deleted and started over (--force)"}
 
 
 def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
     """(role, recipe key, name, kwargs) of the networks `train` builds, resolved as the trainer does."""
+    from mpltools.networks import teacher_architecture
+
     m = recipe.model
     nets = [("student", "model.name", m.name, dict(m.kwargs))]
     if recipe.method.name in TWO_NETWORKS:
-        kwargs = m.teacher_kwargs or (m.kwargs if not m.teacher_name else {})
-        nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", m.teacher_name or m.name, dict(kwargs)))
+        name, kwargs = teacher_architecture(m)
+        nets.append(("teacher", "model.teacher_name" if m.teacher_name else "model.name", name, dict(kwargs)))
     return nets
 
 
@@ -45,54 +46,27 @@ def _open_key(source: str, key: str, location: str, need_labels: bool):
     return shards
 
 
-def check(
-    path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None, force: bool = False
-) -> dict:
-    """`out` is the run folder `train` would use (default runs/<recipe name>, as `mpl train`)."""
-    import os
-
-    import torch
-
-    from mpltools.training import build_network, check_run_folder, open_data
-
-    recipe = load_recipe(path, list(overrides), seed=seed)
-    source = str(path) if path is not None else "defaults"
-    method = recipe.method.name
-    reduced = recipe.model.teacher_name == "reduced_teacher"
-    if reduced and method not in TWO_NETWORKS:
-        raise UsageError(f'{source}: model.teacher_name = "reduced_teacher" needs method.name = "mpl" or "released".')
-    check_models(recipe, source)
-    from mpltools import tracking
-
-    try:  # first, like `train`: a missing tracker package is named before any data is opened
-        tracking.check(tracking.requested(recipe.runtime))
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc.message}") from None
-
-    if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
-        from mpltools.commands import reduced as reduced_command
-
-        try:
-            _, _, member = reduced_command.check_inputs(recipe)
-        except MplError as exc:
-            raise UsageError(f"{source}: {exc.message}") from None
-
-    need_unlabeled = method != "supervised"
+def _data_report(recipe: Recipe, source: str) -> dict:
+    """Each data key the run reads: a shard set with a manifest (and labels where it needs them); its size."""
     keys = [("data.labeled", recipe.data.labeled, True)]
-    if need_unlabeled:
+    if recipe.method.name != "supervised":
         keys.append(("data.unlabeled", recipe.data.unlabeled, False))
     if recipe.data.val:
         keys.append(("data.val", recipe.data.val, True))
-    data_report = {}
+    report = {}
     for key, location, labels in keys:
         if not location:
             raise UsageError(f"{source}: {key} is empty: name a shard set (or pass --set {key}=PATH).")
         shards = _open_key(source, key, location, labels)
-        data_report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
-    try:
-        data = open_data(recipe, need_unlabeled=need_unlabeled)
-    except MplError as exc:
-        raise UsageError(f"{source}: {exc.message}") from None
+        report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
+    return report
+
+
+def _network_report(recipe: Recipe, data, source: str, reduced: bool) -> dict:
+    """The networks `train` builds, built on the meta device (no memory): their names, kwargs and sizes."""
+    import torch
+
+    from mpltools.networks import build_network
 
     networks = {}
     with torch.device("meta"):
@@ -103,6 +77,38 @@ def check(
             except MplError as exc:
                 raise UsageError(f"{source}: {key} = {name!r} ({role}): {exc.message}") from None
             networks[role] = {"name": name, "kwargs": kwargs, "parameters": sum(p.numel() for p in net.parameters())}
+    return networks
+
+
+def check(
+    path: Path | None, overrides: list[str] = (), seed: int | None = None, out: Path | None = None, force: bool = False
+) -> dict:
+    """`out` is the run folder `train` would use (default runs/<recipe name>, as `mpl train`)."""
+    import os
+
+    from mpltools.run_folder import check_run_folder
+    from mpltools.train_data import open_data
+
+    recipe = load_and_check(path, list(overrides), seed=seed)
+    source = str(path) if path is not None else "defaults"
+    method = recipe.method.name
+    reduced = recipe.model.teacher_name == "reduced_teacher"
+    try:  # first, like `train`: a missing tracker package is named before any data is opened
+        check_trackers(recipe)
+        member = ""
+        if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
+            from mpltools.commands import reduced as reduced_command
+
+            _, _, member = reduced_command.check_inputs(recipe)
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
+
+    data_report = _data_report(recipe, source)
+    try:
+        data = open_data(recipe, need_unlabeled=method != "supervised")
+    except MplError as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
+    networks = _network_report(recipe, data, source, reduced)
 
     # What `trainer.fit` checks before it writes (preflight.check_training), the same function, as one process of
     # WORLD_SIZE that logs nothing.
@@ -112,7 +118,7 @@ def check(
             data,
             SimpleNamespace(world=int(os.environ.get("WORLD_SIZE", "1")), is_main=False),
             None,
-            (member,) if reduced else (),
+            (member,) if member else (),
         )
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpltools import __version__, log, trainer
+from mpltools import __version__, log, preflight, trainer
 from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
@@ -184,15 +184,7 @@ def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[
 
 def check_inputs(recipe: Recipe):
     """Step 2's checks before anything is written (also run by `mpl recipes validate`): (labeled, unlabeled, member)."""
-    if recipe.method.name != "mpl":
-        raise UsageError(
-            f'Reduced MPL trains with the MPL step: set method.name = "mpl" (the recipe says {recipe.method.name!r}).'
-        )
-    if recipe.model.teacher_name != "reduced_teacher":
-        raise UsageError(
-            'Reduced MPL needs model.teacher_name = "reduced_teacher" (an MLP over the stored predictions), '
-            f"not {recipe.model.teacher_name!r}; see recipes/reduced_b7_yfcc.toml."
-        )
+    preflight.check_teacher_kind(recipe, reduced=True)
     labeled = _prediction_set(recipe.data.labeled, "data.labeled")
     unlabeled = _prediction_set(recipe.data.unlabeled, "data.unlabeled")
     pl, pu = labeled.provenance, unlabeled.provenance
@@ -218,19 +210,26 @@ def train(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
         log.warn(
             "method.uda_weight has no effect in Reduced MPL: the reduced teacher reads the same stored prediction for both views."
         )
-    export = trainer.Export(
-        teacher_file="reduced_teacher.safetensors",
-        teacher_role="reduced_teacher",
+    report = trainer.fit(
+        recipe,
+        out,
+        force=force,
+        command=command,
         teacher_inputs=member,
-        teacher_extra={
-            "reads": member,
-            "large_teacher": pu["teacher"],
-            "large_teacher_sha256": pu["teacher_sha256"],
-            "large_teacher_architecture": pu["teacher_architecture"],
-        },
-        extra={"reduced_mpl": True, "large_teacher_sha256": pu["teacher_sha256"]},
+        student=trainer.Output(
+            "student.safetensors", "student", extra={"reduced_mpl": True, "large_teacher_sha256": pu["teacher_sha256"]}
+        ),
+        teacher=trainer.Output(
+            "reduced_teacher.safetensors",
+            "reduced_teacher",
+            extra={
+                "reads": member,
+                "large_teacher": pu["teacher"],
+                "large_teacher_sha256": pu["teacher_sha256"],
+                "large_teacher_architecture": pu["teacher_architecture"],
+            },
+        ),
     )
-    report = trainer.fit(recipe, out, force=force, command=command, export=export)
     if "teacher" in report:
         report["reduced_teacher"] = report.pop("teacher")
     return report

@@ -1,6 +1,7 @@
 """`mpl train RECIPE`: Meta Pseudo Labels (or a baseline) with checkpoints, resume and metrics.
 
-The recipe is already resolved (recipe < --set < --seed) by the CLI; the loop is `trainer.fit`.
+The recipe is already resolved (recipe < --set < --seed) and checked by the CLI (`preflight.load_and_check`);
+the loop is `trainer.fit`.
 Re-running the same command on the same run folder resumes from its newest committed state.
 """
 
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpltools import trainer
+from mpltools import preflight, trainer
 from mpltools.config import Recipe
 
 
 def run(recipe: Recipe, out: Path, *, force: bool, command: str) -> dict:
+    preflight.check_teacher_kind(recipe, reduced=False)  # a reduced teacher is `mpl reduced train`'s
     return trainer.fit(recipe, out, force=force, command=command)

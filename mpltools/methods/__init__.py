@@ -6,16 +6,7 @@ Every step has the signature
 """
 
 from mpltools.methods.baselines import pseudo_label_step, supervised_step, uda_step
-from mpltools.methods.common import (
-    LOCAL,
-    Batch,
-    MPLHyper,
-    Networks,
-    NonFiniteError,
-    Reducer,
-    TorchDistributedReducer,
-    measurement_mode,
-)
+from mpltools.methods.common import Batch, MPLHyper, Networks, NonFiniteError, hyper_from, measurement_mode
 from mpltools.methods.mpl import mpl_step
 from mpltools.methods.optim import (
     EMA,
@@ -26,6 +17,7 @@ from mpltools.methods.optim import (
     norm_parameter_names,
 )
 from mpltools.methods.released import released_step
+from mpltools.reducer import LOCAL, Reducer, TorchDistributedReducer
 
 STEPS = {
     "mpl": mpl_step,
@@ -48,6 +40,7 @@ __all__ = [
     "apply_weight_decay_and_clip",
     "build_sgd",
     "ema_decay_at",
+    "hyper_from",
     "learning_rate",
     "measurement_mode",
     "mpl_step",

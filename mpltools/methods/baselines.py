@@ -13,11 +13,9 @@ from torch import Tensor
 
 from mpltools.losses import smoothed_cross_entropy
 from mpltools.methods.common import (
-    LOCAL,
     Batch,
     MPLHyper,
     Networks,
-    Reducer,
     check_finite,
     draw_pseudo_labels,
     finish_gradients,
@@ -26,6 +24,7 @@ from mpltools.methods.common import (
 from mpltools.methods.optim import learning_rate, set_lr
 from mpltools.methods.precision import apply_update, scaled
 from mpltools.methods.teacher import auxiliary_losses, teacher_forward
+from mpltools.reducer import LOCAL, Reducer
 
 
 def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:

@@ -1,5 +1,6 @@
-"""What every training step shares: hyper-parameters, networks, batches, cross-process means,
-the finiteness guard, BN/dropout modes for measurements, and pseudo-label drawing.
+"""What every training step shares: hyper-parameters (and `hyper_from`, which reads them from a recipe),
+networks, batches, gradient reduction, the finiteness guard, BN/dropout modes for measurements, and
+pseudo-label drawing. Cross-process means are `mpltools.reducer`'s.
 
 Pure torch; no I/O. References are to `reference/mpl-algorithm.md`.
 """
@@ -9,69 +10,17 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
-from mpltools.config import MethodConfig, OptimConfig, ScheduleConfig
+from mpltools.config import MethodConfig, OptimConfig, Recipe, ScheduleConfig
 from mpltools.methods.optim import apply_weight_decay_and_clip
 from mpltools.methods.precision import LossScaler
+from mpltools.reducer import Reducer
 
-# ----------------------------------------------------------------------------- reduction
-
-
-class Reducer:
-    """Averages tensors over training processes. This base class is the single-process no-op.
-
-    Every process holds an equal-size local batch, so the global mean of a loss is the mean of
-    the local means, and the gradient of the global mean loss is the mean of local gradients.
-    """
-
-    world_size: int = 1
-
-    def mean(self, t: Tensor) -> Tensor:
-        """Returns the cross-process mean of `t` (detached; `t` itself is left untouched)."""
-        return t.detach()
-
-    def mean_grads(self, params: Iterable[Tensor]) -> None:
-        """Replaces each ``p.grad`` by its cross-process mean, in place."""
-
-
-LOCAL = Reducer()
-
-
-class TorchDistributedReducer(Reducer):
-    """`Reducer` over an initialised `torch.distributed` process group (SUM, then / world size).
-
-    Gradients travel as one flat bucket per (device, dtype) so a step costs one collective per
-    network, not one per parameter.
-    """
-
-    def __init__(self, group=None):
-        import torch.distributed as dist  # lazily: single-process users never touch it
-
-        self._dist = dist
-        self.group = group
-        self.world_size = dist.get_world_size(group)
-
-    def mean(self, t: Tensor) -> Tensor:
-        out = t.detach().clone()
-        self._dist.all_reduce(out, op=self._dist.ReduceOp.SUM, group=self.group)
-        return out.div_(self.world_size)
-
-    def mean_grads(self, params: Iterable[Tensor]) -> None:
-        buckets: dict[tuple, list[Tensor]] = {}
-        for p in params:
-            if p.grad is None:
-                raise ValueError("mean_grads: a parameter has no .grad; call zero_missing_grads first")
-            buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-        for grads in buckets.values():
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            self._dist.all_reduce(flat, op=self._dist.ReduceOp.SUM, group=self.group)
-            flat.div_(self.world_size)
-            for g, r in zip(grads, flat.split([g.numel() for g in grads])):
-                g.copy_(r.view_as(g))
+# ----------------------------------------------------------------------------- gradients
 
 
 def zero_missing_grads(params: Iterable[Tensor]) -> None:
@@ -227,14 +176,6 @@ def draw_pseudo_labels(logits: Tensor, kind: str, generator: torch.Generator | N
 
 # ----------------------------------------------------------------------------- data classes
 
-_CHOICES = {
-    "lr_schedule": ("cosine", "constant", "linear"),
-    "pseudo_labels": ("sample", "argmax", "soft"),
-    "pseudo_label_view": ("strong", "weak"),
-    "feedback": ("taylor", "dot", "cosine"),
-    "feedback_bn": ("batch", "eval"),
-}
-
 _M, _O, _S = MethodConfig, OptimConfig, ScheduleConfig  # the recipe's defaults are the only defaults
 
 
@@ -246,7 +187,9 @@ class MPLHyper:
     and `[schedule]`), so a step built from Python and one built from a recipe agree unless told
     otherwise; the authors' CIFAR-10-4K values (reference §2.1) are in `recipes/cifar10_4k.toml`.
     The teacher and the student share `momentum`, `nesterov` and `max_grad_norm` (the recipe's
-    `[student]` values; the trainer refuses different `[teacher]` ones).
+    `[student]` values; `preflight.check_recipe` refuses different `[teacher]` ones).
+    The values are checked once, where a recipe is loaded (`config`, then `preflight`); a step built
+    from Python takes them as given.
 
     Learning rates are *effective* values (the authors' ``base_lr * B / 256`` already applied).
     Steps are global steps; only the teacher's update advances them (reference §7 item 8).
@@ -281,29 +224,41 @@ class MPLHyper:
     mpl_weight: float = _M.mpl_weight  # multiplier of the feedback term; 0 = UDA teacher + distillation
     feedback_sign: float = float(_M.feedback_sign)  # +1 the paper's sign; -1 the flipped ablation (studies only)
 
-    def __post_init__(self) -> None:
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and f.name != "feedback_sign":
-                raise ValueError(f"{f.name} must be >= 0, got {v!r}")
-        if self.feedback_sign not in (1.0, -1.0):
-            raise ValueError(f"feedback_sign must be 1 or -1, got {self.feedback_sign!r}")
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.baseline_decay <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("baseline_decay must be in [0, 1] and ema_decay in [0, 1)")
-        if self.uda_temperature <= 0:
-            raise ValueError(f"uda_temperature must be > 0, got {self.uda_temperature}")
-        if self.teacher_weak_no_grad and self.pseudo_label_view == "weak" and self.mpl_weight:
-            raise ValueError(
-                "teacher_weak_no_grad=true leaves the weak view without gradient, so the MPL "
-                "term cannot use pseudo_label_view='weak'; use 'strong' or mpl_weight=0"
-            )
+
+def hyper_from(recipe: Recipe) -> MPLHyper:
+    """The step's hyper-parameters from a recipe's [method], [teacher], [student] and [schedule] (checked when the
+    recipe was loaded: `config` for types, choices and ranges, `preflight.check_recipe` for the rules between keys)."""
+    m, t, s = recipe.method, recipe.teacher, recipe.student
+    return MPLHyper(
+        total_steps=recipe.schedule.steps,
+        lr_schedule=recipe.schedule.lr_schedule,
+        teacher_lr=t.lr,
+        teacher_warmup=t.warmup_steps,
+        teacher_weight_decay=t.weight_decay,
+        student_lr=s.lr,
+        student_warmup=s.warmup_steps,
+        student_wait=s.wait_steps,
+        student_weight_decay=s.weight_decay,
+        momentum=s.momentum,
+        nesterov=s.nesterov,
+        max_grad_norm=s.max_grad_norm or None,
+        ema_decay=s.ema_decay,
+        label_smoothing=m.label_smoothing,
+        uda_temperature=m.uda_temperature,
+        uda_threshold=m.uda_threshold,
+        uda_weight=m.uda_weight,
+        uda_ramp_steps=m.uda_ramp_steps,
+        teacher_supervised_weight=m.teacher_supervised_weight,
+        pseudo_labels=m.pseudo_labels,
+        pseudo_label_view=m.pseudo_label_view,
+        feedback=m.feedback,
+        baseline=m.baseline,
+        baseline_decay=m.baseline_decay,
+        feedback_bn=m.feedback_bn,
+        teacher_weak_no_grad=m.teacher_weak_no_grad,
+        mpl_weight=m.mpl_weight,
+        feedback_sign=m.feedback_sign,
+    )
 
 
 @dataclass

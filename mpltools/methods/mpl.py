@@ -62,11 +62,9 @@ from torch import Tensor, nn
 
 from mpltools.losses import flat_cosine, flat_dot, smoothed_cross_entropy
 from mpltools.methods.common import (
-    LOCAL,
     Batch,
     MPLHyper,
     Networks,
-    Reducer,
     check_finite,
     draw_pseudo_labels,
     finish_gradients,
@@ -79,6 +77,7 @@ from mpltools.methods.diagnostics import mpl_metrics, pseudo_label_health, teach
 from mpltools.methods.optim import apply_weight_decay_and_clip, clip_scale
 from mpltools.methods.precision import LossScaler, apply_update, full_precision, scaled
 from mpltools.methods.teacher import auxiliary_losses, begin_step, teacher_forward
+from mpltools.reducer import LOCAL, Reducer
 
 
 def mpl_step(

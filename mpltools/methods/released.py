@@ -42,11 +42,9 @@ from torch import Tensor
 
 from mpltools.losses import smoothed_cross_entropy
 from mpltools.methods.common import (
-    LOCAL,
     Batch,
     MPLHyper,
     Networks,
-    Reducer,
     check_finite,
     finish_gradients,
     frozen_bn_stats,
@@ -54,6 +52,7 @@ from mpltools.methods.common import (
 )
 from mpltools.methods.precision import apply_update, scaled
 from mpltools.methods.teacher import auxiliary_losses, begin_step, teacher_forward
+from mpltools.reducer import LOCAL, Reducer
 
 
 def released_step(

@@ -48,3 +48,24 @@ def test_validate_recipe_raises_usage_error():
     with pytest.raises(mpltools.MplError) as exc:
         mpltools.validate_recipe(REPO / "recipes/tiny/twomoon.toml", ["schedule.steps=0"])
     assert exc.value.exit_code == 2 and "schedule.steps" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda r: setattr(r.model, "name", "resnet5"), "model.name"),  # the model registry
+        (lambda r: setattr(r.method, "feedback", "cos"), "method.feedback"),  # a choice
+        (lambda r: setattr(r.teacher, "momentum", 0.5), "momentum"),  # a rule between keys
+    ],
+    ids=["model", "choice", "cross-field"],
+)
+def test_validate_recipe_of_a_recipe_object_checks_what_train_checks(change, key):
+    import mpltools
+
+    recipe = mpltools.load_recipe(REPO / "recipes/tiny/twomoon.toml")
+    change(recipe)
+    with pytest.raises(mpltools.MplError) as exc:
+        mpltools.validate_recipe(recipe)
+    assert exc.value.exit_code == 2 and key in exc.value.message
+    fine = mpltools.load_recipe(REPO / "recipes/tiny/twomoon.toml")
+    assert mpltools.validate_recipe(fine, ["schedule.steps=3"]).schedule.steps == 3

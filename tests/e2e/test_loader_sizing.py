@@ -106,7 +106,7 @@ def test_train_prints_the_plan_and_runs_with_split_workers(data, run_cli, monkey
     assert json.loads(r.stdout)["step"] == 3
 
     from mpltools.config import load_recipe
-    from mpltools.training import make_streams, open_data
+    from mpltools.train_data import make_streams, open_data
 
     recipe = load_recipe("r.toml", ["data.prefetch_mb=1"])  # 1 MB: the 2 x 2 queued unlabelled batches of 10 KB fit 4 deep
     labeled, unlabeled = make_streams(open_data(recipe, True), recipe, 0, 1, 0, True)

@@ -94,12 +94,12 @@ def test_bad_recipe_keys_exit_2_with_nearest_name(override, needle):
 
 
 def test_every_shipped_recipe_validates_and_documents_its_commands():
-    from mpltools.config import load_recipe
+    from mpltools.preflight import load_and_check
 
     recipes = sorted((REPO / "recipes").rglob("*.toml"))
     assert len(recipes) >= 16
     for path in recipes:
-        load_recipe(path)
+        load_and_check(path)
         text = path.read_text()
         commands = [l for l in text.splitlines() if l.startswith("# $ ")]
         assert any(" train " in c for c in commands), path

@@ -12,7 +12,8 @@ from mpltools.data.codecs import InputSpec
 from mpltools.data.loaders import to_model_input
 from mpltools.errors import UsageError
 from mpltools.models import build_model
-from mpltools.training import DataSetup, use_channels_last
+from mpltools.networks import use_channels_last
+from mpltools.train_data import DataSetup
 
 NORM = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 

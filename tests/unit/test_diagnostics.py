@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from mpltools.methods import EMA, Batch, MPLHyper, Networks, build_sgd, mpl_step, norm_parameter_names
-from mpltools.methods.common import LOCAL
 from mpltools.methods.diagnostics import pseudo_label_health, teacher_gradient_split
+from mpltools.reducer import LOCAL
 
 
 def _net(seed):

@@ -4,8 +4,7 @@ MethodConfig (method.feedback_sign = -1 was once silently dropped, so the flippe
 from dataclasses import fields
 
 from mpltools.config import MethodConfig, load_recipe
-from mpltools.methods.common import MPLHyper
-from mpltools.trainer import hyper_from
+from mpltools.methods.common import MPLHyper, hyper_from
 
 
 def test_feedback_sign_reaches_the_step():

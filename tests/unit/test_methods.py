@@ -6,6 +6,7 @@ mpltools.models. The gradient proofs are in test_feedback_gradients.py.
 """
 
 import copy
+import re
 
 import pytest
 import torch
@@ -381,21 +382,29 @@ def test_pseudo_label_student_learns_from_a_fixed_teacher_without_labels(pseudo_
 
 
 def test_registry_and_hyper_validation():
+    """The step's hyper-parameters are checked once, where the recipe is loaded, naming the recipe key."""
+    from mpltools.errors import UsageError
+    from mpltools.preflight import load_and_check
+
     assert set(STEPS) == {"mpl", "released", "supervised", "uda", "pseudo-label"}
     assert STEPS["mpl"] is mpl_step
-    with pytest.raises(ValueError, match="feedback"):
-        MPLHyper(feedback="cos")
-    with pytest.raises(ValueError, match="teacher_weak_no_grad"):
-        MPLHyper(teacher_weak_no_grad=True, pseudo_label_view="weak")
-    with pytest.raises(ValueError, match="student_lr"):
-        MPLHyper(student_lr=-1.0)
-    MPLHyper(teacher_weak_no_grad=True, pseudo_label_view="weak", mpl_weight=0.0)
+    for overrides, key in (
+        (["method.feedback=cos"], "method.feedback"),
+        (["method.teacher_weak_no_grad=true", "method.pseudo_label_view=weak"], "method.teacher_weak_no_grad"),
+        (["student.lr=-1.0"], "[student] lr"),
+        (["student.wait_steps=-1"], "student.wait_steps"),
+        (["teacher.warmup_steps=-1"], "teacher.warmup_steps"),
+        (["method.uda_temperature=0"], "method.uda_temperature"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(key)):
+            load_and_check(None, overrides)
+    load_and_check(None, ["method.teacher_weak_no_grad=true", "method.pseudo_label_view=weak", "method.mpl_weight=0.0"])
 
 
 def test_a_step_built_from_python_and_one_built_from_a_recipe_share_their_defaults():
     """One source of truth: MPLHyper's defaults are the recipe's (label smoothing once differed: 0.15 vs 0)."""
     from mpltools.config import load_recipe
-    from mpltools.trainer import hyper_from
+    from mpltools.methods.common import hyper_from
 
     assert hyper_from(load_recipe(None)) == MPLHyper()
     assert MPLHyper().label_smoothing == load_recipe(None).method.label_smoothing

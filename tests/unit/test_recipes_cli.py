@@ -172,7 +172,8 @@ def test_print_config_checks_the_model_names(run_cli):
 def _save_teacher(path: Path, recipe_overrides: list[str], data_location: Path) -> None:
     from mpltools.checkpoint import save_model
     from mpltools.config import load_recipe
-    from mpltools.training import build_network, checkpoint_meta, open_data
+    from mpltools.networks import build_network, checkpoint_meta
+    from mpltools.train_data import open_data
 
     recipe = load_recipe(REPO_ROOT / "recipes" / "twomoon.toml", recipe_overrides)
     data = open_data(recipe, need_unlabeled=False)

@@ -1,22 +1,16 @@
-"""What the training commands (`train`, `finetune`, `reduced`) share: data setup from a recipe,
-building networks and their checkpoint metadata, batches on the device, and the run folder.
-
-Commands never import each other; they import this.
+"""The data of a training run, from its recipe: the shard sets opened and checked against each other, the
+augmentation and normalisation, the loaders' plan and streams, and each step's batch on the device.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from mpltools import log
-from mpltools.checkpoint import CheckpointMeta, latest_state
-from mpltools.config import Recipe, to_toml
+from mpltools.config import Recipe
 from mpltools.data import sizing, transforms
 from mpltools.data.codecs import InputSpec
 from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, estimated_bytes, make_stream, to_model_input
@@ -113,43 +107,6 @@ def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None
         augment,
         {"name": a.normalisation, "mean": list(mean), "std": list(std)},
         in_memory,
-    )
-
-
-def build_network(name: str, kwargs: dict, data: DataSetup, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
-    """A fresh network for `data`; `input_shape` replaces the data's model input shape (Reduced MPL's teacher)."""
-    from mpltools.models import build_model
-
-    try:
-        return build_model(name, data.num_classes, input_shape or data.model_input_shape, **kwargs)
-    except ValueError as exc:
-        raise UsageError(f"model {name}: {exc}") from None
-
-
-def use_channels_last(setting, data: DataSetup, *nets: torch.nn.Module | None) -> bool:
-    """`runtime.channels_last` resolved: "auto" = on when the input is an image and a network convolves."""
-    if setting is False or data.input_spec.kind != "image":
-        return False
-    return setting is True or any(isinstance(m, torch.nn.Conv2d) for net in nets if net is not None for m in net.modules())
-
-
-def checkpoint_meta(
-    role: str, name: str, kwargs: dict, data: DataSetup, recipe: Recipe, step: int, parent: str = "", extra: dict | None = None
-) -> CheckpointMeta:
-    return CheckpointMeta(
-        role=role,
-        architecture=name,
-        architecture_kwargs=dict(kwargs),
-        num_classes=data.num_classes,
-        input_shape=list(data.model_input_shape),
-        input_spec=data.input_spec.to_json(),
-        normalisation=data.normalisation,
-        augment={"kind": data.augment.kind, "image_size": data.augment.image_size},
-        classes=data.classes,
-        step=step,
-        recipe=recipe.to_dict(),
-        parent_sha256=parent,
-        extra=extra or {},
     )
 
 
@@ -271,91 +228,3 @@ def device_batch(lab: dict, unl: dict | None, data: DataSetup, device, channels_
         batch.teacher_labeled = lab[teacher_inputs].to(device, non_blocking=True)
         batch.teacher_unlabeled = unl[teacher_inputs].to(device, non_blocking=True)
     return batch
-
-
-# ---------------------------------------------------------------- run folder
-
-# Settings that may change between a run and its resumption (they do not change the maths).
-_RESUMABLE_DIFFERENCES = {
-    ("runtime", "log_every"),
-    ("runtime", "threads"),
-    ("data", "workers"),
-    ("data", "prefetch_mb"),
-    ("runtime", "tensorboard"),
-    ("runtime", "trackers"),
-    ("checkpoint", "every"),
-    ("checkpoint", "keep_last"),
-    ("eval", "every"),
-    ("eval", "batch_size"),
-    ("runtime", "channels_last"),
-}
-
-
-def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
-    """Create or re-open a run folder; return the state to resume from (None = fresh start)."""
-    out = Path(out)
-    if out.exists() and force and is_main:
-        import shutil
-
-        shutil.rmtree(out)
-    if check_run_folder(out, recipe) == "resume":
-        return latest_state(out)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "recipe.toml", to_toml(recipe))
-    return None
-
-
-def check_run_folder(out: Path, recipe: Recipe) -> str:
-    """What `train` would do with the run folder, writing nothing: resume (a run of this recipe) or start new
-    (absent or empty); another recipe's run or a foreign folder is refused."""
-    out, saved = Path(out), Path(out) / "recipe.toml"
-    if out.exists() and saved.is_file():
-        import tomllib
-
-        try:
-            old = tomllib.loads(saved.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            if latest_state(out) is not None:
-                raise MplError(
-                    f"{saved} is damaged (a kill while it was written?) but {out} holds resume states; "
-                    "restore it, or pass --force to start the run over."
-                ) from None
-            return "new"  # killed before the first state: nothing to lose, start afresh (recipe.toml is rewritten)
-        new = recipe.to_dict()
-        diffs = [
-            f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
-            for s, values in new.items()
-            for k, v in values.items()
-            if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES
-        ]
-        if diffs:
-            raise UsageError(
-                f"{out} holds a run with a different recipe ({'; '.join(diffs[:4])}); "
-                "use another --out, or --force to start that run over."
-            )
-        return "resume"
-    if out.exists() and any(out.iterdir()):
-        raise MplError(f"{out} exists and is not a run folder; choose another --out or pass --force.")
-    return "new"
-
-
-def _write_text(path: Path, text: str) -> None:
-    from mpltools.atomic import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_run_info(out: Path, info: dict) -> None:
-    path = Path(out) / "run.json"
-    try:
-        history = json.loads(path.read_text()) if path.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        history = None
-    if not isinstance(history, list):  # empty or partial after a kill: the run's history restarts here
-        log.warn(f"{path} was damaged (a kill while it was written?); starting its history afresh.")
-        history = []
-    history.append(info)
-    _write_text(path, json.dumps(history, indent=1) + "\n")
-    log.info(f"run folder {out}")

@@ -1,0 +1,88 @@
+"""What the training loop logs (DESIGN §3, Metrics): per logging interval, the step's losses and diagnostics,
+the throughput and the fraction of time spent waiting for data, the feedback signal's statistics and
+pseudo-label collapse; written to `metrics.jsonl` and the trackers by the main process, which also
+appends the run's start to `run.json`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mpltools import log, tracking
+from mpltools.config import Recipe
+from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
+from mpltools.run_folder import start_record, write_run_info
+
+
+def images_per_step(recipe: Recipe) -> int:
+    """Images one step reads: the labelled batch, and two views of the unlabelled batch unless supervised."""
+    d = recipe.data
+    return d.batch_size * (1 + (2 * d.unlabeled_ratio if recipe.method.name != "supervised" else 0))
+
+
+class Interval:
+    """One logging interval of the loop: its steps, the time they waited for data, the feedback signal h; `record`
+    turns it into the line `metrics.jsonl` gets, `restart` opens the next interval."""
+
+    def __init__(self, recipe: Recipe):
+        self.images_per_step = images_per_step(recipe)
+        self.h, self.collapse = FeedbackWindow(), CollapseWatch()
+        self.restart()
+
+    def restart(self) -> None:
+        self.wait, self.start, self.steps = 0.0, time.perf_counter(), 0
+
+    def waited(self, seconds: float) -> None:
+        self.wait += seconds
+
+    def stepped(self, metrics: dict) -> None:
+        if "feedback/h" in metrics:
+            self.h.add(metrics["feedback/h"].detach())
+        self.steps += 1
+
+    def record(self, step: int, metrics: dict) -> dict:
+        elapsed = time.perf_counter() - self.start
+        return {
+            "step": step,
+            **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
+            "throughput/images_per_s": self.images_per_step * self.steps / max(elapsed, 1e-9),
+            "data/wait_fraction": self.wait / max(elapsed, 1e-9),
+            **self.h.summary(),
+        }
+
+    def collapsed(self, metrics: dict, classes: list[str]) -> str | None:
+        """A warning when the pseudo labels of this logging step collapse onto few classes (methods/feedback_window.py)."""
+        if "hist/pseudo_labels" not in metrics:
+            return None
+        return self.collapse.check(metrics["hist/pseudo_labels"].tolist(), classes)
+
+
+class RunLog:
+    """The run's `metrics.jsonl` and trackers. On the main process it appends this start to `run.json` and drops the
+    metrics a resumed run will log again; on the others it writes nothing."""
+
+    def __init__(self, out: Path, recipe: Recipe, runtime, command: str, start_step: int, trackers: list[str]):
+        self.metrics, self.tracker = None, None
+        if runtime.is_main:
+            write_run_info(out, start_record(command, start_step, runtime, recipe.runtime.seed))
+            log.truncate_metrics(out / "metrics.jsonl", start_step)
+            self.metrics = log.MetricsWriter(out / "metrics.jsonl")
+            self.tracker = tracking.start(trackers, out, recipe.to_dict())
+
+    def write(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
+            if self.tracker:
+                self.tracker.log(record, step=record["step"])
+
+    def close(self, step: int, final: dict) -> None:
+        """After the loop: the final validation's line, then the file is closed (the trackers stay open)."""
+        if self.metrics:
+            if final:
+                self.metrics.write({"step": step, "final": True, **final})
+            self.metrics.close()
+
+    def finish_trackers(self) -> None:
+        if self.tracker:
+            self.tracker.finish()
