@@ -212,7 +212,8 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
         )
         log.truncate_metrics(out / "metrics.jsonl", step)
     metrics_file = log.MetricsWriter(out / "metrics.jsonl") if runtime.is_main else None
-    tracker = tracking.start(trackers, out, recipe.to_dict()) if runtime.is_main else None
+    # a finished run re-run has nothing new to track (a tracker would open an empty event file or run)
+    tracker = tracking.start(trackers, out, recipe.to_dict()) if runtime.is_main and step < recipe.schedule.steps else None
 
     labeled_stream, unlabeled_stream = make_streams(
         data,
@@ -289,6 +290,8 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
     if runtime.is_main:
         if final:
             metrics_file.write({"step": step, "final": True, **final})
+            if tracker:
+                tracker.log(final, step=step)
         metrics_file.close()
         paths = _export(out, nets, data, recipe, step, method, teacher_name, teacher_kwargs, export)
     runtime.barrier()
