@@ -170,7 +170,7 @@ def evaluate_checkpoint(
 
 @app.command("predict")
 def predict(
-    checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint (student, finetuned, teacher)."),
+    checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint, or - to read its path from stdin's first line."),
     inputs: list[str] = typer.Argument(
         ..., help="Image files, folders of images (searched recursively), shard sets, or - to read paths from stdin."
     ),
@@ -192,7 +192,9 @@ def predict(
     from mpltools.commands import predict as command
 
     report = _execute(
-        lambda: command.run(Path(checkpoint), inputs, out=out, fmt=fmt, top_k=top_k, batch_size=batch_size, force=force)
+        lambda: command.run(
+            Path(resolve_path_arg(checkpoint)), inputs, out=out, fmt=fmt, top_k=top_k, batch_size=batch_size, force=force
+        )
     )
     if report.get("out"):
         typer.echo(report["out"])

@@ -93,22 +93,24 @@ class _MetricsBelow(Progress):
 
     def make_tasks_table(self, tasks):
         tasks = [t for t in tasks if t.visible]
-        for dropped in range(len(_GIVES_WAY) + 1):
-            keep = [name for name in self.named if name not in _GIVES_WAY[:dropped]]
-            if self._width(keep, tasks) <= self.console.width:
-                break
+        keep = list(self.named)
+        if hasattr(self, "live"):  # rich renders once while it builds the display, before the console is known
+            for dropped in range(len(_GIVES_WAY) + 1):
+                keep = [name for name in self.named if name not in _GIVES_WAY[:dropped]]
+                if self._width(keep, tasks) <= self.console.width:
+                    break
         self.columns = tuple(self.named[name] for name in keep)
         return super().make_tasks_table(tasks)
 
     def _width(self, names: list[str], tasks) -> int:
         """Columns needed by `names` (one space between two), with the bar at its smallest."""
-        options = self.console.options
+        console = self.console
         width = len(names) - 1
         for name in names:
             if name == "bar":
                 width += _BAR_MIN
             elif tasks:
-                width += max(Measurement.get(self.console, options, self.named[name](t)).maximum for t in tasks)
+                width += max(Measurement.get(console, console.options, self.named[name](t)).maximum for t in tasks)
         return width
 
     def get_renderables(self):

@@ -4,15 +4,13 @@
 is a deprecated alias of `trackers = ["tensorboard"]`. `check` runs before the run folder is written, so
 a missing package fails the command at once with the extra to install. Only the main process logs.
 
-Where a run appears in W&B and MLflow: each setting is taken from the recipe, else from the tracker's own
-environment variable, else a default (`settings`):
+Where W&B and MLflow file a run (`settings`): each of project, entity, run name and tags is the recipe's
+`runtime.tracker_*` value, else the tracker's environment variable, else a default:
 
-| recipe key                 | environment                           | default               | W&B            | MLflow          |
-|----------------------------|---------------------------------------|-----------------------|----------------|-----------------|
-| `runtime.tracker_project`  | WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME | "mpltools"           | project        | experiment      |
-| `runtime.tracker_entity`   | WANDB_ENTITY                          | the account's default | entity         | -               |
-| `runtime.tracker_run_name` | WANDB_NAME / MLFLOW_RUN_NAME          | the run folder's name | name           | run name        |
-| `runtime.tracker_tags`     | WANDB_TAGS (comma-separated)          | none                  | tags           | tags (no value) |
+    runtime.tracker_project   WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME   default "mpltools"   (W&B project, MLflow experiment)
+    runtime.tracker_entity    WANDB_ENTITY                             the account's        (W&B only)
+    runtime.tracker_run_name  WANDB_NAME / MLFLOW_RUN_NAME             the run folder name
+    runtime.tracker_tags      WANDB_TAGS (comma-separated)             none                 (MLflow: tags without value)
 """
 
 from __future__ import annotations

@@ -49,8 +49,7 @@ def run(
     stdin=None,
 ) -> dict:
     fmt = fmt or ("csv" if out is not None and Path(out).suffix.lower() == ".csv" else "jsonl")
-    if fmt not in FORMATS or batch_size < 1 or (top_k is not None and top_k < 1):
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, --batch-size and --top-k at least 1.")
+    _check_options(fmt, top_k, batch_size)
     if out is not None:
         check_can_write(Path(out), force)
     sources = resolve(inputs, stdin if stdin is not None else sys.stdin)
@@ -79,6 +78,15 @@ def run(
             bar.advance(len(ids))
     runtime.finish()
     return {"out": str(out) if out is not None else None, "predictions": count, "format": fmt, "top_k": k}
+
+
+def _check_options(fmt: str, top_k: int | None, batch_size: int) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is not known; choose {' or '.join(FORMATS)}.")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, not {top_k}.")
 
 
 # ---------------------------------------------------------------- inputs
