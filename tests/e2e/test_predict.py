@@ -132,7 +132,7 @@ def test_predict_names_an_unreadable_image_and_writes_nothing(work, tmp_path):
         ([VAL, "--format", "xml"], 2, "--format"),
         ([VAL, "--batch-size", "0"], 2, "--batch-size"),
         (["-", "-"], 2, "may be given once"),
-        (["recipes"], 1, "holds no image files"),
+        (["runs"], 1, "holds no image files"),
     ],
 )
 def test_predict_refusals(work, args, code, needle):
