@@ -7,28 +7,17 @@ import csv
 import io
 import json
 import shlex
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.e2e.helpers import REPO, mpl
+from tests.e2e.test_api_predict import _tar_samples
 
 DIGITS = "recipes/tiny/digits.toml"
 VAL = "data/tiny/digits/split/val"
 CKPT = "runs/t/student.safetensors"
-
-
-def _tar_samples(folder: Path) -> dict[str, dict[str, bytes]]:
-    """{key: {member extension: bytes}} of every shard of a set, in the shards' order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 @pytest.fixture(scope="module")
