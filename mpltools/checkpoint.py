@@ -163,8 +163,17 @@ def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-def check_compatible(meta: CheckpointMeta, num_classes: int, input_spec: dict | None, path: Path, data: str) -> None:
-    """A checkpoint must fit the data it is used with: same number of classes and input shape."""
+def check_compatible(
+    meta: CheckpointMeta,
+    num_classes: int,
+    input_spec: dict | None,
+    path: Path,
+    data: str,
+    classes: list[str] | None = None,
+    hint: str = "",
+) -> None:
+    """A checkpoint must fit the data it is used with: same number of classes and input shape, and with the
+    data's `classes` given, the same class names in the same order (`check_classes`)."""
     if meta.role == "reduced_teacher":
         raise MplError(
             f"{path} is a reduced teacher (Reduced MPL): its input is a large teacher's stored predictions, not "
@@ -182,6 +191,26 @@ def check_compatible(meta: CheckpointMeta, num_classes: int, input_spec: dict | 
             )
     if input_spec and input_spec.get("kind") != meta.input_spec.get("kind"):
         raise MplError(f"{path} takes {meta.input_spec.get('kind')} inputs but {data} holds {input_spec.get('kind')} inputs.")
+    if classes:
+        check_classes(meta, classes, path, data, hint)
+
+
+def check_classes(meta: CheckpointMeta, classes: list[str], path: Path, data: str, hint: str = "") -> None:
+    """The one check that a checkpoint predicts the data's label set: the same class names in the same order.
+    The same count is not enough: a reordered or renamed set would score or train every sample against another
+    class. MplError (exit 1) naming the checkpoint and the first positions whose names differ; `hint` is added."""
+    if not meta.classes or list(meta.classes) == list(classes):
+        return
+    if len(meta.classes) != len(classes):
+        raise MplError(
+            f"{path} predicts {len(meta.classes)} classes but {data} has {len(classes)}; use a checkpoint trained on this label set.{hint}"
+        )
+    differ = [i for i, (a, b) in enumerate(zip(meta.classes, classes)) if a != b]
+    shown = ", ".join(f"class {i} is {meta.classes[i]!r} in the checkpoint, {classes[i]!r} in the data" for i in differ[:3])
+    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+    raise MplError(
+        f"{path} was trained on another label set than {data}: {shown}{more}; use a checkpoint trained on this label set.{hint}"
+    )
 
 
 # ---------------------------------------------------------------- resume states

@@ -168,6 +168,38 @@ def evaluate_checkpoint(
         _emit(result, as_json, [command.render(result)])
 
 
+@app.command("predict")
+def predict(
+    checkpoint: str = typer.Argument(..., help="Any exchanged checkpoint, or - to read its path from stdin's first line."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders of images (searched recursively), shard sets, or - to read paths from stdin."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
+    fmt: str | None = typer.Option(None, "--format", help="jsonl (default) or csv (the default for an --out ending in .csv)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Classes per input, most likely first (default 5, or all if fewer)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Inputs per batch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Class probabilities for new inputs: one JSON line (or CSV row) per input with its top-k classes.
+
+    Inputs are prepared as `mpl eval` prepares them (the checkpoint's eval view and normalisation).
+
+    \b
+    Example:
+      mpl predict runs/digits/student.safetensors photos/ --top-k 3
+      find photos -name '*.png' | mpl predict runs/digits/student.safetensors - --format csv --out preds.csv
+    """
+    from mpltools.commands import predict as command
+
+    report = _execute(
+        lambda: command.run(
+            Path(resolve_path_arg(checkpoint)), inputs, out=out, fmt=fmt, top_k=top_k, batch_size=batch_size, force=force
+        )
+    )
+    if report.get("out"):
+        typer.echo(report["out"])
+
+
 def _is_main_process() -> bool:
     import os
 

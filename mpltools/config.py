@@ -126,6 +126,11 @@ class RuntimeConfig:
     threads: int = 0  # torch threads per process on CPU (0 = leave as is)
     tensorboard: bool = False  # deprecated alias of trackers = ["tensorboard"]
     trackers: list[str] = field(default_factory=list)  # any of "tensorboard", "wandb", "mlflow" (mpltools/tracking.py)
+    # Where W&B / MLflow file the run; "" or [] = the tracker's environment variable (WANDB_PROJECT, ...), else a default
+    tracker_project: str = ""  # W&B project, MLflow experiment (default "mpltools")
+    tracker_entity: str = ""  # W&B entity (team or user)
+    tracker_run_name: str = ""  # the run's name in the tracker (default: the run folder's name)
+    tracker_tags: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     Progress,
@@ -48,12 +49,18 @@ def progress(description: str, total: int | None, unit: str = "items", enabled: 
     """Progress on stderr: a rich bar with rate, elapsed time and ETA on a terminal, plain lines otherwise.
 
     On a terminal the metrics go on their own line below the bar, so at 80 columns the bar, rate
-    and ETA are never squeezed out. Without a terminal (CI, a cluster's log file) rich's live display
+    and ETA are never squeezed out; on a narrower one the rate goes first, then the rest (`_GIVES_WAY`),
+    the count and the ETA last. Without a terminal (CI, a cluster's log file) rich's live display
     would render once, cut to 80 columns; we print a plain, unabbreviated line every `_LOG_EVERY_S`
     seconds and one at the end instead. `start` items are already done (a resumed run): they count
-    towards the total but not towards the rate and ETA.
+    towards the total but not towards the rate and ETA; when they are all of it, one line says there is
+    nothing left to do (no rate or ETA, which would read "0.0 steps/s eta -:--:--").
     """
     if _quiet or not enabled:
+        yield _Bar(None, None, description, total, unit, start=start)
+        return
+    if total and start >= total:
+        console.print(f"{description}: {_count(start, total)} (100%), nothing left to do", markup=False, soft_wrap=True)
         yield _Bar(None, None, description, total, unit, start=start)
         return
     if not console.is_terminal:
@@ -70,8 +77,41 @@ def _count(done: int, total: int | None) -> str:
     return f"{compact(done)}/{compact(total)}" if total else compact(done)
 
 
+# The columns of the live bar in the order in which they give way on a terminal narrower than they need:
+# what remains longest is the count (step/total) and the ETA.
+_GIVES_WAY = ("rate", "elapsed", "percent", "bar", "description")
+_BAR_MIN = 5  # the bar takes what the other columns leave, at least this much
+
+
 class _MetricsBelow(Progress):
-    """A rich Progress that shows each task's metrics (`extra`) on a line of its own under the bar."""
+    """A rich Progress that shows each task's metrics (`extra`) on a line of its own under the bar, and only the
+    columns that fit the terminal's width (dropped in `_GIVES_WAY` order)."""
+
+    def __init__(self, named: dict, **kwargs):
+        self.named = named
+        super().__init__(*named.values(), **kwargs)
+
+    def make_tasks_table(self, tasks):
+        tasks = [t for t in tasks if t.visible]
+        keep = list(self.named)
+        if hasattr(self, "live"):  # rich renders once while it builds the display, before the console is known
+            for dropped in range(len(_GIVES_WAY) + 1):
+                keep = [name for name in self.named if name not in _GIVES_WAY[:dropped]]
+                if self._width(keep, tasks) <= self.console.width:
+                    break
+        self.columns = tuple(self.named[name] for name in keep)
+        return super().make_tasks_table(tasks)
+
+    def _width(self, names: list[str], tasks) -> int:
+        """Columns needed by `names` (one space between two), with the bar at its smallest."""
+        console = self.console
+        width = len(names) - 1
+        for name in names:
+            if name == "bar":
+                width += _BAR_MIN
+            elif tasks:
+                width += max(Measurement.get(console, console.options, self.named[name](t)).maximum for t in tasks)
+        return width
 
     def get_renderables(self):
         yield self.make_tasks_table(self.tasks)
@@ -81,20 +121,20 @@ class _MetricsBelow(Progress):
 
 
 def make_progress(target: Console) -> Progress:
-    def fixed() -> Column:  # never shrunk: only the bar gives way when the line is short
+    def fixed() -> Column:  # never shrunk or cut: on a short line a column is dropped whole (_GIVES_WAY)
         return Column(no_wrap=True)
 
-    columns = [
-        TextColumn("[bold]{task.description}", table_column=fixed()),
-        BarColumn(bar_width=None, table_column=Column(ratio=1)),
-        TextColumn("{task.fields[count]}", table_column=fixed()),
-        TaskProgressColumn(table_column=fixed()),
-        TextColumn("{task.fields[rate]}", table_column=fixed()),
-        TimeElapsedColumn(table_column=fixed()),
-        TextColumn("eta", table_column=fixed()),
-        TimeRemainingColumn(table_column=fixed()),
-    ]
-    return _MetricsBelow(*columns, console=target, transient=False)
+    columns = {
+        "description": TextColumn("[bold]{task.description}", table_column=fixed()),
+        "bar": BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        "count": TextColumn("{task.fields[count]}", table_column=fixed()),
+        "percent": TaskProgressColumn(table_column=fixed()),
+        "rate": TextColumn("{task.fields[rate]}", table_column=fixed()),
+        "elapsed": TimeElapsedColumn(table_column=fixed()),
+        "eta": TextColumn("eta", table_column=fixed()),
+        "remaining": TimeRemainingColumn(table_column=fixed()),
+    }
+    return _MetricsBelow(columns, console=target, transient=False)
 
 
 def compact(n: float) -> str:

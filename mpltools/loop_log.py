@@ -68,7 +68,8 @@ class RunLog:
             write_run_info(out, start_record(command, start_step, runtime, recipe.runtime.seed))
             log.truncate_metrics(out / "metrics.jsonl", start_step)
             self.metrics = log.MetricsWriter(out / "metrics.jsonl")
-            self.tracker = tracking.start(trackers, out, recipe.to_dict())
+            if start_step < recipe.schedule.steps:  # a finished run re-run has nothing new to track (no empty event file)
+                self.tracker = tracking.start(trackers, out, recipe.to_dict())
 
     def write(self, record: dict) -> None:
         if self.metrics:
@@ -77,10 +78,13 @@ class RunLog:
                 self.tracker.log(record, step=record["step"])
 
     def close(self, step: int, final: dict) -> None:
-        """After the loop: the final validation's line, then the file is closed (the trackers stay open)."""
+        """After the loop: the final validation's line (also to the trackers), then the file is closed (the trackers stay
+        open)."""
         if self.metrics:
             if final:
                 self.metrics.write({"step": step, "final": True, **final})
+                if self.tracker:
+                    self.tracker.log(final, step=step)
             self.metrics.close()
 
     def finish_trackers(self) -> None:

@@ -126,14 +126,14 @@ def check_run(recipe, data, init_student: Path | None) -> dict:
         path = Path(recipe.method.teacher_checkpoint)
         try:
             _, meta = read_checkpoint(path)  # exists, readable, finite
-            check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled))
+            check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled), classes=data.classes)
             _check_teacher_input(meta, data, path)
         except MplError as exc:
             raise MplError(f"method.teacher_checkpoint = {str(path)!r}: {exc.message}", exc.exit_code) from None
         checkpoints["method.teacher_checkpoint"] = meta
     if init_student is not None:
         _, meta = read_checkpoint(init_student)
-        check_compatible(meta, data.num_classes, spec, init_student, str(data.labeled.root))
+        check_compatible(meta, data.num_classes, spec, init_student, str(data.labeled.root), classes=data.classes)
         checkpoints["init_student"] = meta
     return checkpoints
 

@@ -3,11 +3,20 @@
 `runtime.trackers = ["tensorboard", "wandb", "mlflow"]` picks them; the old `runtime.tensorboard = true`
 is a deprecated alias of `trackers = ["tensorboard"]`. `check` runs before the run folder is written, so
 a missing package fails the command at once with the extra to install. Only the main process logs.
+
+Where W&B and MLflow file a run (`settings`): each of project, entity, run name and tags is the recipe's
+`runtime.tracker_*` value, else the tracker's environment variable, else a default:
+
+    runtime.tracker_project   WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME   default "mpltools"   (W&B project, MLflow experiment)
+    runtime.tracker_entity    WANDB_ENTITY                             the account's        (W&B only)
+    runtime.tracker_run_name  WANDB_NAME / MLFLOW_RUN_NAME             the run folder name
+    runtime.tracker_tags      WANDB_TAGS (comma-separated)             none                 (MLflow: tags without value)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from mpltools import log
@@ -46,6 +55,7 @@ class Trackers:
         self.trackers = trackers
 
     def log(self, record: dict, step: int) -> None:
+        """The record's numbers (`final` and `step` are not: they are bool and int) at `step`."""
         values = {k: v for k, v in record.items() if isinstance(v, float)}
         for t in self.trackers:
             t.log(values, step=step)
@@ -55,21 +65,48 @@ class Trackers:
             t.finish()
 
 
+def settings(runtime: dict, out: Path, environ=os.environ) -> dict:
+    """Project, entity, run name and tags of a run for W&B and MLflow: the recipe's `runtime.tracker_*` value,
+    else the tracker's environment variable, else the default (the module docstring has the table)."""
+    folder = Path(out).name or "mpl"
+
+    def pick(key: str, *variables: str) -> str:
+        return runtime.get(key) or next((environ[v] for v in variables if environ.get(v)), "")
+
+    tags = runtime.get("tracker_tags") or [t.strip() for t in environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+    return {
+        "wandb": {
+            "project": pick("tracker_project", "WANDB_PROJECT") or "mpltools",
+            "entity": pick("tracker_entity", "WANDB_ENTITY") or None,
+            "name": pick("tracker_run_name", "WANDB_NAME") or folder,
+            "tags": list(tags) or None,
+        },
+        "mlflow": {
+            "experiment_name": pick("tracker_project", "MLFLOW_EXPERIMENT_NAME") or "mpltools",
+            "run_name": pick("tracker_run_name", "MLFLOW_RUN_NAME") or folder,
+            "tags": {t: "" for t in tags} or None,
+        },
+    }
+
+
 def start(names: list[str], out: Path, config: dict) -> Trackers | None:
-    """Build and start the trackers (main process only). TensorBoard writes to OUT/tensorboard/."""
+    """Build and start the trackers (main process only). TensorBoard writes to OUT/tensorboard/; W&B and MLflow
+    take their project, run name, entity and tags from `settings`."""
     if not names:
         return None
     from accelerate import tracking
 
-    run_name = Path(out).name or "mpl"
+    chosen = settings(config.get("runtime", {}), out)
     built = []
     for name in names:
         if name == "tensorboard":
             t = tracking.TensorBoardTracker("tensorboard", logging_dir=str(out))
         elif name == "wandb":
-            t = tracking.WandBTracker(run_name)
+            wandb = chosen["wandb"]
+            t = tracking.WandBTracker(wandb["project"], **{k: v for k, v in wandb.items() if k != "project" and v})
         else:
-            t = tracking.MLflowTracker(experiment_name=run_name)
+            t = tracking.MLflowTracker(**chosen["mlflow"])
+            t.experiment_name = chosen["mlflow"]["experiment_name"]  # Accelerate lets the environment win over a recipe
         t.start()  # Accelerate's trackers open their writer/run in start(), not in __init__
         if name != "tensorboard":  # TensorBoard's would add a timestamped folder; recipe.toml is in the run folder
             t.store_init_configuration(_flat(config))

@@ -134,15 +134,14 @@ def run(
 def _check_fits(meta: CheckpointMeta, shards: ShardSet, path: Path, data: str, ignore_data_classes: bool) -> None:
     ignore_data_classes = ignore_data_classes or shards.classes_unknown  # manifest-less unlabelled shards name no classes
     check_compatible(
-        meta, meta.num_classes if ignore_data_classes else shards.num_classes, shards.input_spec.to_json(), path, data
+        meta,
+        meta.num_classes if ignore_data_classes else shards.num_classes,
+        shards.input_spec.to_json(),
+        path,
+        data,
+        classes=None if ignore_data_classes else shards.classes,
+        hint=" If the set's class names mean nothing (e.g. an ImageFolder import of an unlabelled pool), pass --ignore-data-classes.",
     )
-    if not ignore_data_classes and shards.classes != meta.classes:
-        first = next(i for i, (a, b) in enumerate(zip(shards.classes, meta.classes)) if a != b)
-        raise MplError(
-            f"{path} calls class {first} {meta.classes[first]!r} but {data} calls it {shards.classes[first]!r}; "
-            "the checkpoint must predict this data's label set. If the set's class names mean nothing (e.g. an "
-            "ImageFolder import of an unlabelled pool), pass --ignore-data-classes."
-        )
 
 
 # ---------------------------------------------------------------- 1. references and scoring

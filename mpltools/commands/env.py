@@ -1,4 +1,5 @@
-"""`mpl env`: what a bug report needs — versions, devices and accelerate's configuration."""
+"""`mpl env`: what a bug report needs — versions (optional packages too), devices, accelerate's configuration and
+the environment variables that matter (secrets masked)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("mpltools", "torch", "accelerate", "safetensors", "webdataset", "numpy", "pillow", "typer", "rich")
+# the extras' packages (trackers, plots, remote shard sets): "not installed" is worth knowing too
+OPTIONAL = ("tensorboard", "wandb", "mlflow", "matplotlib", "scikit-learn", "fsspec")
 ENV_PREFIXES = (
     "ACCELERATE_",
     "CUDA_",
     "NCCL_",
     "OMP_",
     "MKL_",
-    "HF_HOME",
+    "HF_",
+    "HUGGING_FACE_",
+    "WANDB_",
+    "MLFLOW_",
     "PYTORCH_",
     "TORCH_",
     "WORLD_SIZE",
@@ -23,6 +29,8 @@ ENV_PREFIXES = (
     "LOCAL_RANK",
     "MASTER_",
 )
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")  # such a variable's value is masked
+MASK = "***"
 
 
 def _version(name: str) -> str | None:
@@ -87,17 +95,29 @@ def collect(accelerate_config: Path | None = None) -> dict:
     path = accelerate_config if accelerate_config is not None else default_accelerate_config()
     return {
         "versions": versions,
+        "optional": {name: _version(name) for name in OPTIONAL},
         "platform": platform.platform(),
         "executable": sys.executable,
         "devices": _devices(),
         "accelerate_config": _accelerate_config(Path(path)),
-        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
+        "environment": environment(os.environ),
     }
+
+
+def environment(environ) -> dict[str, str]:
+    """The variables that change what the toolkit does (accelerate, Hugging Face, trackers, threads), with the
+    values of secrets (API keys, tokens, passwords) masked, so the report can be pasted anywhere."""
+    shown = {}
+    for name, value in sorted(environ.items()):
+        if name.startswith(ENV_PREFIXES):
+            shown[name] = MASK if value and any(word in name.upper() for word in SECRET_WORDS) else value
+    return shown
 
 
 def render(report: dict) -> str:
     v, d, acc = report["versions"], report["devices"], report["accelerate_config"]
     lines = [f"{name}: {v[name] or 'not installed'}" for name in ("python", *PACKAGES)]
+    lines += [f"{name}: {version or 'not installed'} (optional)" for name, version in report["optional"].items()]
     lines += [
         f"platform: {report['platform']}",
         f"executable: {report['executable']}",

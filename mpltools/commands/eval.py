@@ -46,7 +46,8 @@ def run(
     model, meta = load_model(checkpoint, runtime.device)
     shards = open_shard_set(data)
     shards.require_labels("evaluation")
-    check_compatible(meta, shards.num_classes, shards.input_spec.to_json(), checkpoint, str(data))
+    classes = None if shards.classes_unknown else shards.classes
+    check_compatible(meta, shards.num_classes, shards.input_spec.to_json(), checkpoint, str(data), classes=classes)
     preflight.check_eval(checkpoint, shards, predictions, force, batch_size)
     aug, norm = meta.eval_view()
     real_labels = _read_real(real, None, meta.num_classes) if real else None

@@ -83,13 +83,9 @@ def predict(
         shards.input_spec.to_json(),
         Path(checkpoint),
         str(data),
+        classes=None if ignore_data_classes else shards.classes,
+        hint=" For an unlabelled set whose class names mean nothing, pass --ignore-data-classes.",
     )
-    if shards.classes != meta.classes and not ignore_data_classes:
-        raise MplError(
-            f"{checkpoint} predicts the classes {meta.classes[:3]}... but {data} has {shards.classes[:3]}...; "
-            "the large teacher must be trained on this data's label set (for an unlabelled set whose class "
-            "names mean nothing, pass --ignore-data-classes)."
-        )
     if topk > meta.num_classes:
         raise UsageError(f"--topk {topk} is more than the teacher's {meta.num_classes} classes.")
     member = predictions.TOPK if topk else predictions.LOGITS

@@ -109,3 +109,37 @@ def test_a_resumed_run_counts_only_new_steps_in_rate_and_eta(monkeypatch):
     first, final = stream.getvalue().splitlines()
     assert first == "train mpl: 700/1000 (70%) 10.0 steps/s elapsed 0:00:10 eta 0:00:30"
     assert final == first
+
+
+@pytest.mark.parametrize("width", [79, 70, 60, 50, 40])
+@pytest.mark.parametrize("description, total", [("train mpl", 300_000), ("reduced: predict", 130_000_000)])
+def test_below_80_columns_the_count_and_eta_stay_and_the_rate_goes_first(width, description, total):
+    term = Console(file=io.StringIO(), width=width, force_terminal=True, record=True, color_system=None)
+    prog = log.make_progress(term)
+    done = total * 2 // 5
+    task = prog.add_task(
+        description, total=total, rate=f"{log.compact(123_456.7)} steps/s", extra=METRICS, count=log._count(done, total)
+    )
+    prog.update(task, completed=done)
+    term.print(prog.get_renderable())
+    lines = term.export_text().rstrip("\n").split("\n")
+    bar_line = lines[0]
+    assert all(len(line) <= width for line in lines), lines
+    assert "…" not in bar_line  # columns are dropped whole, never cut
+    count = f"{log.compact(done)}/{log.compact(total)}"
+    assert count in bar_line and "eta -:--:--" in bar_line, bar_line  # step/total and the ETA, always
+    kept = [part for part in ("steps/s", "0:00:00 eta", "40%", "━") if part in bar_line]
+    # what is shown is a prefix of what matters: the rate goes first, then the elapsed time, the percentage, the bar
+    assert kept == ["steps/s", "0:00:00 eta", "40%", "━"][4 - len(kept) :], (kept, bar_line)
+    if width <= 60:
+        assert "steps/s" not in bar_line
+    assert " ".join(line.strip() for line in lines[1:]) == METRICS
+
+
+def test_a_run_that_is_already_done_prints_no_rate_or_eta(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "console", Console(file=stream, width=80))
+    monkeypatch.setattr(log, "_quiet", False)
+    with log.progress("train mpl", total=200, unit="steps", start=200):
+        pass
+    assert stream.getvalue() == "train mpl: 200/200 (100%), nothing left to do\n"
