@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mpltools import log
 from mpltools.cli import app
-from mpltools.cli_common import hoist_global_flags
+from mpltools.cli.invocation import hoist_global_flags
 from mpltools.errors import MplError
 from tests.conftest import subprocess_env
 
