@@ -109,7 +109,7 @@ def data_import(
 @app.command("split")
 def data_split(
     ctx: typer.Context,
-    src: str = options.shard_set("A labelled shard set: a folder, a brace pattern or a URL of shards."),
+    src: str = options.input_path("A labelled shard set: a folder, a brace pattern or a URL of shards."),
     out: Path = options.out("Output folder; gets labeled/, unlabeled/ and val/."),
     preset: str | None = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
     labeled_per_class: int | None = typer.Option(None, min=0, help="Labelled samples per class."),
@@ -168,7 +168,7 @@ def data_split(
 
 @app.command("info")
 def data_info(
-    location: str = options.shard_set("Shard set folder, a brace pattern of shards, or - to read it from stdin."),
+    location: str = options.input_path("Shard set folder, a brace pattern of shards, or - to read it from stdin."),
     verify: bool = typer.Option(False, "--verify", help="Recompute checksums and fully decode every sample."),
     as_json: bool = options.as_json("Print the report as JSON."),
 ) -> None:
@@ -188,10 +188,10 @@ def data_info(
 @app.command("filter-unlabeled")
 def data_filter_unlabeled(
     ctx: typer.Context,
-    unlabeled: str = options.shard_set(
+    unlabeled: str = options.input_path(
         "Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin."
     ),
-    model: str = options.checkpoint_option(
+    model: str = options.input_path_option(
         "--model", "Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."
     ),
     out: Path = options.out("Output shard set folder (unlabelled; classes = the checkpoint's)."),
@@ -206,9 +206,10 @@ def data_filter_unlabeled(
         "--balance",
         help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN).",
     ),
-    exclude: list[str] = options.shard_sets_option(
+    exclude: list[str] = options.input_path_option(
         "--exclude",
         "Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set).",
+        repeatable=True,
     ),
     near_duplicates: bool = typer.Option(
         False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."

@@ -12,8 +12,8 @@ from mpltools.cli.invocation import command_line, emit
 
 def evaluate(
     ctx: typer.Context,
-    checkpoint: str = options.checkpoint("Any exchanged checkpoint, or - to read its path from stdin."),
-    data: str = options.shard_set_option(
+    checkpoint: str = options.input_path("Any exchanged checkpoint, or - to read its path from stdin."),
+    data: str = options.input_path_option(
         "--data", "Labelled shard set to evaluate on: a folder, a brace pattern or a URL of shards."
     ),
     real: Path | None = typer.Option(None, "--real", help="JSON file {sample key: [class, ...]} for ReaL-style precision@1."),

@@ -33,28 +33,15 @@ def path_from_stdin(value: str) -> str:
 # --- inputs: checkpoints and shard sets ('-' reads the path from stdin) ----------------------------------------
 
 
-def checkpoint(help: str) -> Any:
+def input_path(help: str) -> Any:
+    """A checkpoint or shard set as an argument (a `list[str]` parameter takes several)."""
     return typer.Argument(..., help=help, parser=path_from_stdin)
 
 
-def checkpoints(help: str) -> Any:
-    return typer.Argument(..., help=help, parser=path_from_stdin)
-
-
-def checkpoint_option(flag: str, help: str) -> Any:
-    return typer.Option(..., flag, help=help, parser=path_from_stdin)
-
-
-def shard_set(help: str) -> Any:
-    return typer.Argument(..., help=help, parser=path_from_stdin)
-
-
-def shard_set_option(flag: str, help: str, *, required: bool = True) -> Any:
-    return typer.Option(... if required else None, flag, help=help, parser=path_from_stdin)
-
-
-def shard_sets_option(flag: str, help: str) -> Any:
-    return typer.Option([], flag, help=help, parser=path_from_stdin)
+def input_path_option(flag: str, help: str, *, required: bool = True, repeatable: bool = False) -> Any:
+    """A checkpoint or shard set as an option: required, optional (None), or repeatable (a list, default empty)."""
+    default = [] if repeatable else (... if required else None)
+    return typer.Option(default, flag, help=help, parser=path_from_stdin)
 
 
 # --- recipes ------------------------------------------------------------------------------------------------

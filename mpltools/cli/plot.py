@@ -62,14 +62,14 @@ def plot_feedback(
 
 @app.command("regions")
 def plot_regions(
-    checkpoints: list[str] = options.checkpoints(
+    checkpoints: list[str] = options.input_path(
         "Checkpoints with 2-D inputs (e.g. TwoMoon), one panel each; - reads a path from stdin."
     ),
-    data: str = options.shard_set_option(
+    data: str = options.input_path_option(
         "--data", "Shard set of 2-D points to draw (labelled: coloured by class; sets the plotted area)."
     ),
     out: Path = options.out("PNG file to write."),
-    labeled: str | None = options.shard_set_option(
+    labeled: str | None = options.input_path_option(
         "--labeled", "Labelled shard set; its points are drawn large with a black edge.", required=False
     ),
     titles: str | None = typer.Option(

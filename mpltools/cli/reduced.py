@@ -21,8 +21,8 @@ app = typer.Typer(
 @app.command("predict")
 def predict(
     ctx: typer.Context,
-    checkpoint: str = options.checkpoint("The large trained teacher (any exchanged checkpoint), or - for stdin."),
-    data: str = options.shard_set_option("--data", "Shard set to predict (run it for the unlabelled and for the labelled set)."),
+    checkpoint: str = options.input_path("The large trained teacher (any exchanged checkpoint), or - for stdin."),
+    data: str = options.input_path_option("--data", "Shard set to predict (run it for the unlabelled and for the labelled set)."),
     out: Path = options.out("Output: a copy of --data with the prediction stored in every sample."),
     topk: int = typer.Option(0, "--topk", help="Store only the N most likely classes (topk.npy) instead of the full logits."),
     logits: bool = typer.Option(False, "--logits", help="Store the full logits (teacher_logits.npy); the default."),

@@ -59,9 +59,9 @@ def run_recipe(
 
 def finetune(
     ctx: typer.Context,
-    checkpoint: str = options.checkpoint("Checkpoint to finetune (usually RUN/student.safetensors), or - for stdin."),
-    labeled: str = options.shard_set_option("--labeled", "Labelled shard set."),
-    val: str | None = options.shard_set_option(
+    checkpoint: str = options.input_path("Checkpoint to finetune (usually RUN/student.safetensors), or - for stdin."),
+    labeled: str = options.input_path_option("--labeled", "Labelled shard set."),
+    val: str | None = options.input_path_option(
         "--val", "Labelled shard set to evaluate on at the end (optional).", required=False
     ),
     recipe: Path | None = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
