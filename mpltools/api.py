@@ -91,23 +91,19 @@ def run(command: str, *args: Any, echo_logs: bool = True) -> str:
     """
     from mpltools import log
     from mpltools.cli import main
-    from mpltools.cli_common import _state
 
     argv = [*str(command).split(), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
-    saved = dict(_state), log._quiet
+    quiet = log._quiet
     code = 0
-    _state["api"] = True
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(_Tee(err, sys.stderr) if echo_logs else err):
             try:
-                main(argv)
+                main(argv, api=True)
             except SystemExit as exc:  # typer's standalone mode ends every command with one
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        _state.clear()
-        _state.update(saved[0])
-        log.set_quiet(saved[1])
+        log.set_quiet(quiet)  # `-q` of one call does not leak into the next
     if code:
         raise MplError(err.getvalue().strip() or f"mpl {' '.join(argv)} exited {code}", exit_code=code)
     return out.getvalue()

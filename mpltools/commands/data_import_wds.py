@@ -46,7 +46,11 @@ def parse_classes(value: str | None) -> list[str] | None:
     return names
 
 
-def run(pattern: str, out: Path, *, classes: str | None, max_per_shard: int, force: bool, command: str) -> dict:
+def run(pattern: str | None, out: Path, *, classes: str | None, max_per_shard: int, force: bool, command: str) -> dict:
+    if pattern is None:
+        raise UsageError(
+            "`mpl data import webdataset` needs the shards: a brace pattern or URL, e.g. 'data/x/shard-{000000..000009}.tar'."
+        )
     check_can_write(out, force)
     class_names = parse_classes(classes)
     paths, names = resolve(pattern)

@@ -8,6 +8,7 @@ from mpltools import log
 from mpltools.data.codecs import decode_input
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardError, read_shard, sha256_file
+from mpltools.errors import MplError
 
 MAX_LISTED = 20  # problems listed one by one; the rest are only counted (a set of wrong images has one per sample)
 
@@ -139,3 +140,9 @@ def render(report: dict) -> str:
                 f"  - ... and {report['problem_count'] - len(report['problems'])} more (the first {MAX_LISTED} are listed)"
             )
     return "\n".join(lines)
+
+
+def check_verified(report: dict) -> None:
+    """After the report is printed: problems found by --verify make the command fail (exit 1)."""
+    if report.get("verified") is False:
+        raise MplError(f"{report['path']}: {report['problem_count']} problem(s) found; see above.")

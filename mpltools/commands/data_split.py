@@ -48,6 +48,41 @@ PRESETS = {
 }
 
 
+def sizes_from(
+    preset: str | None,
+    *,
+    labeled_per_class: int | None = None,
+    labeled_total: int | None = None,
+    labeled_fraction: float | None = None,
+    val_per_class: int | None = None,
+    val_total: int | None = None,
+    val_fraction: float | None = None,
+    include_labeled_in_unlabeled: bool = False,
+) -> SplitSizes:
+    """The sizes of `mpl data split`: a preset's, where one is named, with the labelled (or validation) sizes
+    replaced as a whole by any labelled (or validation) size given; some labelled size is required."""
+    sizes = SplitSizes()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        sizes = SplitSizes(**vars(PRESETS[preset]))
+    labeled = dict(labeled_per_class=labeled_per_class, labeled_total=labeled_total, labeled_fraction=labeled_fraction)
+    val = dict(val_per_class=val_per_class, val_total=val_total, val_fraction=val_fraction)
+    given_labeled = any(v is not None for v in labeled.values())
+    if given_labeled:
+        sizes.labeled_per_class = sizes.labeled_total = sizes.labeled_fraction = None
+        sizes.labeled_rest = False
+    if any(v is not None for v in val.values()):
+        sizes.val_per_class = sizes.val_total = sizes.val_fraction = None
+    for key, value in {**labeled, **val}.items():
+        if value is not None:
+            setattr(sizes, key, value)
+    if preset is None and not given_labeled:
+        raise UsageError("say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.")
+    sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
+    return sizes
+
+
 def _per_class(
     total: int | None, per_class: int | None, fraction: float | None, counts: np.ndarray, rng: np.random.Generator, what: str
 ) -> np.ndarray:

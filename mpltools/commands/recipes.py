@@ -1,4 +1,4 @@
-"""`mpl recipes ls/cp`: the shipped recipes, what each reproduces, and a copy to edit.
+"""`mpl recipes ls/cp`: the shipped recipes, what each reproduces, and a copy to edit; `locate` finds one by name.
 
 Recipes are looked up in the package (`mpltools/_recipes`, when a build ships them there) and
 then in the repository's `recipes/` folder. What a recipe reproduces is read from its header
@@ -108,6 +108,13 @@ def find(name: str) -> Path:
     hint = f" Did you mean {near[0]!r}?" if near else ""
     where = ", ".join(str(f) for f in recipe_folders()) or "no recipe folder found"
     raise UsageError(f"no shipped recipe named {name!r}.{hint} `mpl recipes ls` lists them ({where}).")
+
+
+def locate(recipe: Path) -> Path:
+    """A recipe as given on the command line: a file, or a shipped recipe's name (a bare name that is no file here)."""
+    if not recipe.exists() and recipe.suffix in ("", ".toml") and len(recipe.parts) == 1:
+        return find(str(recipe))
+    return recipe
 
 
 def copy(name: str, dest: Path, force: bool) -> Path:

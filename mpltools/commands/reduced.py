@@ -59,6 +59,7 @@ def predict(
     out: Path,
     *,
     topk: int = 0,
+    logits: bool = False,
     dtype: str = "float16",
     batch_size: int = 256,
     workers: int | None = None,
@@ -67,6 +68,8 @@ def predict(
     force: bool = False,
     command: str = "",
 ) -> dict:
+    if logits and topk:
+        raise UsageError("--logits and --topk exclude each other: store the full logits or the top N classes.")
     if topk < 0 or dtype not in DTYPES or batch_size < 1:
         raise UsageError(f"--topk must be >= 0 (0 = full logits), --dtype one of {', '.join(DTYPES)} and --batch-size >= 1.")
     runtime = rt.start("auto", 0, 0)

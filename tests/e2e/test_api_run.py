@@ -10,7 +10,7 @@ import pytest
 
 import mpltools
 from mpltools import log
-from mpltools.cli_common import _state
+from mpltools.cli import main
 from mpltools.errors import UsageError
 from tests.e2e.helpers import REPO, mpl
 
@@ -79,4 +79,7 @@ def test_run_usage_error_state_and_logs(work, monkeypatch, capsys):
     assert exc.value.exit_code == 2 and "--no-such-option" in exc.value.message
     assert "--no-such-option" in capsys.readouterr().err  # echoed to the caller's stderr, as the CLI prints it
     assert "digits" in mpltools.run("-q", "recipes", "ls")
-    assert log._quiet is False and "api" not in _state  # the global flags of one call do not leak into the next
+    assert log._quiet is False  # the global flags of one call do not leak into the next
+    with pytest.raises(SystemExit) as ended:  # nor does the API's mode: the CLI prints the error and exits 1
+        main(["data", "info", "no/such/set"])
+    assert ended.value.code == 1 and capsys.readouterr().err.startswith("error: ")

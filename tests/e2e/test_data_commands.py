@@ -639,21 +639,6 @@ def test_usage_errors_exit_2(mpl, synthetic, tmp_path, args):
 # --- entry points, imports, compatibility -----------------------------------------------------------------------
 
 
-def test_version_and_help_do_not_import_torch():
-    code = (
-        "import sys\nfrom mpltools.cli import main\n"
-        "for argv in (['--version'], ['--help'], ['data', '--help'], ['data', 'split', '--help']):\n"
-        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "assert 'mpltools.commands.data_split' not in sys.modules\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
-    assert r.returncode == 0, r.stderr
-    assert "mpl (mpltools) " in r.stdout and "import" in r.stdout and "--labeled" in r.stdout
-
-
 @pytest.mark.parametrize("launcher", [["mpl"], ["-m", "mpltools"]], ids=["repo-root-mpl", "python-m"])
 def test_launchers_print_the_version(launcher):
     from mpltools import __version__

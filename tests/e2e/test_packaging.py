@@ -26,3 +26,6 @@ def test_wheel_ships_recipes_and_license(tmp_path):
     assert expected and shipped == expected
     license_text = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("licenses/LICENSE"))).decode()
     assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert {"mpltools/cli/__init__.py", "mpltools/cli/options.py", "mpltools/__main__.py"} <= set(names)  # the CLI package
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "mpl = mpltools.cli:main" in entry_points  # the `mpl` console script

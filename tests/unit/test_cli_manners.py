@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mpltools import log
 from mpltools.cli import app
-from mpltools.cli_common import hoist_global_flags
+from mpltools.cli.invocation import hoist_global_flags
 from mpltools.errors import MplError
 from tests.conftest import subprocess_env
 
@@ -100,3 +100,34 @@ def test_every_example_parses_as_a_real_command_line(path):
             command = command.commands[args.pop(0)]
         assert not hasattr(command, "commands"), example  # ends at a command, not a group
         command.make_context(command.name, args)  # raises on an unknown option or a missing argument
+
+
+def test_no_help_imports_torch_or_a_command():
+    """`mpl --version` and every command's --help run without torch, matplotlib or any `mpltools.commands` module."""
+    code = (
+        "import sys\nfrom mpltools.cli import main\n"
+        f"for argv in {[['--version']] + [[*p, '--help'] for p in ALL_COMMANDS]!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') or m.startswith('mpltools.commands')]\n"
+        "assert not loaded, loaded\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mpl (mpltools) ") and r.stdout.count("Example:") == len(ALL_COMMANDS)
+
+
+def test_a_dash_waits_on_no_stdin_while_the_shell_completes(monkeypatch):
+    from mpltools.cli.options import path_from_stdin
+
+    class Unreadable:
+        def readline(self):
+            raise AssertionError("stdin was read")
+
+    monkeypatch.setattr(sys, "stdin", Unreadable())
+    monkeypatch.setenv("_MPL_COMPLETE", "complete_bash")
+    assert path_from_stdin("-") == "-"
+    monkeypatch.delenv("_MPL_COMPLETE")
+    with pytest.raises(AssertionError, match="stdin was read"):
+        path_from_stdin("-")

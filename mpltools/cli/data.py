@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from mpltools import log
-from mpltools.cli_common import _command_line, _emit, _execute, resolve_path_arg
-from mpltools.errors import MplError
+from mpltools.cli import options
+from mpltools.cli.invocation import command_line, emit
 
-data_app = typer.Typer(
+app = typer.Typer(
     no_args_is_help=True,
     help="Prepare data: import datasets, split them, inspect shard sets.\n\n"
     "\b\nExample:\n  mpl data import digits --out data/digits/all\n  mpl data info data/digits/all",
@@ -31,8 +30,9 @@ class SourceName(str, Enum):
     webdataset = "webdataset"
 
 
-@data_app.command("import")
+@app.command("import")
 def data_import(
+    ctx: typer.Context,
     source: SourceName = typer.Argument(
         ...,
         help="twomoon | digits | synthetic (built in) or imagefolder | cifar10 | cifar100 | svhn | mnist | fashion-mnist | webdataset (needs PATH).",
@@ -41,8 +41,8 @@ def data_import(
         None,
         help="Dataset file or folder (CIFAR .tar.gz or folder, SVHN .mat, ImageFolder root, folder of MNIST-style IDX files); for webdataset, a brace pattern or URL of plain shards.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder."),
-    seed: int = typer.Option(0, help="Seed for generated data and for the sample order in the shards."),
+    out: Path = options.out("Output shard set folder."),
+    seed: int = options.seed("Seed for generated data and for the sample order in the shards."),
     split: str = typer.Option(
         "train", "--split", "--part", help="cifar10/cifar100/mnist/fashion-mnist: which part (train or test)."
     ),
@@ -59,9 +59,9 @@ def data_import(
         "--classes",
         help="webdataset: class names in index order, a file with one per line or a,b,c (default: 0..N-1 for integer labels, sorted names for named ones).",
     ),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout instead of the path."),
+    max_per_shard: int = options.max_per_shard(),
+    force: bool = options.force(),
+    as_json: bool = options.as_json("Print a JSON report on stdout instead of the path."),
 ) -> None:
     """Turn a dataset into a shard set (WebDataset tar shards + manifest.json).
 
@@ -77,49 +77,40 @@ def data_import(
     if source is SourceName.webdataset:
         from mpltools.commands import data_import_wds
 
-        if path is None:
-            log.error(
-                "`mpl data import webdataset` needs the shards: a brace pattern or URL, e.g. 'data/x/shard-{000000..000009}.tar'."
-            )
-            raise typer.Exit(2)
-        report = _execute(
-            lambda: data_import_wds.run(
-                path, out, classes=classes, max_per_shard=max_per_shard, force=force, command=_command_line()
-            )
+        report = data_import_wds.run(
+            path, out, classes=classes, max_per_shard=max_per_shard, force=force, command=command_line(ctx)
         )
-        _emit(report, as_json, [report["out"]])
-        return
-    from mpltools.commands import data_import as command
-    from mpltools.data.sources import SourceOptions
+    else:
+        from mpltools.commands import data_import as command
+        from mpltools.data.sources import SourceOptions
 
-    opts = SourceOptions(
-        seed=seed,
-        split=split,
-        num_samples=num_samples,
-        num_classes=num_classes,
-        image_size=image_size,
-        channels=channels,
-        noise=noise,
-        scale=scale,
-    )
-    report = _execute(
-        lambda: command.run(
+        opts = SourceOptions(
+            seed=seed,
+            split=split,
+            num_samples=num_samples,
+            num_classes=num_classes,
+            image_size=image_size,
+            channels=channels,
+            noise=noise,
+            scale=scale,
+        )
+        report = command.run(
             source.value,
             Path(path) if path else None,
             out,
             opts,
             max_per_shard=max_per_shard,
             force=force,
-            command=_command_line(),
+            command=command_line(ctx),
         )
-    )
-    _emit(report, as_json, [report["out"]])
+    emit(report, as_json, lambda r: r["out"])
 
 
-@data_app.command("split")
+@app.command("split")
 def data_split(
-    src: str = typer.Argument(..., help="A labelled shard set: a folder, a brace pattern or a URL of shards."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; gets labeled/, unlabeled/ and val/."),
+    ctx: typer.Context,
+    src: str = options.input_path("A labelled shard set: a folder, a brace pattern or a URL of shards."),
+    out: Path = options.out("Output folder; gets labeled/, unlabeled/ and val/."),
     preset: str | None = typer.Option(None, help="cifar10-4k | svhn-1k | imagenet-10pct | imagenet-heldout."),
     labeled_per_class: int | None = typer.Option(None, min=0, help="Labelled samples per class."),
     labeled: int | None = typer.Option(None, "--labeled", min=0, help="Labelled samples in total (spread evenly over classes)."),
@@ -132,15 +123,15 @@ def data_split(
         "--include-labeled-in-unlabeled/--exclude-labeled-from-unlabeled",
         help="Also put the labelled samples in unlabeled/ (the authors' code does; the paper's counts do not). Default: excluded.",
     ),
-    seed: int = typer.Option(0, help="Seed of the split."),
+    seed: int = options.seed("Seed of the split."),
     keep_hidden_labels: bool = typer.Option(
         False,
         "--keep-hidden-labels",
         help="Keep unlabeled/'s true labels in a side file (unlabeled_hidden_labels.json) for diagnostics; never used for training.",
     ),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per tar shard."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+    max_per_shard: int = options.max_per_shard(),
+    force: bool = options.force(),
+    as_json: bool = options.as_json(),
 ) -> None:
     """Seeded, class-balanced split of a labelled shard set into labeled/, unlabeled/ (labels removed) and val/.
 
@@ -151,54 +142,35 @@ def data_split(
     """
     from mpltools.commands import data_split as command
 
-    def go():
-        sizes = command.SplitSizes()
-        if preset is not None:
-            if preset not in command.PRESETS:
-                raise MplError(f"unknown preset {preset!r}; choose one of {', '.join(command.PRESETS)}.", exit_code=2)
-            sizes = command.SplitSizes(**vars(command.PRESETS[preset]))
-        overrides = dict(
-            labeled_per_class=labeled_per_class,
-            labeled_total=labeled,
-            labeled_fraction=labeled_fraction,
-            val_per_class=val_per_class,
-            val_total=val,
-            val_fraction=val_fraction,
-        )
-        if any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
-            sizes.labeled_per_class = sizes.labeled_total = sizes.labeled_fraction = None
-            sizes.labeled_rest = False
-        if any(v is not None for k, v in overrides.items() if k.startswith("val")):
-            sizes.val_per_class = sizes.val_total = sizes.val_fraction = None
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(sizes, k, v)
-        if preset is None and not any(v is not None for k, v in overrides.items() if k.startswith("labeled")):
-            raise MplError(
-                "say how many samples are labelled: --labeled-per-class, --labeled, --labeled-fraction or --preset.", exit_code=2
-            )
-        sizes.include_labeled_in_unlabeled = include_labeled_in_unlabeled
-        return command.run(
-            src,
-            out,
-            sizes,
-            seed=seed,
-            preset=preset,
-            max_per_shard=max_per_shard,
-            force=force,
-            command=_command_line(),
-            keep_hidden_labels=keep_hidden_labels,
-        )
-
-    report = _execute(go)
-    _emit(report, as_json, [report[p]["path"] for p in ("labeled", "unlabeled", "val")])
+    sizes = command.sizes_from(
+        preset,
+        labeled_per_class=labeled_per_class,
+        labeled_total=labeled,
+        labeled_fraction=labeled_fraction,
+        val_per_class=val_per_class,
+        val_total=val,
+        val_fraction=val_fraction,
+        include_labeled_in_unlabeled=include_labeled_in_unlabeled,
+    )
+    report = command.run(
+        src,
+        out,
+        sizes,
+        seed=seed,
+        preset=preset,
+        max_per_shard=max_per_shard,
+        force=force,
+        command=command_line(ctx),
+        keep_hidden_labels=keep_hidden_labels,
+    )
+    emit(report, as_json, lambda r: "\n".join(r[part]["path"] for part in ("labeled", "unlabeled", "val")))
 
 
-@data_app.command("info")
+@app.command("info")
 def data_info(
-    location: str = typer.Argument(..., help="Shard set folder, a brace pattern of shards, or - to read it from stdin."),
+    location: str = options.input_path("Shard set folder, a brace pattern of shards, or - to read it from stdin."),
     verify: bool = typer.Option(False, "--verify", help="Recompute checksums and fully decode every sample."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = options.as_json("Print the report as JSON."),
 ) -> None:
     """Counts, class histogram and input spec of a shard set; --verify checks every byte.
 
@@ -208,23 +180,21 @@ def data_info(
     """
     from mpltools.commands import data_info as command
 
-    report = _execute(lambda: command.run(resolve_path_arg(location), verify))
-    _emit(report, as_json, [command.render(report)])
-    if verify and not report["verified"]:
-        log.error(f"{report['path']}: {report['problem_count']} problem(s) found; see above.")
-        raise typer.Exit(1)
+    report = command.run(location, verify)
+    emit(report, as_json, command.render)
+    command.check_verified(report)
 
 
-@data_app.command("filter-unlabeled")
+@app.command("filter-unlabeled")
 def data_filter_unlabeled(
-    unlabeled: str = typer.Argument(
-        ...,
-        help="Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin.",
+    ctx: typer.Context,
+    unlabeled: str = options.input_path(
+        "Shard set to filter (unlabelled; labels of a labelled set are ignored): a folder, brace pattern or URL, or - for stdin."
     ),
-    model: str = typer.Option(
-        ..., "--model", help="Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."
+    model: str = options.input_path_option(
+        "--model", "Checkpoint that scores the images (any exchanged checkpoint), or - for stdin."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard set folder (unlabelled; classes = the checkpoint's)."),
+    out: Path = options.out("Output shard set folder (unlabelled; classes = the checkpoint's)."),
     top_k: int | None = typer.Option(
         None, "--top-k", help="Keep the K most confident images of each predicted class (paper: 12,800)."
     ),
@@ -236,10 +206,10 @@ def data_filter_unlabeled(
         "--balance",
         help="Duplicate the images of classes with fewer than K up to exactly K (Noisy Student's upsampling; copies are <key>-dupN).",
     ),
-    exclude: list[str] = typer.Option(
-        [],
+    exclude: list[str] = options.input_path_option(
         "--exclude",
-        help="Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set).",
+        "Drop images whose decoded pixels equal an image of this shard set (repeatable; e.g. the evaluation set).",
+        repeatable=True,
     ),
     near_duplicates: bool = typer.Option(
         False, "--near-duplicates", help="Also drop near-duplicates of --exclude images (64-bit difference hash)."
@@ -250,21 +220,15 @@ def data_filter_unlabeled(
     store_topk: int = typer.Option(
         0, "--store-topk", help="Store the checkpoint's N most likely classes with each kept sample (topk.npy)."
     ),
-    seed: int = typer.Option(0, help="Seed of --balance's choice of which images get one copy more."),
+    seed: int = options.seed("Seed of --balance's choice of which images get one copy more."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images scored per batch and process."),
-    workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Decoding processes per process (default: 0 on CPU, up to 8 on GPU)."
+    workers: int | None = options.workers(),
+    max_per_shard: int = options.max_per_shard("Samples per output tar shard."),
+    ignore_data_classes: bool = options.ignore_data_classes(
+        "Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool)."
     ),
-    max_per_shard: int = typer.Option(10_000, min=1, help="Samples per output tar shard."),
-    ignore_data_classes: bool = typer.Option(
-        False,
-        "--ignore-data-classes",
-        help="Accept a set whose class names differ from the checkpoint's (e.g. an ImageFolder import of an unlabelled pool).",
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print a JSON report (counts per class, duplicates dropped) instead of the path."
-    ),
+    force: bool = options.force(),
+    as_json: bool = options.as_json("Print a JSON report (counts per class, duplicates dropped) instead of the path."),
 ) -> None:
     """Keep the top-K per class and/or confident images of an unlabelled set, without evaluation-set duplicates.
 
@@ -283,20 +247,17 @@ def data_filter_unlabeled(
         store_topk=store_topk,
         seed=seed,
     )
-    report = _execute(
-        lambda: command.run(
-            resolve_path_arg(unlabeled),
-            Path(resolve_path_arg(model)),
-            out,
-            rule,
-            exclude=exclude,
-            batch_size=batch_size,
-            workers=workers,
-            max_per_shard=max_per_shard,
-            ignore_data_classes=ignore_data_classes,
-            force=force,
-            command=_command_line(),
-        )
+    report = command.run(
+        unlabeled,
+        Path(model),
+        out,
+        rule,
+        exclude=exclude,
+        batch_size=batch_size,
+        workers=workers,
+        max_per_shard=max_per_shard,
+        ignore_data_classes=ignore_data_classes,
+        force=force,
+        command=command_line(ctx),
     )
-    if report.get("out"):  # only the main process writes and prints
-        _emit(report, as_json, [report["out"]])
+    emit(report, as_json, lambda r: r["out"])

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import typer
+from mpltools.cli import options
+from mpltools.cli.invocation import emit
 
-from mpltools.cli_common import _emit, _execute
 
-
-def env_command(
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-) -> None:
+def env(as_json: bool = options.as_json("Print the report as JSON.")) -> None:
     """Versions (python, torch, accelerate, safetensors, webdataset, mpltools), devices and accelerate's config.
 
     \b
@@ -19,5 +16,4 @@ def env_command(
     """
     from mpltools.commands import env as command
 
-    report = _execute(command.collect)
-    _emit(report, as_json, [command.render(report)])
+    emit(command.collect(), as_json, command.render)
