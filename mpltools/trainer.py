@@ -26,6 +26,7 @@ from mpltools.checkpoint import (
     save_state,
 )
 from mpltools.config import Recipe
+from mpltools.data import remote
 from mpltools.data.hidden_labels import find_hidden_labels
 from mpltools.data.loaders import eval_batches, to_model_input
 from mpltools.errors import Interrupted, MplError, UsageError
@@ -260,6 +261,7 @@ def _train(recipe: Recipe, out: Path, command: str, export: Export, runtime, dat
                     **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
                     "throughput/images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
                     "data/wait_fraction": wait_time / max(elapsed, 1e-9),
+                    **remote.window_metrics(),  # remote shard sets: MB/s fetched, shards fetched
                     **h_window.summary(),
                 }
                 collapsed = (
@@ -308,6 +310,8 @@ def _loss_scalers(recipe: Recipe, mixed_precision: str, teacher_trained: bool) -
 def _summary(record: dict) -> str:
     keys = (
         ("throughput/images_per_s", "img/s"),
+        ("data/fetch_MB_per_s", "MB/s"),
+        ("data/shards_fetched", "shards"),
         ("teacher/loss", "T"),
         ("student/loss", "S"),
         ("feedback/h", "h"),

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mpltools.data import verify
+from mpltools.data import remote, verify
 from mpltools.data.tarindex import NotPlain, ShardError, check_end, end_of_archive, member_bytes, scan_members
 from mpltools.data.manifest_schema import build_manifest, check_manifest
 from mpltools.data.codecs import decode_extra, decode_input, encode_npy, encode_png  # noqa: F401  (re-exported)
@@ -291,7 +291,8 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
     current: Sample | None = None
     seen: set[str] = set()
     try:
-        with verify.open_checked(path) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        # A remote shard is read from its local copy, fetched and checked against the manifest first.
+        with remote.fetched(path) as local, verify.open_checked(local) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     raise ShardError(f"{path}: member {member.name!r} is not a regular file; shards hold only files.")
