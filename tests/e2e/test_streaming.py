@@ -289,6 +289,28 @@ def test_split_and_an_empty_set_name_the_url(sets, server, tmp_path):
         assert code == 1 and f"{other.url}/nothing/manifest.json" in err and "name the shards" in err
 
 
+def test_fsspec_urls_through_the_memory_filesystem(sets, student):
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    for path in (sets / "s10/all").iterdir():
+        memory.pipe(f"/mplset/{path.name}", path.read_bytes())
+    reference = json.loads(_ok("eval", student, "--data", sets / "s10/all", "--json"))
+    for location in ("memory://mplset/", f"memory://mplset/{LABELLED}"):
+        report = json.loads(_ok("eval", student, "--data", location, "--json"))
+        assert report.pop("data") == location and report == {k: v for k, v in reference.items() if k != "data"}
+    assert json.loads(_ok("data", "info", "memory://mplset/", "--verify", "--json"))["verified"]
+    tampered = bytearray((sets / "s10/all/shard-000004.tar").read_bytes())
+    tampered[1000] ^= 0x01
+    memory.pipe("/mplset/shard-000004.tar", bytes(tampered))
+    code, _, err = _eval("memory://mplset/", student)
+    assert code == 1 and "memory://mplset/shard-000004.tar: sha256" in err, err[-2000:]
+    memory.pipe("/mplset/shard-000004.tar", (sets / "s10/all/shard-000004.tar").read_bytes())
+    memory.rm("/mplset/shard-000006.tar")
+    code, _, err = _eval(f"memory://mplset/{LABELLED}", student)
+    assert code == 1 and "memory://mplset/shard-000006.tar: cannot be read (FileNotFoundError" in err, err[-2000:]
+    assert _private_files() == []
+
+
 # --- SIGTERM, resume, two processes -------------------------------------------------------------------------
 
 
