@@ -8,7 +8,7 @@ can change its behaviour between requests while an `mpl` subprocess reads from i
   body, then a TCP reset), "wrong" (one byte flipped), "short" (the first half, announced as the whole);
 - `down`: every request of a `.tar` gets 503 while it is true; `down_after`: it becomes true after that
   many `.tar` requests were answered;
-- `log`: (monotonic time, path, status, bytes sent) of every request.
+- `log`: (monotonic time, path, status, bytes announced) of every request, when its answer starts.
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ def _handler(server: ShardServer):
             if fault in ("404", "503") or not file.is_file():
                 status = 503 if fault == "503" else 404
                 body = b"unavailable" if status == 503 else b"not found"
+                server._record(path, status, 0)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                server._record(path, status, 0)
                 return
             data = file.read_bytes()
             length = len(data)
@@ -98,11 +98,11 @@ def _handler(server: ShardServer):
             elif fault in ("reset", "short"):
                 data = data[: len(data) // 2]
                 length = len(data) if fault == "short" else length
+            server._record(path, 200, length)  # before sending: the client may act on the bytes before this thread goes on
             self.send_response(200)
             self.send_header("Content-Length", str(length))
             self.end_headers()
-            sent = self._send(data)
-            server._record(path, 200, sent)
+            self._send(data)
             if fault == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.close_connection = True
