@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from mpltools import log
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import UsageError
 
@@ -277,8 +278,6 @@ def fetch(ref: RemoteShard) -> Path:
                     raise ShardError(f"{ref.url}: download failed after {tries} attempt(s) ({exc}); check the URL and the "
                                      "network, then re-run the same command: a training run resumes from its last saved "
                                      "state.") from None
-                from mpltools import log
-
                 wait = min(backoff * 2 ** (attempt - 1), 60.0)
                 log.warn(f"{ref.url}: {exc}; retrying in {wait:.3g} s (attempt {attempt + 1} of {tries}).")
                 time.sleep(wait)
