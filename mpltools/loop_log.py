@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mpltools import log, tracking
 from mpltools.config import Recipe
+from mpltools.data import remote
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.run_folder import start_record, write_run_info
 
@@ -48,6 +49,7 @@ class Interval:
             **{k: float(v) for k, v in metrics.items() if v.dim() == 0},
             "throughput/images_per_s": self.images_per_step * self.steps / max(elapsed, 1e-9),
             "data/wait_fraction": self.wait / max(elapsed, 1e-9),
+            **remote.window_metrics(),  # remote shard sets: MB/s fetched, shards fetched
             **self.h.summary(),
         }
 

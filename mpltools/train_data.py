@@ -15,6 +15,7 @@ from mpltools.data import sizing, transforms
 from mpltools.data.codecs import InputSpec
 from mpltools.data.loaders import LABELED, UNLABELED, StreamConfig, estimated_bytes, make_stream, to_model_input
 from mpltools.data.opening import open_shard_set
+from mpltools.data.remote import shard_size
 from mpltools.data.shards import ShardSet
 from mpltools.errors import MplError, UsageError
 from mpltools.methods.common import Batch
@@ -139,7 +140,7 @@ def loader_plan(
 def _encoded_bytes(shards: ShardSet | None) -> int:
     if shards is None or not shards.num_samples:
         return 0
-    return sum(p.stat().st_size for p in shards.shard_paths) // shards.num_samples
+    return sum(shard_size(p) for p in shards.shard_paths) // shards.num_samples
 
 
 def check_loaders(

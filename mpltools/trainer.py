@@ -144,6 +144,8 @@ def _loop(
 def _summary(record: dict) -> str:
     keys = (
         ("throughput/images_per_s", "img/s"),
+        ("data/fetch_MB_per_s", "MB/s"),
+        ("data/shards_fetched", "shards"),
         ("teacher/loss", "T"),
         ("student/loss", "S"),
         ("feedback/h", "h"),

@@ -1,4 +1,8 @@
-"""`mpl data info DIR [--verify]`: counts, class histogram, input spec; --verify checks every byte."""
+"""`mpl data info DIR|PATTERN|URL [--verify]`: counts, class histogram, input spec; --verify checks every byte.
+
+With a manifest nothing but the manifest is read (for a remote set: nothing is downloaded). --verify reads
+every shard once; a remote shard is fetched into a temporary file, checked against the manifest's sha256
+and deleted before the next one (data/remote.py), so the disk holds one shard at a time."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections import Counter
 from mpltools import log
 from mpltools.data.codecs import decode_input
 from mpltools.data.opening import open_shard_set
+from mpltools.data.remote import RemoteShard
 from mpltools.data.shards import ShardError, read_shard, sha256_file
 from mpltools.errors import MplError
 
@@ -53,7 +58,8 @@ def run(location: str, verify: bool) -> dict:
     first_seen: dict[str, object] = {}  # key -> shard, to find keys repeated across shards
     with log.progress("verify" if verify else "count", total=len(shards.shard_paths), unit="shards") as bar:
         for i, path in enumerate(shards.shard_paths):
-            if verify and shards.manifest is not None and shards.shard_checksums[i] is not None:
+            checked_on_fetch = isinstance(path, RemoteShard)  # read_shard refuses a remote shard whose sha256 differs
+            if verify and shards.manifest is not None and shards.shard_checksums[i] is not None and not checked_on_fetch:
                 if sha256_file(path) != shards.shard_checksums[i]:
                     problems.append(f"{path}: sha256 does not match {shards.origin} (the shard changed or is corrupt)")
             in_shard = 0

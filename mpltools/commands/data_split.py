@@ -21,6 +21,7 @@ from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.data.codecs import Sample
 from mpltools.data.opening import open_shard_set
+from mpltools.data.remote import fetched
 from mpltools.data.shards import ShardError, ShardIndex, ShardWriter, index_shard, read_keys_and_labels, read_shard, sha256_file
 from mpltools.errors import MplError, UsageError
 
@@ -155,9 +156,10 @@ def run(
     labels: list[np.ndarray] = []
     with log.progress("split: read labels", total=len(shards.shard_paths), unit="shards") as bar:
         for path, expected in zip(shards.shard_paths, shards.shard_counts):
-            index = index_shard(path, num_classes=shards.num_classes)
-            if index is None:  # tar features beyond plain ustar: read it with tarfile
-                pairs = read_keys_and_labels(path)
+            with fetched(path) as local:  # a remote shard: a checked local copy, one at a time
+                index = index_shard(local, num_classes=shards.num_classes)
+                pairs = read_keys_and_labels(local) if index is None else None  # tar features beyond plain ustar
+            if index is None:
                 shard_keys = [k for k, _ in pairs]
                 shard_labels = np.asarray([-1 if v is None else v for _, v in pairs], np.int64)
             else:
@@ -202,10 +204,11 @@ def run(
         with log.progress("split: copy", total=len(keys), unit="samples") as bar:
             for path, index, count, sha256 in zip(shards.shard_paths, indexes, shards.shard_counts, shards.shard_checksums):
                 flags = dest[first : first + count].tolist()
-                if index is not None:
-                    _copy_raw(path, index, flags, writers, sha256, manifest)
-                else:
-                    _copy_decoded(path, keys[first : first + count], flags, writers, sha256, manifest, shards.num_classes)
+                with fetched(path) as local:
+                    if index is not None:
+                        _copy_raw(local, index, flags, writers, sha256, manifest)
+                    else:
+                        _copy_decoded(local, keys[first : first + count], flags, writers, sha256, manifest, shards.num_classes)
                 first += count
                 bar.advance(count)
         if keep_hidden_labels:

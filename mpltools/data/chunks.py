@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mpltools.data import transforms
-from mpltools.data import verify
+from mpltools.data import remote, verify
 from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.format import INPUT_EXTENSIONS
 from mpltools.data.shards import ShardError, ShardSet, index_shard, read_shard
@@ -104,7 +104,13 @@ def _finish(shard: int, rows) -> EvalChunk:
 
 def shard_samples(path, num_classes: int | None, wanted=None):
     """(position, Sample) for the samples of one shard for which `wanted(position)` is true (all if None),
-    in order, checked like `read_shard` (the header index checks the whole shard first)."""
+    in order, checked like `read_shard` (the header index checks the whole shard first). A remote shard is
+    read from its local copy, fetched and checked against the manifest first (data/remote.py)."""
+    with remote.fetched(path) as local:
+        yield from _local_samples(local, num_classes, wanted)
+
+
+def _local_samples(path, num_classes: int | None, wanted):
     index = index_shard(path, num_classes)
     if index is None:  # pax/GNU headers etc.: tarfile reads everything
         for position, sample in enumerate(read_shard(path, num_classes)):

@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mpltools.data import predictions, transforms
+from mpltools.data import predictions, remote, transforms
 from mpltools.data.chunks import shard_samples
 from mpltools.data.sample_random import BatchRandom, Uniforms
 from mpltools.data.codecs import Sample, decode_input
@@ -212,11 +212,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         cfg, paths = self.cfg, self.shards.shard_paths
         order = np.random.default_rng([cfg.seed, cfg.stream_id, epoch]).permutation(len(paths))
         if len(paths) >= slots:
-            for i in order[slot::slots]:
+            for i in remote.ahead(paths, order[slot::slots]):  # the next remote shard downloads meanwhile
                 yield from ((paths[i], sample) for sample in read_shard(paths[i], self.shards.num_classes))
         else:  # fewer shards than slots: every slot reads everything and keeps its share of samples
             counter = 0
-            for i in order:
+            for i in remote.ahead(paths, order):
                 for sample in read_shard(paths[i], self.shards.num_classes):
                     if counter % slots == slot:
                         yield paths[i], sample

@@ -1,48 +1,44 @@
-"""Shard sets named the WebDataset way (issue 10): brace patterns, `file://`, `http(s)://` and `pipe:` URLs.
+"""Shard sets named the WebDataset way: brace patterns, `file://`, `http(s)://`, fsspec URLs and `pipe:`.
 
 `open_shard_set` hands every location that is not a folder to `open_location`. A location is kept as a
 string until it is known to be local (`Path` would turn `https://h/x` into `https:/h/x`).
 
 - Local shards (`d/shard-{000000..000009}.tar`, `file:///abs/d/shard-000000.tar`) are read in place.
-- Remote shards (`http://`, `https://`) and `pipe:CMD` output are streamed once, with urllib or the shell,
-  into a private temporary folder that is removed when the process exits; every reader then works on
-  local files. `pipe:` runs a shell command, so it is accepted only when the user typed that location on
-  the command line together with `--allow-pipe` (never from a recipe, a manifest or any other file).
+- Remote shards (`http://`, `https://`; `s3://`, `gs://`, `hf://` and other fsspec URLs when the
+  `remote` extra is installed) and `pipe:CMD` output are not downloaded when the set is opened: the set
+  holds a `RemoteShard` per URL, and each reader fetches the shards it reads one at a time, checked
+  against the manifest before it reads them (data/remote.py). `pipe:` runs a shell command, so it is
+  accepted only when the user typed that location on the command line together with `--allow-pipe`
+  (never from a recipe, a manifest or any other file).
+- A remote URL that names neither a `.tar` nor a brace pattern is a folder: its `manifest.json` lists the shards.
 - The metadata a reader needs (classes, input spec, counts) comes from a `manifest.json` beside the
   shards (same folder, same URL prefix) when there is one that lists them, with its sha256 checksums;
-  otherwise from one scan of the shards (data/wdscan.py), and then there are no checksums to verify.
+  otherwise from one scan of the shards (data/wdscan.py; for remote shards one download of each, one at
+  a time), and then there are no checksums to verify.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
-import itertools
 import json
 import posixpath
-import shutil
-import subprocess
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from mpltools import log
-from mpltools.data import pipes, verify
+from mpltools.data import pipes, remote, verify
 from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_names, sub_manifest
+from mpltools.data.remote import RemoteShard
 from mpltools.data.shards import ShardSet
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import UsageError
 
 REMOTE = ("http://", "https://")
 NO_CHECKSUMS = "a scan of the shards (no manifest.json beside them, so no checksums)"
-_cache: list[Path] = []
-_fetched = itertools.count()  # every fetched shard gets its own file name in the cache
 
 
 def looks_like_shards(text: str) -> bool:
-    """True for what `open_location` handles: a pattern, a .tar file or a URL (a folder is not)."""
+    """True for what `open_location` handles: a pattern, a .tar file or a URL (a local folder is not)."""
     return "{" in text or text.endswith(".tar") or "://" in text or text.startswith("pipe:")
 
 
@@ -50,22 +46,22 @@ def _expand(text: str) -> list[str]:
     import braceexpand
 
     try:
-        return list(braceexpand.braceexpand(text))
+        urls = list(braceexpand.braceexpand(text))
     except Exception as exc:  # noqa: BLE001 - braceexpand raises plain errors on unbalanced braces
         raise UsageError(f"{text}: not a valid brace pattern ({exc}); write e.g. data/x/shard-{{000000..000009}}.tar.") from None
+    if not urls or not all(urls):
+        raise UsageError(f"{text}: the pattern names no shard; write e.g. data/x/shard-{{000000..000009}}.tar.")
+    return urls
 
 
 def _kind(url: str) -> str:
     if url.startswith("pipe:"):
         return "pipe"
-    if url.startswith(REMOTE):
-        return "remote"
     if url.startswith("file://"):
         return "file"
     if "://" in url:
-        scheme = url.split("://", 1)[0]
-        raise UsageError(f"{url}: the {scheme}:// scheme is not supported; use a local path, file://, http(s)://, or "
-                         f"`pipe:CMD` with --allow-pipe (e.g. pipe:aws s3 cp {url} -).")
+        remote.check_scheme(url)  # exit 2 naming the extra when an fsspec backend is missing
+        return "remote"
     return "local"
 
 
@@ -73,33 +69,18 @@ def _local_path(url: str) -> Path:
     return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file://") else Path(url)
 
 
-def _cache_dir() -> Path:
-    if not _cache:
-        _cache.append(Path(tempfile.mkdtemp(prefix="mpl-shards-")))
-        atexit.register(shutil.rmtree, _cache[0], True)
-    return _cache[0]
+def _is_folder_url(text: str) -> bool:
+    """A URL that names neither a .tar file nor a pattern: a folder with a manifest.json (`http://host/set/`)."""
+    return "://" in text and not text.startswith(("pipe:", "file://")) and "{" not in text and not text.endswith(".tar")
 
 
-def _fetch(url: str) -> Path:
-    """Stream a remote shard or a pipe's output into the private cache; errors name the URL."""
-    dest = _cache_dir() / f"{next(_fetched):06d}.tar"
-    tmp = dest.with_suffix(".part")
-    if url.startswith("pipe:"):
-        with open(tmp, "wb") as fh:
-            done = subprocess.run(url[len("pipe:"):], shell=True, stdout=fh, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
-            raise ShardError(f"{url}: the command exited with status {done.returncode} ({tail[0]}); check the command.")
-    else:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as fh:
-                shutil.copyfileobj(response, fh, 1 << 20)
-        except urllib.error.HTTPError as exc:
-            raise ShardError(f"{url}: download failed (HTTP {exc.code} {exc.reason}); check the URL.") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ShardError(f"{url}: download failed ({getattr(exc, 'reason', exc)}); check the URL and the network.") from None
-    tmp.rename(dest)
-    return dest
+def _manifest_at(where: str, raw: bytes) -> dict:
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{where} is not valid JSON ({exc}); fix or remove it, or re-create the shard set.") from None
+    check_manifest(manifest, where)
+    return manifest
 
 
 def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, bytes] | None:
@@ -117,17 +98,10 @@ def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, b
         if len(prefixes) != 1:
             return None
         where = f"{prefixes.pop()}/{MANIFEST}"
-        try:
-            with urllib.request.urlopen(where, timeout=60) as response:
-                raw = response.read()
-        except (urllib.error.URLError, OSError):
-            return None  # no manifest there (404) or unreachable: scan instead
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{where} is not valid JSON ({exc}); fix or remove it, or re-create the shard set.") from None
-    check_manifest(manifest, where)
-    return manifest, where, raw
+        raw = remote.read_bytes(where, missing_ok=True)
+        if raw is None:
+            return None  # no manifest there: scan instead
+    return _manifest_at(where, raw), where, raw
 
 
 def _select(manifest: dict, where: str, urls: list[str]) -> dict | None:
@@ -140,8 +114,9 @@ def _select(manifest: dict, where: str, urls: list[str]) -> dict | None:
     return sub_manifest(manifest, names)
 
 
-def resolve(text: str) -> tuple[list[Path], list[str]]:
-    """The local files of a pattern or URL (remote ones streamed into the cache) and the names messages use."""
+def resolve(text: str) -> tuple[list, list[str]]:
+    """The shards of a pattern or URL (local paths, or `RemoteShard`s that readers fetch one at a time) and the
+    names messages use. Nothing remote is downloaded here."""
     if text.startswith("pipe:") and not pipes.allowed(text):
         raise UsageError(f"{text}: `pipe:` locations run a shell command, so they are accepted only when typed on the "
                          "command line together with --allow-pipe (never from a recipe or a manifest).")
@@ -156,27 +131,54 @@ def resolve(text: str) -> tuple[list[Path], list[str]]:
     if len(present) != len(local):
         absent = next(p for p in local if not p.is_file())
         raise ShardError(f"shard file {absent} does not exist (one of the {len(local)} the pattern {text} names).")
-    paths = [_local_path(u) if k in ("local", "file") else _fetch(u) for u, k in zip(urls, kinds)]
+    if any(k in ("remote", "pipe") for k in kinds):
+        remote.prepare()  # the private folder, before any DataLoader worker is forked
+    refs = [_local_path(u) if k in ("local", "file") else RemoteShard(u) for u, k in zip(urls, kinds)]
     names = [str(_local_path(u)) if k in ("local", "file") else u for u, k in zip(urls, kinds)]
-    return paths, names
+    return refs, names
+
+
+def _open_folder_url(text: str) -> ShardSet:
+    """`http://host/set/` (or s3://bucket/set): the shards its manifest.json lists, read from nothing else."""
+    folder = text.rstrip("/")
+    _kind(folder + "/" + MANIFEST)
+    remote.prepare()
+    where = f"{folder}/{MANIFEST}"
+    raw = remote.read_bytes(where, missing_ok=True)
+    if raw is None:
+        raise ShardError(f"{text}: there is no {where}; name the shards themselves (e.g. {folder}/shard-{{000000..000009}}.tar) "
+                         "or give the folder URL of a shard set.")
+    manifest = _manifest_at(where, raw)
+    if not manifest["shards"]:
+        raise ShardError(f"{text}: {where} lists no shards; nothing to read.")
+    refs = [RemoteShard(f"{folder}/{s['name']}", s["sha256"], s.get("bytes"), where) for s in manifest["shards"]]
+    return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest(),
+                    origin=where)
 
 
 def open_location(text: str) -> ShardSet:
     """A ShardSet for a pattern, a shard file or a URL (see the module docstring)."""
-    paths, names = resolve(text)
+    if _is_folder_url(text):
+        return _open_folder_url(text)
+    refs, names = resolve(text)
     urls = _expand(text)
     found = _neighbour_manifest(urls, [_kind(u) for u in urls])
     manifest = _select(found[0], found[1], urls) if found else None
     if manifest is not None:
-        verify.register(paths, [s["sha256"] for s in manifest["shards"]], names)
-        return ShardSet(root=text, shard_paths=paths, manifest=manifest, manifest_sha256=hashlib.sha256(found[2]).hexdigest(),
+        local = [(r, s["sha256"], n) for r, s, n in zip(refs, manifest["shards"], names) if not isinstance(r, RemoteShard)]
+        verify.register([r for r, _, _ in local], [c for _, c, _ in local], [n for _, _, n in local])
+        refs = [r if not isinstance(r, RemoteShard) else RemoteShard(r.url, s["sha256"], s.get("bytes"), found[1])
+                for r, s in zip(refs, manifest["shards"])]
+        return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=hashlib.sha256(found[2]).hexdigest(),
                         origin=found[1])
     from mpltools.data.wdscan import scan_shards
 
-    log.info(f"{text}: no manifest.json beside the shards; scanning them for counts, classes and input shape")
-    scan = scan_shards(paths, names, adopt=False)
+    log.info(f"{text}: no manifest.json beside the shards; scanning them for counts, classes and input shape"
+             + (" (each remote shard is downloaded once for this, one at a time)" if any(isinstance(r, RemoteShard) for r in refs) else ""))
+    scan = scan_shards(refs, names, adopt=False)
     manifest = build_manifest(num_samples=sum(scan.counts), labeled=scan.labeled, classes=scan.classes,
                               class_counts=scan.class_counts, input_spec=scan.input_spec.to_json(), extras=[],
                               shards=[{"name": n, "count": c, "sha256": None} for n, c in zip(names, scan.counts)],
                               provenance={"source": text, "scanned": True}, classes_unknown=not scan.labeled)
-    return ShardSet(root=text, shard_paths=paths, manifest=manifest, manifest_sha256=None, origin=NO_CHECKSUMS)
+    return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=None, origin=NO_CHECKSUMS)
+
