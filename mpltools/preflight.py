@@ -121,19 +121,20 @@ def check_run(recipe, data, init_student: Path | None) -> dict:
     check_nonempty(data.labeled, "data.labeled")
     check_nonempty(data.val, "data.val")
     spec = data.input_spec.to_json()
+    classes = None if data.labeled.classes_unknown else data.classes  # a scanned set's names are label numbers
     checkpoints = {}
     if recipe.method.name == "pseudo-label":
         path = Path(recipe.method.teacher_checkpoint)
         try:
             _, meta = read_checkpoint(path)  # exists, readable, finite
-            check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled), classes=data.classes)
+            check_compatible(meta, data.num_classes, spec, path, str(recipe.data.labeled), classes=classes)
             _check_teacher_input(meta, data, path)
         except MplError as exc:
             raise MplError(f"method.teacher_checkpoint = {str(path)!r}: {exc.message}", exc.exit_code) from None
         checkpoints["method.teacher_checkpoint"] = meta
     if init_student is not None:
         _, meta = read_checkpoint(init_student)
-        check_compatible(meta, data.num_classes, spec, init_student, str(data.labeled.root), classes=data.classes)
+        check_compatible(meta, data.num_classes, spec, init_student, str(data.labeled.root), classes=classes)
         checkpoints["init_student"] = meta
     return checkpoints
 

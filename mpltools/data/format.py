@@ -139,8 +139,12 @@ class ManifestFields:
 
     @property
     def classes_unknown(self) -> bool:
-        """An unlabelled set that names no classes (scanned, or adopted without --classes): it fits any label set."""
-        return bool(self.manifest) and (bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes))
+        """A set whose class names are not known: unlabelled and naming no classes (adopted without --classes), or
+        scanned without a manifest (its "names" are the label numbers found). It fits any label set of its size."""
+        if not self.manifest:
+            return False
+        scanned = bool((self.manifest.get("provenance") or {}).get("scanned"))
+        return scanned or bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes)
 
     @property
     def num_classes(self) -> int | None:
