@@ -85,6 +85,8 @@ def hyper_from(recipe: Recipe) -> MPLHyper:
         teacher_weak_no_grad=m.teacher_weak_no_grad,
         mpl_weight=m.mpl_weight,
         feedback_sign=m.feedback_sign,
+        fixmatch_threshold=m.fixmatch_threshold,
+        fixmatch_weight=m.fixmatch_weight,
     )
 
 

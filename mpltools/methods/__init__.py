@@ -16,6 +16,7 @@ from mpltools.methods.common import (
     TorchDistributedReducer,
     measurement_mode,
 )
+from mpltools.methods.fixmatch import fixmatch_step
 from mpltools.methods.mpl import mpl_step
 from mpltools.methods.optim import (
     EMA,
@@ -33,6 +34,7 @@ STEPS = {
     "supervised": supervised_step,
     "uda": uda_step,
     "pseudo-label": pseudo_label_step,
+    "fixmatch": fixmatch_step,
 }
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "apply_weight_decay_and_clip",
     "build_sgd",
     "ema_decay_at",
+    "fixmatch_step",
     "learning_rate",
     "measurement_mode",
     "mpl_step",

@@ -280,6 +280,8 @@ class MPLHyper:
     teacher_weak_no_grad: bool = _M.teacher_weak_no_grad  # weak view in a separate no-grad teacher forward
     mpl_weight: float = _M.mpl_weight  # multiplier of the feedback term; 0 = UDA teacher + distillation
     feedback_sign: float = float(_M.feedback_sign)  # +1 the paper's sign; -1 the flipped ablation (studies only)
+    fixmatch_threshold: float = _M.fixmatch_threshold  # FixMatch baseline: confidence threshold tau on the weak view
+    fixmatch_weight: float = _M.fixmatch_weight  # FixMatch baseline: lambda_u
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():

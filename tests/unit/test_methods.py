@@ -381,7 +381,7 @@ def test_pseudo_label_student_learns_from_a_fixed_teacher_without_labels(pseudo_
 
 
 def test_registry_and_hyper_validation():
-    assert set(STEPS) == {"mpl", "released", "supervised", "uda", "pseudo-label"}
+    assert set(STEPS) == {"mpl", "released", "supervised", "uda", "pseudo-label", "fixmatch"}
     assert STEPS["mpl"] is mpl_step
     with pytest.raises(ValueError, match="feedback"):
         MPLHyper(feedback="cos")
