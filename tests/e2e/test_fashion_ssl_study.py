@@ -77,11 +77,11 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["units"] == units
     # A unit missing from results.json (the study stopped inside it) runs again; its finished run is resumed, not retrained.
     key = next(k for k in units if "final/fixmatch" in k)
-    del report["units"][key]
+    before = report["units"].pop(key)
     (out / "results.json").write_text(json.dumps(report))
     study(*ARGS, "--idx", tmp_path / "idx", "--out", out)
     redone = json.loads((out / "results.json").read_text())["units"][key]
-    assert redone["test_top1_finetuned"] == units[key]["test_top1_finetuned"]
+    assert redone["test_top1_finetuned"] == before["test_top1_finetuned"]
     runs = json.loads((out / redone["run"] / "run.json").read_text())
     assert [r["start_step"] for r in runs] == [0, 6]
 
