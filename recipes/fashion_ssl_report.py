@@ -79,18 +79,20 @@ def results_table(units: dict, n: int, grid: dict) -> tuple[str, dict]:
             f"| {m} | {' '.join(rows[0]['sets'])} | {_stat([u['test_top1'] for u in rows])} | "
             f"{_stat([u['test_top1_finetuned'] for u in rows])} | {_stat(teacher) if teacher else '–'} | {per_seed} |"
         )
-    return "\n".join(lines), summary
+    return ("\n".join(lines) if summary else "No final run has finished yet."), summary
 
 
 def tuning_table(units: dict, n: int, grid: dict) -> str:
     tuned = [u for u in units.values() if u["labels"] == n and u["phase"] == "tune"]
     if not tuned:
         return ""
-    chosen = {m: u["setting"] for u in units.values() if u["labels"] == n and u["phase"] == "final" for m in [u["method"]]}
     lines = ["| method | setting | steps | val top-1 | val + finetune | chosen |", "|---|---|---:|---:|---:|---|"]
     for m in grid:
-        for u in sorted((u for u in tuned if u["method"] == m), key=lambda u: u["setting"]):
-            mark = "**yes**" if chosen.get(m) == u["setting"] else ""
+        rows = sorted((u for u in tuned if u["method"] == m), key=lambda u: u["setting"])
+        scores = [u["val_top1_finetuned"] for u in rows]
+        best = rows[scores.index(max(scores))]["setting"] if len(rows) == len(grid[m]) else None  # the first on a tie
+        for u in rows:
+            mark = "**yes**" if u["setting"] == best else ""
             lines.append(
                 f"| {m} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} | {mark} |"
             )
