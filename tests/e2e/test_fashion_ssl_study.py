@@ -64,7 +64,13 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     assert json.loads((out / "data/labels40/seed0/val/manifest.json").read_text())["num_samples"] == 50
     assert (out / "data/labels40/seed0/unlabeled_hidden_labels.json").is_file()
     md = (out / "results.md").read_text()
-    assert "| fixmatch |" in md and "| mpl-hard |" in md and "Tuning" in md and "No final run" not in md and "Feedback in the final MPL runs" in md
+    assert (
+        "| fixmatch |" in md
+        and "| mpl-hard |" in md
+        and "Tuning" in md
+        and "No final run" not in md
+        and "Feedback in the final MPL runs" in md
+    )
     assert (out / "curves_40.png").stat().st_size > 1000 and (out / "pl_accuracy_40.png").stat().st_size > 1000
     assert report["summary"]["40"]["fixmatch"]["test_top1"]["values"] == [
         units[k]["test_top1"] for k in units if "final/fixmatch" in k
