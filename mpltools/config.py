@@ -58,7 +58,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["mpl", "released", "supervised", "uda", "pseudo-label"] = "mpl"
+    name: Literal["mpl", "released", "supervised", "uda", "pseudo-label", "fixmatch"] = "mpl"
     pseudo_labels: Literal["sample", "argmax", "soft"] = "sample"
     pseudo_label_view: Literal["strong", "weak"] = "strong"
     feedback: Literal["taylor", "dot", "cosine"] = "taylor"
@@ -75,6 +75,8 @@ class MethodConfig:
     teacher_weak_no_grad: bool = False
     teacher_checkpoint: str = ""  # pseudo-label: the fixed teacher
     feedback_sign: int = 1  # 1 = the paper's sign; -1 = the sign-flipped ablation (for studies only)
+    fixmatch_threshold: float = 0.95  # fixmatch: keep an unlabelled image when its weak-view max probability >= this
+    fixmatch_weight: float = 1.0  # fixmatch: lambda_u, the weight of the unlabelled CE
 
 
 TWO_NETWORKS = ("mpl", "released")  # the methods that train a teacher and a student together
@@ -305,6 +307,8 @@ def validate(r: Recipe, source: str) -> None:
         raise bad(
             f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}."
         )
+    if not 0 <= r.method.fixmatch_threshold <= 1 or r.method.fixmatch_weight < 0:
+        raise bad("method.fixmatch_threshold must be in [0, 1] and method.fixmatch_weight >= 0.")
     if not 0 <= r.method.label_smoothing < 1 or not 0 <= r.method.baseline_decay < 1:
         raise bad("method.label_smoothing and method.baseline_decay must be in [0, 1).")
     if r.runtime.loss_scale_init <= 0 or r.runtime.loss_scale_growth_interval < 1:

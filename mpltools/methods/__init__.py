@@ -7,6 +7,7 @@ Every step has the signature
 
 from mpltools.methods.baselines import pseudo_label_step, supervised_step, uda_step
 from mpltools.methods.common import Batch, MPLHyper, Networks, NonFiniteError, hyper_from, measurement_mode
+from mpltools.methods.fixmatch import fixmatch_step
 from mpltools.methods.mpl import mpl_step
 from mpltools.methods.optim import (
     EMA,
@@ -25,6 +26,7 @@ STEPS = {
     "supervised": supervised_step,
     "uda": uda_step,
     "pseudo-label": pseudo_label_step,
+    "fixmatch": fixmatch_step,
 }
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "apply_weight_decay_and_clip",
     "build_sgd",
     "ema_decay_at",
+    "fixmatch_step",
     "hyper_from",
     "learning_rate",
     "measurement_mode",

@@ -16,44 +16,11 @@ from mpltools.methods.common import (
     Batch,
     MPLHyper,
     Networks,
-    check_finite,
     draw_pseudo_labels,
-    finish_gradients,
-    trainable,
 )
-from mpltools.methods.optim import learning_rate, set_lr
-from mpltools.methods.precision import apply_update, scaled
+from mpltools.methods.student import begin_update, student_update
 from mpltools.methods.teacher import auxiliary_losses, teacher_forward
 from mpltools.reducer import LOCAL, Reducer
-
-
-def _begin(nets: Networks, step: int, hp: MPLHyper) -> float:
-    lr = learning_rate(step, hp.student_lr, hp.student_warmup, hp.total_steps, 0, hp.lr_schedule)
-    set_lr(nets.student_opt, lr)
-    nets.student_opt.zero_grad(set_to_none=True)
-    nets.student.train()
-    return lr
-
-
-def _update(
-    nets: Networks, loss: Tensor, extra: dict[str, Tensor], step: int, hp: MPLHyper, reducer: Reducer
-) -> tuple[Tensor, Tensor]:
-    """Backward, reduce, (fp16: unscale,) decay, clip, check, step, EMA.
-
-    Under fp16 a non-finite gradient is an overflow: the update (and the EMA's) is skipped and the
-    loss scale halved, instead of a `NonFiniteError`.
-
-    Returns:
-        (global means of [loss, *extra values], gradient norm).
-    """
-    params, scaler = trainable(nets.student), nets.student_scaler
-    scaled(loss, scaler).backward()
-    norm = finish_gradients(nets.student_opt, params, reducer, hp.max_grad_norm, scaler)
-    values = reducer.mean(torch.stack([loss.detach(), *(v.detach() for v in extra.values())]))
-    check_finite(step, {"student loss": values[0]} if scaler else {"student loss": values[0], "student gradient norm": norm})
-    if not apply_update(nets.student_opt, scaler, norm) and nets.ema is not None:
-        nets.ema.update(nets.student, step)
-    return values, norm
 
 
 def supervised_step(
@@ -67,9 +34,9 @@ def supervised_step(
 ) -> dict[str, Tensor]:
     """Supervised learning on the labelled batch only: label-smoothed CE."""
     del generator, diagnose
-    lr = _begin(nets, step, hp)
+    lr = begin_update(nets, step, hp)
     loss = smoothed_cross_entropy(nets.student(batch.labeled_x), batch.labeled_y, hp.label_smoothing)
-    values, norm = _update(nets, loss, {}, step, hp, reducer)
+    values, norm = student_update(nets, loss, {}, step, hp, reducer)
     return {"student/loss": values[0], "lr/student": torch.tensor(lr), "grad_norm/student": norm}
 
 
@@ -88,11 +55,11 @@ def uda_step(
     ``[x_l; x_u_weak; x_u_strong]`` (reference §1.3), honouring `teacher_weak_no_grad`.
     """
     del generator, diagnose
-    lr = _begin(nets, step, hp)
+    lr = begin_update(nets, step, hp)
     t_l, t_weak, t_strong = teacher_forward(nets.student, batch, hp.teacher_weak_no_grad)
     sup, uda, mask, w_uda = auxiliary_losses(t_l, t_weak, t_strong, batch.labeled_y, step, hp)
     loss = hp.teacher_supervised_weight * sup + w_uda * uda
-    values, norm = _update(nets, loss, {"sup": sup, "uda": uda, "mask": mask}, step, hp, reducer)
+    values, norm = student_update(nets, loss, {"sup": sup, "uda": uda, "mask": mask}, step, hp, reducer)
     return {
         "student/loss": values[0],
         "student/sup": values[1],
@@ -120,7 +87,7 @@ def pseudo_label_step(
     labels on the strong view with label smoothing.
     """
     del diagnose
-    lr = _begin(nets, step, hp)
+    lr = begin_update(nets, step, hp)
     teacher = nets.teacher
     teacher.eval()
     view = batch.unlabeled_strong if hp.pseudo_label_view == "strong" else batch.unlabeled_weak
@@ -129,7 +96,7 @@ def pseudo_label_step(
     target = draw_pseudo_labels(logits, hp.pseudo_labels, generator)
     loss = smoothed_cross_entropy(nets.student(batch.unlabeled_strong), target, hp.label_smoothing)
     confidence = torch.softmax(logits, dim=-1).max(dim=-1).values.mean()
-    values, norm = _update(nets, loss, {"confidence": confidence}, step, hp, reducer)
+    values, norm = student_update(nets, loss, {"confidence": confidence}, step, hp, reducer)
     return {
         "student/loss": values[0],
         "teacher/confidence": values[1],

@@ -223,6 +223,8 @@ class MPLHyper:
     teacher_weak_no_grad: bool = _M.teacher_weak_no_grad  # weak view in a separate no-grad teacher forward
     mpl_weight: float = _M.mpl_weight  # multiplier of the feedback term; 0 = UDA teacher + distillation
     feedback_sign: float = float(_M.feedback_sign)  # +1 the paper's sign; -1 the flipped ablation (studies only)
+    fixmatch_threshold: float = _M.fixmatch_threshold  # FixMatch baseline: confidence threshold tau on the weak view
+    fixmatch_weight: float = _M.fixmatch_weight  # FixMatch baseline: lambda_u
 
 
 def hyper_from(recipe: Recipe) -> MPLHyper:
@@ -258,6 +260,8 @@ def hyper_from(recipe: Recipe) -> MPLHyper:
         teacher_weak_no_grad=m.teacher_weak_no_grad,
         mpl_weight=m.mpl_weight,
         feedback_sign=m.feedback_sign,
+        fixmatch_threshold=m.fixmatch_threshold,
+        fixmatch_weight=m.fixmatch_weight,
     )
 
 

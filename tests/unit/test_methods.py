@@ -386,7 +386,7 @@ def test_registry_and_hyper_validation():
     from mpltools.errors import UsageError
     from mpltools.preflight import load_and_check
 
-    assert set(STEPS) == {"mpl", "released", "supervised", "uda", "pseudo-label"}
+    assert set(STEPS) == {"mpl", "released", "supervised", "uda", "pseudo-label", "fixmatch"}
     assert STEPS["mpl"] is mpl_step
     for overrides, key in (
         (["method.feedback=cos"], "method.feedback"),

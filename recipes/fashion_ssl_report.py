@@ -1,0 +1,239 @@
+"""Tables and pictures of `fashion_ssl_study.py`, from its results.json and its runs' metrics.jsonl.
+
+`write_report(report, out, folder, grid)` writes folder/results.md (markdown tables: test top-1 mean ± std over
+the seeds that finished, before and after finetuning; the tuning runs on the validation split; the
+feedback's signal-to-noise in the MPL runs) and two PNGs per label count: `curves_N.png` (validation
+top-1 against the step, per method, mean over the seeds) and `pl_accuracy_N.png` (the accuracy of the
+pseudo labels on the unlabelled images' hidden labels against the step, MPL against `released`). Run
+folders that are still training are drawn too, so the pictures fill in as the study runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+PL_METHODS = ("released", "mpl-hard", "mpl-soft", "fixmatch")
+
+
+def write_json(target: Path, data: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def records(run: Path) -> list[dict]:
+    """The lines of RUN/metrics.jsonl (a partly written last line is skipped)."""
+    out = []
+    path = Path(run) / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def final_metrics(run: Path) -> dict:
+    """The run's end-of-training evaluation record (empty without one)."""
+    finals = [r for r in records(run) if r.get("final")]
+    return finals[-1] if finals else {}
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)} seeds)"
+
+
+def _summary(units: list[dict]) -> dict:
+    out = {}
+    for key in ("test_top1", "test_top1_finetuned", "test_top1_teacher"):
+        values = [u[key] for u in units if key in u]
+        if values:
+            std = statistics.stdev(values) if len(values) > 1 else None
+            out[key] = {"mean": statistics.fmean(values), "std": std, "values": values, "seeds": [u["seed"] for u in units]}
+    return out
+
+
+def results_table(units: dict, n: int, grid: dict) -> tuple[str, dict]:
+    finals = [u for u in units.values() if u["labels"] == n and u["phase"] == "final"]
+    lines = [
+        "| method | setting | student | + finetune | teacher | per seed: student → + finetune |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    summary = {}
+    for m in grid:
+        rows = sorted((u for u in finals if u["method"] == m), key=lambda u: u["seed"])
+        if not rows:
+            continue
+        summary[m] = _summary(rows)
+        per_seed = ", ".join(f"s{u['seed']}: {u['test_top1']:.3f} → {u['test_top1_finetuned']:.3f}" for u in rows)
+        teacher = [u["test_top1_teacher"] for u in rows if "test_top1_teacher" in u]
+        lines.append(
+            f"| {m} | {' '.join(rows[0]['sets'])} | {_stat([u['test_top1'] for u in rows])} | "
+            f"{_stat([u['test_top1_finetuned'] for u in rows])} | {_stat(teacher) if teacher else '–'} | {per_seed} |"
+        )
+    return ("\n".join(lines) if summary else "No final run has finished yet."), summary
+
+
+def tuning_table(units: dict, n: int, grid: dict) -> str:
+    tuned = [u for u in units.values() if u["labels"] == n and u["phase"] == "tune"]
+    if not tuned:
+        return ""
+    lines = ["| method | setting | steps | val top-1 | val + finetune | chosen |", "|---|---|---:|---:|---:|---|"]
+    for m in grid:
+        rows = sorted((u for u in tuned if u["method"] == m), key=lambda u: u["setting"])
+        scores = [u["val_top1_finetuned"] for u in rows]
+        best = rows[scores.index(max(scores))]["setting"] if len(rows) == len(grid[m]) else None  # the first on a tie
+        for u in rows:
+            mark = "**yes**" if u["setting"] == best else ""
+            lines.append(
+                f"| {m} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} | {mark} |"
+            )
+    return "\n".join(lines)
+
+
+def feedback_figures(run: Path) -> dict | None:
+    """h's mean, std and signal-to-noise over the logging steps after the wait, and the MPL share of the teacher's gradient."""
+    rs = [r for r in records(run) if "feedback/h" in r and not r.get("final")]
+    hs = [r["feedback/h"] for r in rs if r["feedback/h"] != 0.0]
+    if len(hs) < 2:
+        return None
+    mean, std = statistics.fmean(hs), statistics.stdev(hs)
+
+    def med(key):
+        v = [r[key] for r in rs if key in r]
+        return statistics.median(v) if v else None
+
+    ratios = [r["diag/t_grad_norm_mpl"] / r["diag/t_grad_norm_aux"] for r in rs if r.get("diag/t_grad_norm_aux")]
+    return {
+        "n": len(hs),
+        "h_mean": mean,
+        "h_std": std,
+        "h_snr": abs(mean) / std if std else None,
+        "h_positive": sum(h > 0 for h in hs) / len(hs),
+        "t_grad_norm_mpl": med("diag/t_grad_norm_mpl"),
+        "t_grad_norm_aux": med("diag/t_grad_norm_aux"),
+        "mpl_share": statistics.median(ratios) if ratios else None,
+        "cos_mpl_aux": med("diag/cos_mpl_aux"),
+    }
+
+
+def _g(v) -> str:
+    return "–" if v is None else f"{v:.3g}"
+
+
+def feedback_table(out: Path, n: int) -> str:
+    lines = [
+        "| run | logged steps | mean h | std h | \\|mean\\|/std | h > 0 | median ‖g_mpl‖ | median ‖g_aux‖ | median ‖g_mpl‖/‖g_aux‖ | median cos(g_mpl, g_aux) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in sorted((out / "runs" / f"labels{n}").glob("seed*/final/mpl-*")):
+        f = feedback_figures(run)
+        if f:
+            lines.append(
+                f"| {run.parent.parent.name}/{run.name} | {f['n']} | {_g(f['h_mean'])} | {_g(f['h_std'])} | {_g(f['h_snr'])} | "
+                f"{f['h_positive']:.2f} | {_g(f['t_grad_norm_mpl'])} | {_g(f['t_grad_norm_aux'])} | {_g(f['mpl_share'])} | "
+                f"{_g(f['cos_mpl_aux'])} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _series(runs: list[Path], key: str) -> dict[int, float]:
+    """Mean over the runs that logged `key` at each step."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for r in records(run):
+            if key in r and (key.startswith("val/") or not r.get("final")):  # the end-of-run validation is a curve point
+                by_step.setdefault(r["step"], []).append(r[key])
+    return {s: statistics.fmean(v) for s, v in sorted(by_step.items())}
+
+
+def _smooth(values: list[float], k: int = 5) -> list[float]:
+    return [statistics.fmean(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
+
+
+def plot(out: Path, folder: Path, n: int, methods) -> list[str]:
+    """curves_N.png and pl_accuracy_N.png from the final runs' metrics; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = out / "runs" / f"labels{n}"
+    written = []
+    for name, key, which, title in (
+        (f"curves_{n}.png", "val/student_top1", methods, "validation top-1 (1,000 carved training images), student"),
+        (
+            f"pl_accuracy_{n}.png",
+            "diag/pl_accuracy",
+            [m for m in PL_METHODS if m in methods],
+            "pseudo-label accuracy on hidden labels",
+        ),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        drawn = 0
+        for m in which:
+            runs = sorted(base.glob(f"seed*/final/{m}-*"))
+            series = _series(runs, key)
+            if not series:
+                continue
+            ys = list(series.values()) if key.startswith("val/") else _smooth(list(series.values()))
+            ax.plot(list(series), ys, label=f"{m} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+            drawn += 1
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("step")
+        ax.set_ylabel("top-1" if key.startswith("val/") else "accuracy (moving mean of 5 logs)")
+        ax.set_title(f"Fashion-MNIST, {n} labels: {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = folder / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, folder / name)
+        written.append(name)
+    return written
+
+
+def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
+    """Writes folder/results.md and the PNGs of study folder OUT; returns the markdown. Also stores the summary in `report`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    units = report.get("units", {})
+    labels = sorted({u["labels"] for u in units.values()}, reverse=True)
+    parts = [
+        "# Fashion-MNIST semi-supervised study",
+        "",
+        f"Command: `{report.get('command', '')}`. Test top-1 on the 10,000 test images, mean ± std over the seeds "
+        "that finished; tuning on 1,000 images carved from the training set (never the test set).",
+    ]
+    report["summary"] = {}
+    for n in labels:
+        table, summary = results_table(units, n, grid)
+        report["summary"][str(n)] = summary
+        parts += ["", f"## {n} labels ({n // 10} per class)", "", table]
+        tuning = tuning_table(units, n, grid)
+        if tuning:
+            parts += ["", "Tuning (first seed, validation split):", "", tuning]
+        fb = feedback_table(out, n)
+        if fb:
+            parts += ["", "Feedback in the final MPL runs (logging steps with h ≠ 0):", "", fb]
+        try:
+            pictures = plot(out, folder, n, list(grid))
+        except ImportError:
+            pictures = []
+            parts += ["", "(matplotlib is not installed: no pictures)"]
+        parts += ["", *[f"![{p}]({p})" for p in pictures]]
+    text = "\n".join(parts) + "\n"
+    tmp = folder / ".results.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, folder / "results.md")
+    return text

@@ -1,0 +1,98 @@
+"""CI-size replay of recipes/fashion_ssl_study.py through the committed script, on a tiny IDX set the test writes.
+
+It proves the chain, not the numbers: import of both parts, the split with a carved validation part and
+hidden labels, tuning (two settings per method, the better one on the validation split chosen), the final
+runs with their finetuning and test evaluations, results.json / results.md / PNGs, and the resume: a second
+start skips every finished unit, and a unit removed from results.json is run again (its `mpl train` resumes
+the finished run instead of training again).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.helpers import REPO, env
+from tests.e2e.test_fashion_study import _write_fashion
+
+ARGS = ["--labels", "40", "--seeds", "0", "--steps", "6", "--tune-steps", "4", "--eval-every", "2", "--log-every", "2"]
+ARGS += ["--finetune-steps", "4", "--methods", "fixmatch,mpl-hard", "--val-per-class", "5", "--in-process"]
+
+
+def study(*args, check=True):
+    r = subprocess.run(
+        [sys.executable, "recipes/fashion_ssl_study.py", *map(str, args)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
+    _write_fashion(tmp_path / "idx")
+    out = tmp_path / "study"
+    r = study(*ARGS, "--idx", tmp_path / "idx", "--out", out)
+    report = json.loads((out / "results.json").read_text())
+    units = report["units"]
+    tune_keys = {f"40/seed0/tune/{m}/{i}" for m in ("fixmatch", "mpl-hard") for i in (0, 1)}
+    assert tune_keys <= set(units) and len(units) == 6
+    for m in ("fixmatch", "mpl-hard"):
+        tuned = [units[f"40/seed0/tune/{m}/{i}"] for i in (0, 1)]
+        final = next(u for k, u in units.items() if k.startswith(f"40/seed0/final/{m}/"))
+        best = max(range(2), key=lambda i: (tuned[i]["val_top1_finetuned"], -i))
+        assert final["setting"] == best and final["steps"] == 6 and all(t["steps"] == 4 for t in tuned)
+        assert all(0 <= final[k] <= 1 for k in ("test_top1", "test_top1_finetuned", "val_top1", "val_top1_finetuned"))
+        assert ("test_top1_teacher" in final) == (m == "mpl-hard")
+        # The validation split is carved from the training images; the test part is only used by `mpl eval`.
+        split = out / "data/labels40/seed0"
+        train_cmd = next(c for c in final["commands"] if c.startswith("mpl train"))
+        assert f'data.val="{split}/val"' in train_cmd and str(out / "data/test") not in train_cmd
+        assert f"method.name={'fixmatch' if m == 'fixmatch' else 'mpl'}" in train_cmd
+        assert sum(c.startswith("mpl eval") and f"--data {out / 'data/test'}" in c for c in final["commands"]) == (
+            3 if m == "mpl-hard" else 2
+        )
+    assert json.loads((out / "data/labels40/seed0/val/manifest.json").read_text())["num_samples"] == 50
+    assert (out / "data/labels40/seed0/unlabeled_hidden_labels.json").is_file()
+    md = (out / "results.md").read_text()
+    assert (
+        "| fixmatch |" in md
+        and "| mpl-hard |" in md
+        and "Tuning" in md
+        and "No final run" not in md
+        and "Feedback in the final MPL runs" in md
+    )
+    assert (out / "curves_40.png").stat().st_size > 1000 and (out / "pl_accuracy_40.png").stat().st_size > 1000
+    assert report["summary"]["40"]["fixmatch"]["test_top1"]["values"] == [
+        units[k]["test_top1"] for k in units if "final/fixmatch" in k
+    ]
+    assert "ETA" in r.stderr and "| mpl-hard |" in r.stdout
+
+    # A second start skips every finished unit: no command runs, results unchanged.
+    again = study(*ARGS, "--idx", tmp_path / "idx", "--out", out)
+    assert "[study] 40/" not in again.stderr
+    assert json.loads((out / "results.json").read_text())["units"] == units
+    # A unit missing from results.json (the study stopped inside it) runs again; its finished run is resumed, not retrained.
+    key = next(k for k in units if "final/fixmatch" in k)
+    before = report["units"].pop(key)
+    (out / "results.json").write_text(json.dumps(report))
+    study(*ARGS, "--idx", tmp_path / "idx", "--out", out)
+    redone = json.loads((out / "results.json").read_text())["units"][key]
+    assert redone["test_top1_finetuned"] == before["test_top1_finetuned"]
+    runs = json.loads((out / redone["run"] / "run.json").read_text())
+    assert [r["start_step"] for r in runs] == [0, 6]
+
+    # --report-only rewrites the tables elsewhere without training.
+    elsewhere = tmp_path / "report"
+    r = study("--out", out, "--report-only", "--report-to", elsewhere)
+    assert (elsewhere / "results.md").read_text() == (out / "results.md").read_text()
+    assert (elsewhere / "curves_40.png").is_file()
