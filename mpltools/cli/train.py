@@ -21,7 +21,7 @@ def train(
     force: bool = options.start_over(),
     as_json: bool = options.run_report(),
 ) -> None:
-    """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, pseudo-label).
+    """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, fixmatch, pseudo-label).
 
     \b
     Example:
