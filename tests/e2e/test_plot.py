@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import mpl, replay
+from tests.e2e.helpers import cli_in_fresh_python, mpl, replay
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -206,14 +206,5 @@ def test_clear_error_without_matplotlib(work, run_cli, monkeypatch):
 
 
 def test_plot_help_does_not_import_torch_or_matplotlib():
-    import subprocess
-
-    from tests.e2e.helpers import env
-
-    code = (
-        "import sys; from mpltools.cli import main\n"
-        "try:\n    main(['plot', 'regions', '--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]"
-    )
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    r = cli_in_fresh_python(["plot", "regions", "--help"], never=("torch", "matplotlib"))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from mpltools import tracking
 from mpltools.errors import MplError
-from tests.e2e.helpers import REPO, env, metrics, mpl
+from tests.e2e.helpers import REPO, metrics, mpl, replay
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 
@@ -18,8 +17,7 @@ TWOMOON = "recipes/tiny/twomoon.toml"
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tracking")
     (root / "recipes").symlink_to(REPO / "recipes")
-    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
-        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    replay(TWOMOON, root, only="mpl data")
     return root
 
 

@@ -1,4 +1,4 @@
-"""Issue 9, item 3: `mpl recipes validate` runs exactly the checks `mpl train` runs before writing
+"""`mpl recipes validate` runs exactly the checks `mpl train` runs before writing
 (`preflight.check_training`, one implementation). Whatever train refuses before its first byte,
 validate refuses too (as a recipe error, exit 2), naming the same file or key; and neither writes."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_bad_inputs import TWOMOON, cli, w  # noqa: F401 - `w` is the catalogue's module fixture
+from tests.e2e.helpers import TWOMOON, cli
+from tests.e2e.test_bad_inputs import w  # noqa: F401 - `w` is the catalogue's module fixture
 
 CASES = [
     ("empty-val", lambda w: ["--set", f"data.val={w['empty_vec']}"], "empty_vec"),
