@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import REPO, metrics, mpl, replay, sets
+from tests.e2e.helpers import metrics, mpl, replay, sets
 
 DIGITS = "recipes/tiny/digits.toml"
 WARNING = "pseudo labels are collapsing"
@@ -24,7 +24,6 @@ FLIPPED_FEEDBACK_ONLY = (
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("collapse")
-    (root / "recipes").symlink_to(REPO / "recipes")
     replay(DIGITS, root, only="mpl data")
     return root
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import run_script
+from tests.e2e.helpers import run_script, sets
 
 
 @pytest.mark.slow
@@ -24,18 +24,14 @@ def test_digits_benchmark_ci_size(tmp_path):
         "supervised,mpl,mpl+finetune",
         "--out",
         str(out),
-        "--set",
-        "schedule.steps=400",
-        "--set",
-        "eval.every=0",
-        "--set",
-        "student.wait_steps=50",
-        "--set",
-        "method.uda_ramp_steps=100",
-        "--set",
-        "method.pseudo_labels=soft",
-        "--set",
-        "method.pseudo_label_view=weak",
+        *sets(
+            "schedule.steps=400",
+            "eval.every=0",
+            "student.wait_steps=50",
+            "method.uda_ramp_steps=100",
+            "method.pseudo_labels=soft",
+            "method.pseudo_label_view=weak",
+        ),
     )
     report = json.loads((out / "results.json").read_text())
     s = report["summary"]

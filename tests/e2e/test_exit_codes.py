@@ -22,7 +22,8 @@ def world(tmp_path_factory) -> dict:
     from mpltools.models import build_model
 
     root = tmp_path_factory.mktemp("codes")
-    parts = {k: str(twomoon_split(root) / k) for k in ("labeled", "unlabeled", "val")}
+    split = twomoon_split(root)
+    parts = {k: str(split / k) for k in ("labeled", "unlabeled", "val")}
     base = sets(*(f"data.{k}={v}" for k, v in parts.items()), "schedule.steps=1", "eval.every=0")
     ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
     good = root / "run/student.safetensors"
@@ -57,10 +58,7 @@ COMMANDS = {
         "train",
         TWOMOON,
         *w["base"],
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f"method.teacher_checkpoint={ck}",
+        *sets("method.name=pseudo-label", f"method.teacher_checkpoint={ck}"),
         "--out",
         "OUT",
     ],
@@ -95,10 +93,7 @@ def test_recipes_validate_reports_a_bad_teacher_checkpoint_as_a_recipe_error(wor
         "validate",
         TWOMOON,
         *world["base"],
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f"method.teacher_checkpoint={ck}",
+        *sets("method.name=pseudo-label", f"method.teacher_checkpoint={ck}"),
         "--out",
         world["root"] / "never",
     )
@@ -116,10 +111,7 @@ DATA_COMMANDS = {
         "train",
         TWOMOON,
         *w["base"],
-        "--set",
-        "method.name=supervised",
-        "--set",
-        f"data.labeled={d}",
+        *sets("method.name=supervised", f"data.labeled={d}"),
         "--out",
         "OUT",
     ],

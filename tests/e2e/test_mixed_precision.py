@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.e2e.helpers import REPO, interrupted, metrics, mpl, replay, sets, tensors
+from tests.e2e.helpers import interrupted, metrics, mpl, replay, sets, tensors
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
 
@@ -22,7 +22,6 @@ TWOMOON = "recipes/tiny/twomoon.toml"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("precision")
-    (root / "recipes").symlink_to(REPO / "recipes")
     for recipe in (DIGITS, TWOMOON):
         replay(recipe, root, only="mpl data")
     return root

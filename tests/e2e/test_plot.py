@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import cli_in_fresh_python, mpl, replay
+from tests.e2e.helpers import cli_in_fresh_python, mpl, replay, sets
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,14 +32,7 @@ def work(tmp_path_factory) -> Path:
     mpl(
         "train",
         "recipes/tiny/twomoon.toml",
-        "--set",
-        "method.name=supervised",
-        "--set",
-        'data.val=""',
-        "--set",
-        "schedule.steps=60",
-        "--set",
-        "runtime.log_every=20",
+        *sets("method.name=supervised", 'data.val=""', "schedule.steps=60", "runtime.log_every=20"),
         "--out",
         "runs/sl-noval",
         "--force",

@@ -136,12 +136,7 @@ def test_topk_predictions_train_too(run_cli, work, monkeypatch):
         RECIPE,
         "--out",
         work / "runs/topk",
-        "--set",
-        "schedule.steps=2",
-        "--set",
-        f'data.labeled="{work / "topk_l"}"',
-        "--set",
-        f'data.unlabeled="{work / "topk_u"}"',
+        *sets("schedule.steps=2", f'data.labeled="{work / "topk_l"}"', f'data.unlabeled="{work / "topk_u"}"'),
     )
     assert r.exit_code == 0, r.stderr
     assert json.loads(meta_of(work / "runs/topk/reduced_teacher.safetensors")["extra"])["reads"] == predictions.TOPK
@@ -174,10 +169,7 @@ def test_a_prediction_set_that_no_longer_matches_its_source_is_refused(run_cli, 
         RECIPE,
         "--out",
         work / "runs/src_ok",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        f'data.labeled="{work / "pred_src"}"',
+        *sets("schedule.steps=1", f'data.labeled="{work / "pred_src"}"'),
         "--set",
         unl,
     )

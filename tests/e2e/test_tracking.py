@@ -8,7 +8,7 @@ import pytest
 
 from mpltools import tracking
 from mpltools.errors import MplError
-from tests.e2e.helpers import REPO, metrics, mpl, replay
+from tests.e2e.helpers import metrics, mpl, replay, sets
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 
@@ -16,7 +16,6 @@ TWOMOON = "recipes/tiny/twomoon.toml"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tracking")
-    (root / "recipes").symlink_to(REPO / "recipes")
     replay(TWOMOON, root, only="mpl data")
     return root
 
@@ -39,10 +38,7 @@ def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
         "--out",
         out,
         "--force",
-        "--set",
-        "schedule.steps=20",
-        "--set",
-        "runtime.log_every=5",
+        *sets("schedule.steps=20", "runtime.log_every=5"),
         "--set",
         setting,
         cwd=work,

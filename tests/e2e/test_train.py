@@ -105,14 +105,7 @@ def test_h_is_exactly_zero_while_the_student_waits(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "student.wait_steps=6",
-        "--set",
-        "runtime.log_every=1",
-        "--set",
-        "schedule.steps=10",
-        "--set",
-        "student.warmup_steps=0",
+        *sets("student.wait_steps=6", "runtime.log_every=1", "schedule.steps=10", "student.warmup_steps=0"),
         cwd=work,
     )
     records = [r for r in metrics(out) if "feedback/h" in r]
@@ -125,7 +118,7 @@ def test_h_is_exactly_zero_while_the_student_waits(work):
 
 @pytest.mark.slow
 def test_short_mpl_run_on_digits_lowers_held_out_loss_and_h_is_alive(work):
-    common = ["--set", "eval.every=0", "--set", "student.wait_steps=10", "--set", "runtime.log_every=10"]
+    common = sets("eval.every=0", "student.wait_steps=10", "runtime.log_every=10")
     # The same seed builds the same initial student; one step inside the wait leaves it untrained.
     mpl("train", DIGITS, "--out", work / "runs/untrained", "--set", "schedule.steps=1", *common, cwd=work)
     before = [r for r in metrics(work / "runs/untrained") if r.get("final")][0]["val/student_loss"]
@@ -156,12 +149,7 @@ def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f'method.teacher_checkpoint="{teacher}"',
-        "--set",
-        "schedule.steps=6",
+        *sets("method.name=pseudo-label", f'method.teacher_checkpoint="{teacher}"', "schedule.steps=6"),
         cwd=work,
     )
     assert (out / "student.safetensors").exists()
@@ -171,7 +159,7 @@ def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
 
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_keep_last_prunes(work):
-    args = ["--set", "schedule.steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep_last=2"]
+    args = sets("schedule.steps=12", "checkpoint.every=3", "checkpoint.keep_last=2")
     mpl("train", DIGITS, "--out", work / "runs/s1", *args, cwd=work)
     mpl("train", DIGITS, "--out", work / "runs/s2", *args, cwd=work)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(("throughput", "data/"))} for r in rs]  # noqa: E731
@@ -183,7 +171,7 @@ def test_same_seed_same_metrics_and_keep_last_prunes(work):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_bitwise_identical_weights(work, sig):
-    extra = ["--set", "schedule.steps=1500", "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
+    extra = sets("schedule.steps=1500", "checkpoint.every=100", "runtime.log_every=100")
     straight = work / f"runs/straight_{int(sig)}"
     mpl("train", TWOMOON, "--out", straight, *extra, cwd=work)
     resumed = work / f"runs/resumed_{int(sig)}"
@@ -217,16 +205,7 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "teacher.lr=1e30",
-        "--set",
-        "student.lr=1e30",
-        "--set",
-        "student.wait_steps=0",
-        "--set",
-        "checkpoint.every=1",
-        "--set",
-        "schedule.steps=20",
+        *sets("teacher.lr=1e30", "student.lr=1e30", "student.wait_steps=0", "checkpoint.every=1", "schedule.steps=20"),
         cwd=work,
         check=False,
     )
@@ -280,7 +259,7 @@ def test_train_in_process_through_the_cli(work, monkeypatch):
 @pytest.mark.slow
 def test_compiled_networks_train_like_eager_ones(work):
     """runtime.compile (torch.compile via Module.compile) keeps checkpoint names and the maths."""
-    common = ["--set", "schedule.steps=5", "--set", "method.pseudo_labels=argmax"]
+    common = sets("schedule.steps=5", "method.pseudo_labels=argmax")
     mpl("train", TWOMOON, "--out", work / "runs/eager", *common, cwd=work)
     mpl("train", TWOMOON, "--out", work / "runs/compiled", *common, "--set", "runtime.compile=true", cwd=work)
     a, b = tensors(work / "runs/eager/student.safetensors"), tensors(work / "runs/compiled/student.safetensors")
@@ -296,12 +275,7 @@ def test_bf16_autocast_path_trains_on_cpu(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "runtime.mixed_precision=bf16",
-        "--set",
-        "schedule.steps=4",
-        "--set",
-        "runtime.channels_last=true",
+        *sets("runtime.mixed_precision=bf16", "schedule.steps=4", "runtime.channels_last=true"),
         cwd=work,
     )
     run = json.loads((out / "run.json").read_text())[-1]

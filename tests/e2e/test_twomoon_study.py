@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import run_script
+from tests.e2e.helpers import run_script, sets
 
 
 @pytest.mark.slow
@@ -25,10 +25,7 @@ def test_twomoon_study_ci_size(tmp_path):
         "100",
         "--out",
         str(out),
-        "--set",
-        "schedule.steps=2500",
-        "--set",
-        "runtime.log_every=500",
+        *sets("schedule.steps=2500", "runtime.log_every=500"),
     )
     report = json.loads((out / "results.json").read_text())
     s = report["summary"]

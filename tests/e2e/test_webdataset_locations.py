@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from mpltools.data.shards import sha256_file
-from tests.e2e.helpers import ok
+from tests.e2e.helpers import ok, sets
 
 THREE = "shard-{000000..000002}.tar"
 
@@ -76,14 +76,7 @@ def _train_args(labeled: str, unlabeled: str, val: str, out: Path) -> list[str]:
         "recipes/tiny/twomoon.toml",
         "--out",
         out,
-        "--set",
-        "schedule.steps=3",
-        "--set",
-        f"data.labeled={labeled}",
-        "--set",
-        f"data.unlabeled={unlabeled}",
-        "--set",
-        f"data.val={val}",
+        *sets("schedule.steps=3", f"data.labeled={labeled}", f"data.unlabeled={unlabeled}", f"data.val={val}"),
         "--json",
     ]
 
@@ -291,10 +284,7 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
         recipe,
         "--out",
         tmp_path / "b",
-        "--set",
-        f"data.unlabeled={moons}/split/unlabeled",
-        "--set",
-        f"data.val={moons}/split/val",
+        *sets(f"data.unlabeled={moons}/split/unlabeled", f"data.val={moons}/split/val"),
     )
     assert code == 2 and "--allow-pipe" in err and "never from a recipe" in err
     # recipes validate makes the same check as train: the recipe's pipe is refused, the typed one accepted
@@ -307,12 +297,9 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
         "recipes/tiny/twomoon.toml",
         "--out",
         tmp_path / "v",
-        "--set",
-        f"data.labeled={moons}/split/labeled",
-        "--set",
-        f"data.unlabeled={unlabeled}",
-        "--set",
-        f"data.val={moons}/split/val/shard-000000.tar",
+        *sets(
+            f"data.labeled={moons}/split/labeled", f"data.unlabeled={unlabeled}", f"data.val={moons}/split/val/shard-000000.tar"
+        ),
     )
     assert code == 0, err
     code, _, err = run_cli("data", "info", "pipe:false")
