@@ -22,3 +22,11 @@ def run_subprocess():
     """run_subprocess(*args, input=None, cwd=None, timeout=120) -> Ran: `python -m mpltools ARGS` as a child process
     (stdin is /dev/null unless `input` is given)."""
     return helpers.run_subprocess
+
+
+def pytest_collection_modifyitems(items):
+    """Files that hold `slow` tests first, the others after (each group in collection order). `.ci/test` hands whole
+    files to its workers in this order (`--dist loadfile --no-loadscope-reorder`), so the long study files start at
+    once instead of last, where one of them would end the run on a single worker."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
