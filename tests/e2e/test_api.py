@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.e2e.helpers import REPO, env
+from tests.e2e.helpers import REPO, python
 
 
 def readme_python_block() -> str:
@@ -28,7 +26,7 @@ def test_readme_python_example_runs_on_tiny_data(tmp_path):
         "\ntry:\n    mpltools.run('train', 'recipes/tiny/nosuch.toml')\nexcept mpltools.MplError as exc:\n    assert exc.exit_code == 2, exc.exit_code\n"
         "else:\n    raise AssertionError('no MplError')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    r = python("-c", code, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "runs/api/student.safetensors").is_file()
 
@@ -37,7 +35,7 @@ def test_import_mpltools_does_not_import_torch():
     code = (
         "import sys, mpltools; mpltools.__version__; assert 'torch' not in sys.modules, 'torch imported'; print(mpltools.__all__)"
     )
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    r = python("-c", code, cwd=os.getcwd())
     assert r.returncode == 0, r.stderr
     assert "load_checkpoint" in r.stdout
 

@@ -3,7 +3,6 @@ stdout, the same error message and exit code as an MplError (never a SystemExit)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,36 +11,18 @@ import mpltools
 from mpltools import log
 from mpltools.cli import main
 from mpltools.errors import UsageError
-from tests.e2e.helpers import REPO, mpl
+from tests.e2e.helpers import DIGITS_SPLIT, REPO, digits_split, mpl, sets, sha256
 
 DIGITS = "recipes/tiny/digits.toml"
-ARGS = (
-    "--set",
-    "schedule.steps=3",
-    "--set",
-    "checkpoint.every=2",
-    "--set",
-    "data.labeled=d/split/labeled",
-    "--set",
-    "data.unlabeled=d/split/unlabeled",
-    "--set",
-    "data.val=d/split/val",
-)
+ARGS = (*sets("schedule.steps=3", "checkpoint.every=2"), *DIGITS_SPLIT)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("apirun")
     (root / "recipes").symlink_to(REPO / "recipes")
-    mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
-    mpl(
-        "data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root
-    )
+    digits_split(root)
     return root
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_run_train_writes_the_cli_bytes_and_prints_the_cli_result(work, monkeypatch):
@@ -49,7 +30,7 @@ def test_run_train_writes_the_cli_bytes_and_prints_the_cli_result(work, monkeypa
     monkeypatch.chdir(work)
     printed = [mpltools.run("train", DIGITS, "--out", out, *ARGS, echo_logs=False) for out in ("api1", "api2")]
     for name in ("student.safetensors", "teacher.safetensors"):
-        assert _sha(work / "api1" / name) == _sha(work / "cli" / name) == _sha(work / "api2" / name), name
+        assert sha256(work / "api1" / name) == sha256(work / "cli" / name) == sha256(work / "api2" / name), name
     assert printed[0] == cli.stdout.replace("cli", "api1") and printed[1] == cli.stdout.replace("cli", "api2")
     assert printed[0].strip()  # the result: the paths written
     ev = mpl("eval", "cli/student.safetensors", "--data", "d/split/val", "--json", cwd=work).stdout

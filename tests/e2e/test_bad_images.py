@@ -1,4 +1,4 @@
-"""Issue 9: samples that do not match their shard set's manifest, through the real CLI (in-process CliRunner).
+"""Samples that do not match their shard set's manifest, through the real CLI (in-process CliRunner).
 
 Every reader decodes through `decode_input(sample, shard, spec)`, so a 16x16 image in an [8, 8, 1]
 set, an RGB image in a grey set (or grey in an RGB one), a label outside the classes and a truncated
@@ -19,20 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mpltools.cli import app
-from tests.e2e.helpers import REPO
+from tests.e2e.helpers import DIGITS, cli, ok, sets, tree
 
-DIGITS = str(REPO / "recipes/tiny/digits.toml")
 BAD = "s003"  # the one wrong sample of each bad set
-
-
-def cli(*args) -> tuple[int, str]:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout + r.stderr
 
 
 def _image_set(folder: Path, shape=(8, 8, 1), bad=None) -> str:
@@ -75,26 +65,9 @@ def _png(shape):
 def w(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("badimg")
     good = _image_set(root / "good")
-    code, out = cli(
-        "train",
-        DIGITS,
-        "--set",
-        f"data.labeled={good}",
-        "--set",
-        "data.unlabeled=",
-        "--set",
-        "data.val=",
-        "--set",
-        "method.name=supervised",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        "data.batch_size=4",
-        "--out",
-        root / "run",
-    )
-    assert code == 0, out[-3000:]
-    sets = dict(
+    one_step = sets(f"data.labeled={good}", "data.unlabeled=", "data.val=", "method.name=supervised", "schedule.steps=1")
+    ok("train", DIGITS, *one_step, "--set", "data.batch_size=4", "--out", root / "run")
+    faulty = dict(
         big=_image_set(root / "big", bad=_png((16, 16, 1))),  # 16x16 in an [8, 8, 1] set
         rgb=_image_set(root / "rgb", bad=_png((8, 8, 3))),  # RGB in a grey set
         grey=_image_set(root / "grey", shape=(8, 8, 3), bad=_png((8, 8, 1))),  # grey in an RGB set
@@ -102,22 +75,11 @@ def w(tmp_path_factory) -> dict:
         label=_image_set(root / "label"),  # label 7 of 2 classes
     )
     _patch_label(root / "label", b"7")
-    return dict(root=root, ck=str(root / "run/student.safetensors"), **sets)
+    return dict(root=root, ck=str(root / "run/student.safetensors"), **faulty)
 
 
-TRAIN = [
-    "--set",
-    "data.unlabeled=",
-    "--set",
-    "data.val=",
-    "--set",
-    "method.name=supervised",
-    "--set",
-    "schedule.steps=2",
-    "--set",
-    "data.batch_size=4",
-]
-STREAMED = ["--set", "data.in_memory=no", "--set", "data.workers=2"]
+TRAIN = sets("data.unlabeled=", "data.val=", "method.name=supervised", "schedule.steps=2", "data.batch_size=4")
+STREAMED = sets("data.in_memory=no", "data.workers=2")
 
 # What each fault's message must say besides the shard file and key.
 SAYS = {
@@ -152,10 +114,7 @@ CASES = [
             "--set",
             f"data.labeled={w['big']}",
             *TRAIN,
-            "--set",
-            "data.in_memory=no",
-            "--set",
-            "data.workers=0",
+            *sets("data.in_memory=no", "data.workers=0"),
             "--out",
             o,
         ],
@@ -169,10 +128,7 @@ CASES = [
                 w["ck"],
                 "--labeled",
                 w[f],
-                "--set",
-                "finetune.steps=2",
-                "--set",
-                "finetune.batch_size=4",
+                *sets("finetune.steps=2", "finetune.batch_size=4"),
                 "--out",
                 o,
             ],
@@ -204,15 +160,11 @@ CASES = [
 ]
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("fault, argv", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_image(w, tmp_path, fault, argv):
     out = tmp_path / "deep" / "out"
     args = argv(w, out)
-    before = _tree(w["root"])
+    before = tree(w["root"])
     code, text = cli(*args)
     assert code == 1, text[-2000:]
     errors = "\n".join(line for line in text.splitlines() if line.startswith(("error:", "  - ")))
@@ -220,7 +172,7 @@ def test_bad_image(w, tmp_path, fault, argv):
     assert f"{shard}: sample '{BAD}'" in errors, text[-2000:]
     assert all(s in errors for s in SAYS[fault]), text[-2000:]
     assert "Traceback" not in text and "Caught " not in text and "DataLoader worker process" not in text, text[-2000:]
-    assert _tree(w["root"]) == before, "a failed command changed or left files in its inputs' folders"
+    assert tree(w["root"]) == before, "a failed command changed or left files in its inputs' folders"
     if args[0] in ("train", "finetune"):  # a new run's folder may stay (another change removes it), no temp file
         left = [p.name for p in tmp_path.rglob("*") if ".tmp" in p.name]
         assert not left, left

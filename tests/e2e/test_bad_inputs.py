@@ -1,4 +1,4 @@
-"""Issue 9: a catalogue of bad inputs through the real CLI (in-process CliRunner).
+"""A catalogue of bad inputs through the real CLI (in-process CliRunner).
 
 Each case asserts the exit code, that the message names the offending file or key, that there is
 no traceback, and that nothing was left behind (no run folder, stub, temp file; a previous good
@@ -8,46 +8,17 @@ is built once per module.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from mpltools.cli import app
-from tests.e2e.helpers import REPO
+from tests.e2e.helpers import REPO, TWOMOON, cli, corrupt_shards, edit_manifest, ok, sets, tree, twomoon_split, with_weights
 
-TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
 REDUCED = str(REPO / "recipes/tiny/reduced_b7_yfcc.toml")
-VECTOR_STUDENT = [
-    "--set",
-    "augment.kind=none",
-    "--set",
-    "augment.image_size=0",
-    "--set",
-    "augment.normalisation=none",
-    "--set",
-    "model.name=mlp",
-    "--set",
-    "model.kwargs={}",
-]
-
-
-def cli(*args) -> tuple[int, str]:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r.exit_code, r.stdout + r.stderr
-
-
-def ok(*args) -> str:
-    code, out = cli(*args)
-    assert code == 0, out[-3000:]
-    return out
+VECTOR_STUDENT = sets(
+    "augment.kind=none", "augment.image_size=0", "augment.normalisation=none", "model.name=mlp", "model.kwargs={}"
+)
 
 
 def _image_set(folder: Path, n: int, size: int = 8) -> None:
@@ -67,68 +38,26 @@ def _image_set(folder: Path, n: int, size: int = 8) -> None:
     w.close()
 
 
-def _edit_manifest(src: Path, dst: Path, edit) -> str:
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
-    edit(m)
-    (dst / "manifest.json").write_text(json.dumps(m))
-    return str(dst)
-
-
-def _with_weights(src: Path, dst: Path, change) -> str:
-    with safe_open(src, framework="pt") as fh:
-        meta = fh.metadata()
-    tensors = load_file(src)
-    change(tensors)
-    save_file(tensors, dst, metadata=meta)
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def w(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bad")
-    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
-    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
-    base = [
-        "--set",
-        f"data.labeled={sets['labeled']}",
-        "--set",
-        f"data.unlabeled={sets['unlabeled']}",
-        "--set",
-        f"data.val={sets['val']}",
-        "--set",
-        "schedule.steps=2",
-        "--set",
-        "eval.every=0",
-    ]
+    split = twomoon_split(root)
+    parts = {k: str(split / k) for k in ("labeled", "unlabeled", "val")}
+    base = sets(*(f"data.{k}={v}" for k, v in parts.items()), "schedule.steps=2", "eval.every=0")
     ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
     _image_set(root / "img", 8)
     _image_set(root / "empty", 0)
+    images = sets(f"data.labeled={root / 'img'}", "data.unlabeled=", "data.val=", "method.name=supervised")
     ok(
         "train",
         TWOMOON,
-        "--set",
-        f"data.labeled={root / 'img'}",
-        "--set",
-        "data.unlabeled=",
-        "--set",
-        "data.val=",
-        "--set",
-        "method.name=supervised",
-        "--set",
-        "model.name=small_cnn",
-        "--set",
-        "model.kwargs={}",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        "data.batch_size=4",
+        *images,
+        *sets("model.name=small_cnn", "model.kwargs={}", "schedule.steps=1", "data.batch_size=4"),
         "--out",
         root / "imgrun",
     )
     ck = root / "run/student.safetensors"
-    labeled = Path(sets["labeled"])
+    labeled = Path(parts["labeled"])
     d = dict(
         root=root,
         base=base,
@@ -136,38 +65,30 @@ def w(tmp_path_factory) -> dict:
         img=str(root / "img"),
         imgck=str(root / "imgrun/student.safetensors"),
         empty=str(root / "empty"),
-        **sets,
+        **parts,
     )
-    d["nan"] = _with_weights(ck, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan")))
+    d["nan"] = with_weights(ck, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan")))
     (root / "garbage.safetensors").write_bytes(b"\x00not a checkpoint" * 10)
     d["garbage"] = str(root / "garbage.safetensors")
-    d["neg"] = _edit_manifest(
-        labeled,
-        root / "neg",
-        lambda m: (
-            m["shards"][0].update(count=-1),
-            m.update(num_samples=m["num_samples"] - m["shards"][0]["count"] - 1 + (-1) * 0),
-        ),
-    )
-    d["neg"] = _edit_manifest(
+    d["neg"] = edit_manifest(
         labeled,
         root / "negn",
         lambda m: (m.update(num_samples=-1), [s.update(count=0) for s in m["shards"]], m["shards"][0].update(count=-1)),
     )
-    d["badsha"] = _edit_manifest(labeled, root / "badsha", lambda m: m["shards"][0].update(sha256="xyz"))
-    d["dupcls"] = _edit_manifest(labeled, root / "dupcls", lambda m: m.update(classes=[m["classes"][0]] * len(m["classes"])))
-    d["badshape"] = _edit_manifest(labeled, root / "badshape", lambda m: m["input"].update(shape=[-2]))
+    d["badsha"] = edit_manifest(labeled, root / "badsha", lambda m: m["shards"][0].update(sha256="xyz"))
+    d["dupcls"] = edit_manifest(labeled, root / "dupcls", lambda m: m.update(classes=[m["classes"][0]] * len(m["classes"])))
+    d["badshape"] = edit_manifest(labeled, root / "badshape", lambda m: m["input"].update(shape=[-2]))
     (root / "notjson").mkdir()
     (root / "notjson/manifest.json").write_text("{ not json")
     d["notjson"] = str(root / "notjson")
     (root / "broken.toml").write_text("[data\nlabeled = ")
     d["broken"] = str(root / "broken.toml")
-    d["corrupt"] = _corrupt_shards(labeled, root / "corrupt")
-    d["corrupt_val"] = _corrupt_shards(Path(sets["val"]), root / "corrupt_val")
+    d["corrupt"] = corrupt_shards(labeled, root / "corrupt")
+    d["corrupt_val"] = corrupt_shards(Path(parts["val"]), root / "corrupt_val")
     for part in ("labeled", "unlabeled"):  # Reduced MPL's prediction sets of the TwoMoon student
-        ok("reduced", "predict", ck, "--data", sets[part], "--dtype", "float32", "--out", root / f"pred_{part}")
+        ok("reduced", "predict", ck, "--data", parts[part], "--dtype", "float32", "--out", root / f"pred_{part}")
     d["pred_labeled"] = str(root / "pred_labeled")
-    d["pred_corrupt"] = _corrupt_shards(root / "pred_unlabeled", root / "pred_corrupt")
+    d["pred_corrupt"] = corrupt_shards(root / "pred_unlabeled", root / "pred_corrupt")
     (root / "badtree/a").mkdir(parents=True)
     (root / "badtree/b").mkdir()
     for i in range(3):
@@ -180,23 +101,10 @@ def w(tmp_path_factory) -> dict:
     return d
 
 
-def _corrupt_shards(src: Path, dst: Path) -> str:
-    """A copy whose manifest is intact but whose shards are garbage of the same length: the preflight (which
-    reads manifests) passes, the command fails only once it streams the samples, after its output exists."""
-    shutil.copytree(src, dst)
-    for tar in dst.glob("*.tar"):
-        tar.write_bytes(bytes(range(256)) * (tar.stat().st_size // 256) + b"x" * (tar.stat().st_size % 256))
-    return str(dst)
-
-
 def _png_bytes() -> bytes:
     from mpltools.data.codecs import encode_png
 
     return encode_png(np.zeros((8, 8, 1), dtype=np.uint8))
-
-
-def T(d, key):  # a path of the world, resolved when the case runs
-    return lambda w: w[key]
 
 
 # (id, argv as a function of the world, exit code, what the message must name (a world key or literal text))
@@ -261,10 +169,7 @@ CASES = [
             "train",
             TWOMOON,
             *w["base"],
-            "--set",
-            "method.name=pseudo-label",
-            "--set",
-            f"method.teacher_checkpoint={w['nan']}",
+            *sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['nan']}"),
         ],
         1,
         "nan.safetensors",
@@ -275,10 +180,7 @@ CASES = [
             "train",
             TWOMOON,
             *w["base"],
-            "--set",
-            "method.name=pseudo-label",
-            "--set",
-            f"method.teacher_checkpoint={w['root'] / 'gone.safetensors'}",
+            *sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['root'] / 'gone.safetensors'}"),
         ],
         1,
         "gone.safetensors",
@@ -289,10 +191,7 @@ CASES = [
             "train",
             TWOMOON,
             *w["base"],
-            "--set",
-            "method.name=pseudo-label",
-            "--set",
-            f"method.teacher_checkpoint={w['garbage']}",
+            *sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['garbage']}"),
         ],
         1,
         "garbage.safetensors",
@@ -303,10 +202,7 @@ CASES = [
             "train",
             TWOMOON,
             *w["base"],
-            "--set",
-            "method.name=pseudo-label",
-            "--set",
-            f"method.teacher_checkpoint={w['imgck']}",
+            *sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['imgck']}"),
         ],
         1,
         "imgrun",
@@ -371,12 +267,7 @@ CASES = [
             "train",
             TWOMOON,
             *w["base"],
-            "--set",
-            "method.name=supervised",
-            "--set",
-            "student.lr=1e38",
-            "--set",
-            "schedule.steps=4",
+            *sets("method.name=supervised", "student.lr=1e38", "schedule.steps=4"),
         ],
         1,
         "not finite",
@@ -393,12 +284,7 @@ CASES = [
             "reduced",
             "train",
             REDUCED,
-            "--set",
-            f"data.labeled={w['pred_labeled']}",
-            "--set",
-            f"data.unlabeled={w['pred_corrupt']}",
-            "--set",
-            "data.val=",
+            *sets(f"data.labeled={w['pred_labeled']}", f"data.unlabeled={w['pred_corrupt']}", "data.val="),
             *VECTOR_STUDENT,
             "--out",
             "OUT",
@@ -433,17 +319,13 @@ CASES = [
 ]
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("argv, code, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(w, tmp_path, argv, code, names):
     out = tmp_path / "deep" / "out"
     args = [out if a == "OUT" else a for a in argv(w)]
     if args[0] in ("train", "finetune") and "--print-config" not in args:
         args = [*args, "--out", out]
-    before = _tree(w["root"])
+    before = tree(w["root"])
     got, text = cli(*args)
     assert got == code, text[-2000:]
     errors = [line for line in text.splitlines() if line.startswith(("error:", "Error", "Usage:", "│", "Invalid"))]
@@ -451,4 +333,4 @@ def test_bad_input(w, tmp_path, argv, code, names):
     assert names in message and "Error:" not in message.split("error:", 1)[-1][:40], text[-2000:]
     assert "Traceback" not in text
     assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
-    assert _tree(w["root"]) == before, "a failed command changed or left files in its inputs' folders"
+    assert tree(w["root"]) == before, "a failed command changed or left files in its inputs' folders"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import subprocess
@@ -15,10 +14,10 @@ import torch
 
 from mpltools import checkpoint
 from mpltools.errors import MplError
-from tests.e2e.helpers import env, mpl
+from tests.e2e.helpers import DIGITS_SPLIT, digits_split, env, mpl, run_process, sets, sha256
 
 DIGITS = "recipes/tiny/digits.toml"
-FAST = ("--set", "schedule.steps=3", "--set", "checkpoint.every=2")
+FAST = sets("schedule.steps=3", "checkpoint.every=2")
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +25,12 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ckbytes")
     (root / "recipes/tiny").mkdir(parents=True)
     (root / DIGITS).write_text((Path(__file__).parents[2] / DIGITS).read_text())
-    mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
-    mpl(
-        "data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root
-    )
+    digits_split(root)
     return root
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _train(work: Path, out: str, umask: int = 0o022) -> subprocess.CompletedProcess:
-    data = ("--set", "data.labeled=d/split/labeled", "--set", "data.unlabeled=d/split/unlabeled", "--set", "data.val=d/split/val")
-    cmd = [sys.executable, "-m", "mpltools", "train", DIGITS, "--out", out, *FAST, *data]
+    cmd = [sys.executable, "-m", "mpltools", "train", DIGITS, "--out", out, *FAST, *DIGITS_SPLIT]
     return subprocess.run(
         cmd,
         cwd=work,
@@ -57,11 +48,11 @@ def test_identical_runs_give_byte_identical_checkpoints_and_umask_modes(work):
         r = _train(work, out, mask)
         assert r.returncode == 0, r.stderr[-3000:]
     for name in ("student.safetensors", "teacher.safetensors"):
-        assert _sha(work / "r1" / name) == _sha(work / "r2" / name), name
+        assert sha256(work / "r1" / name) == sha256(work / "r2" / name), name
     states = sorted((work / "r1/state").glob("step_*/*.safetensors"))
     assert states
     for f in states:
-        assert _sha(f) == _sha(work / "r2" / f.relative_to(work / "r1")), f.name
+        assert sha256(f) == sha256(work / "r2" / f.relative_to(work / "r1")), f.name
     for run, mode in (("r1", 0o644), ("r3", 0o600)):
         files = [work / run / "student.safetensors", work / run / "teacher.safetensors", *(work / run / "state").glob("step_*/*")]
         for f in files:
@@ -78,16 +69,13 @@ def test_identical_runs_give_byte_identical_checkpoints_and_umask_modes(work):
             out,
             cwd=work,
         )
-    assert _sha(work / "f1/finetuned.safetensors") == _sha(work / "f2/finetuned.safetensors")
+    assert sha256(work / "f1/finetuned.safetensors") == sha256(work / "f2/finetuned.safetensors")
 
 
 def test_file_size_limit_names_the_path_and_leaves_no_temp(work):
-    data = "--set data.labeled=d/split/labeled --set data.unlabeled=d/split/unlabeled --set data.val=d/split/val"
     # 12 KiB: the recipe and logs fit, a state's weights (17 KB) do not.
-    line = f"ulimit -f 12; exec {sys.executable} -m mpltools train {DIGITS} --out full {' '.join(FAST)} {data}"
-    r = subprocess.run(
-        ["bash", "-c", line], cwd=work, env=env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    line = f"ulimit -f 12; exec {sys.executable} -m mpltools train {DIGITS} --out full {' '.join([*FAST, *DIGITS_SPLIT])}"
+    r = run_process(["bash", "-c", line], cwd=work, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "cannot write" in r.stderr and "full/" in r.stderr, r.stderr[-2000:]
     assert "file-size limit" in r.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import REPO, metrics, mpl, recipe_commands
+from tests.e2e.helpers import metrics, mpl, replay, sets
 
 DIGITS = "recipes/tiny/digits.toml"
 WARNING = "pseudo labels are collapsing"
@@ -24,16 +24,12 @@ FLIPPED_FEEDBACK_ONLY = (
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("collapse")
-    (root / "recipes").symlink_to(REPO / "recipes")
-    for line in recipe_commands(REPO / DIGITS):
-        if line.startswith("mpl data"):
-            mpl(*line.split()[1:], cwd=root)
+    replay(DIGITS, root, only="mpl data")
     return root
 
 
-def train(work: Path, name: str, *sets: str):
-    args = [a for s in (*sets, 'data.val=""') for a in ("--set", s)]
-    r = mpl("train", DIGITS, *args, "--out", f"runs/{name}", cwd=work)
+def train(work: Path, name: str, *assignments: str):
+    r = mpl("train", DIGITS, *sets(*assignments, 'data.val=""'), "--out", f"runs/{name}", cwd=work)
     return r, [rec for rec in metrics(work / "runs" / name) if "diag/pl_max_class_fraction" in rec]
 
 

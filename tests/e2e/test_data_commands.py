@@ -6,20 +6,16 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mpltools.cli import app
 from mpltools.data.codecs import decode_input
 from mpltools.data.opening import open_shard_set
 from tests import fakes
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.e2e.helpers import REPO, ok, python, run_process
 
 
 @pytest.fixture(params=["in-process", "subprocess"])
@@ -28,16 +24,10 @@ def mpl(request, run_cli, run_subprocess):
     return run_cli if request.param == "in-process" else run_subprocess
 
 
-def _make(*args) -> None:
-    """Set-up step (module fixtures): run `mpl` in-process and insist it works."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.stderr
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits") / "digits"
-    _make("-q", "data", "import", "digits", "--out", out)
+    ok("-q", "data", "import", "digits", "--out", out)
     return out
 
 
@@ -45,7 +35,7 @@ def digits(tmp_path_factory) -> Path:
 def synthetic(tmp_path_factory) -> Path:
     """200 8x8 RGB images of 10 classes in 4 shards."""
     out = tmp_path_factory.mktemp("synthetic") / "syn"
-    _make("-q", "data", "import", "synthetic", "--num-samples", "200", "--image-size", "8", "--max-per-shard", "60", "--out", out)
+    ok("-q", "data", "import", "synthetic", "--num-samples", "200", "--image-size", "8", "--max-per-shard", "60", "--out", out)
     return out
 
 
@@ -197,15 +187,7 @@ def test_real_shell_pipeline(tmp_path):
     mpl data info "$(mpl data import twomoon --out t --num-samples 100)" --json > twomoon.json
     echo s/val | mpl data info - --json | python -c 'import json, sys; print(json.load(sys.stdin)["num_samples"])'
     """
-    r = subprocess.run(
-        ["bash", "-c", script],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    r = run_process(["bash", "-c", script], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "200\n"
     assert "verify      OK" in (tmp_path / "verify.txt").read_text()
@@ -643,15 +625,7 @@ def test_usage_errors_exit_2(mpl, synthetic, tmp_path, args):
 def test_launchers_print_the_version(launcher):
     from mpltools import __version__
 
-    r = subprocess.run(
-        [sys.executable, *launcher, "--version"],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    r = python(*launcher, "--version", cwd=REPO)
     assert (r.returncode, r.stdout) == (0, f"mpl (mpltools) {__version__}\n"), r.stderr
 
 

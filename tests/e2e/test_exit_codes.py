@@ -1,4 +1,4 @@
-"""Issue 9, item 2: one exit code per kind of fault, whichever command meets it (errors.py, README "exit codes").
+"""One exit code per kind of fault, whichever command meets it (errors.py, README "exit codes").
 
 The same bad checkpoint (missing, not safetensors, NaN weights, another label set) handed to every
 command that reads one gives exit 1 (bad file content), names the file, prints no traceback and
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_bad_inputs import TWOMOON, _corrupt_shards, _edit_manifest, _with_weights, cli, ok
+from tests.e2e.helpers import TWOMOON, cli, corrupt_shards, edit_manifest, ok, sets, twomoon_split, with_weights
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +22,9 @@ def world(tmp_path_factory) -> dict:
     from mpltools.models import build_model
 
     root = tmp_path_factory.mktemp("codes")
-    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
-    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    sets = {k: str(root / "split" / k) for k in ("labeled", "unlabeled", "val")}
-    base = [
-        "--set",
-        f"data.labeled={sets['labeled']}",
-        "--set",
-        f"data.unlabeled={sets['unlabeled']}",
-        "--set",
-        f"data.val={sets['val']}",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        "eval.every=0",
-    ]
+    split = twomoon_split(root)
+    parts = {k: str(split / k) for k in ("labeled", "unlabeled", "val")}
+    base = sets(*(f"data.{k}={v}" for k, v in parts.items()), "schedule.steps=1", "eval.every=0")
     ok("train", TWOMOON, *base, "--set", "method.name=supervised", "--out", root / "run")
     good = root / "run/student.safetensors"
     _, meta = read_checkpoint(good)
@@ -46,19 +34,19 @@ def world(tmp_path_factory) -> dict:
     bad = {
         "missing": str(root / "gone.safetensors"),
         "garbage": str(root / "garbage.safetensors"),
-        "nan": _with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
+        "nan": with_weights(good, root / "nan.safetensors", lambda t: next(iter(t.values())).fill_(float("nan"))),
         "classes": str(root / "three.safetensors"),
     }
-    labeled = Path(sets["labeled"])
+    labeled = Path(parts["labeled"])
     (root / "notjson").mkdir()
     (root / "notjson/manifest.json").write_text("{ not json")
     data = {
         "missing": str(root / "nowhere"),
         "notjson": str(root / "notjson"),
-        "negative": _edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
-        "corrupt": _corrupt_shards(labeled, root / "corrupt"),
+        "negative": edit_manifest(labeled, root / "negative", lambda m: m.update(num_samples=-1)),
+        "corrupt": corrupt_shards(labeled, root / "corrupt"),
     }
-    return dict(root=root, base=base, bad=bad, data=data, ck=str(good), **sets)
+    return dict(root=root, base=base, bad=bad, data=data, ck=str(good), **parts)
 
 
 COMMANDS = {
@@ -70,10 +58,7 @@ COMMANDS = {
         "train",
         TWOMOON,
         *w["base"],
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f"method.teacher_checkpoint={ck}",
+        *sets("method.name=pseudo-label", f"method.teacher_checkpoint={ck}"),
         "--out",
         "OUT",
     ],
@@ -85,12 +70,17 @@ BAD = ["missing", "garbage", "nan", "classes"]
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_the_same_bad_checkpoint_gives_exit_1_from_every_command(world, tmp_path, command, bad):
-    ck = world["bad"][bad]
+    _exits_1_naming(world["bad"][bad], COMMANDS[command](world, world["bad"][bad]), tmp_path)
+
+
+def _exits_1_naming(bad: str, argv: list, tmp_path) -> None:
+    """`mpl ARGV` (OUT: a folder two levels below tmp_path) exits 1, names `bad` in an error line, prints no
+    traceback and leaves no output or parent folder."""
     out = tmp_path / "deep" / "out"
-    code, text = cli(*[out if a == "OUT" else a for a in COMMANDS[command](world, ck)])
+    code, text = cli(*[out if a == "OUT" else a for a in argv])
     assert code == 1, text[-2000:]
     errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
-    assert Path(ck).name in errors, text[-2000:]
+    assert Path(bad).name in errors, text[-2000:]
     assert "Traceback" not in text
     assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
 
@@ -103,10 +93,7 @@ def test_recipes_validate_reports_a_bad_teacher_checkpoint_as_a_recipe_error(wor
         "validate",
         TWOMOON,
         *world["base"],
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f"method.teacher_checkpoint={ck}",
+        *sets("method.name=pseudo-label", f"method.teacher_checkpoint={ck}"),
         "--out",
         world["root"] / "never",
     )
@@ -124,10 +111,7 @@ DATA_COMMANDS = {
         "train",
         TWOMOON,
         *w["base"],
-        "--set",
-        "method.name=supervised",
-        "--set",
-        f"data.labeled={d}",
+        *sets("method.name=supervised", f"data.labeled={d}"),
         "--out",
         "OUT",
     ],
@@ -139,11 +123,4 @@ BAD_DATA = ["missing", "notjson", "negative", "corrupt"]
 @pytest.mark.parametrize("bad", BAD_DATA)
 @pytest.mark.parametrize("command", list(DATA_COMMANDS))
 def test_the_same_bad_shard_set_gives_exit_1_from_every_command(world, tmp_path, command, bad):
-    data = world["data"][bad]
-    out = tmp_path / "deep" / "out"
-    code, text = cli(*[out if a == "OUT" else a for a in DATA_COMMANDS[command](world, data)])
-    assert code == 1, text[-2000:]
-    errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
-    assert Path(data).name in errors, text[-2000:]
-    assert "Traceback" not in text
-    assert not (tmp_path / "deep").exists(), "a failed command left its --out (or the parents it created)"
+    _exits_1_naming(world["data"][bad], DATA_COMMANDS[command](world, world["data"][bad]), tmp_path)

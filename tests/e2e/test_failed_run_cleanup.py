@@ -1,4 +1,4 @@
-"""Issue 9, item 1: what a failed or interrupted training run leaves behind.
+"""What a failed or interrupted training run leaves behind.
 
 A NEW run that fails before its first checkpoint leaves nothing it created (run folder, parents
 of --out; what was already in an existing --out stays); a run that has committed a state is kept
@@ -10,30 +10,24 @@ from __future__ import annotations
 import pytest
 
 from mpltools import trainer
-from tests.e2e.test_bad_inputs import TWOMOON, _tree, cli, ok
+from tests.e2e.helpers import TWOMOON, cli, ok, sets, tree, twomoon_split
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("cleanup")
-    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
-    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    return [
-        "--set",
-        f"data.labeled={root / 'split/labeled'}",
-        "--set",
-        f"data.unlabeled={root / 'split/unlabeled'}",
-        "--set",
+    split = twomoon_split(root)
+    return sets(
+        f"data.labeled={split / 'labeled'}",
+        f"data.unlabeled={split / 'unlabeled'}",
         "data.val=",
-        "--set",
         "method.name=supervised",
-        "--set",
         "eval.every=0",
-    ]
+    )
 
 
 # lr 1e38: step 1 is finite, its update overflows float32, so step 2 stops with a NonFinite error (an honest mid-run failure).
-DIVERGE = ["--set", "student.lr=1e38", "--set", "schedule.steps=4"]
+DIVERGE = sets("student.lr=1e38", "schedule.steps=4")
 
 
 def test_failure_after_first_checkpoint_keeps_the_run_and_a_resume_changes_nothing(base, tmp_path):
@@ -42,11 +36,11 @@ def test_failure_after_first_checkpoint_keeps_the_run_and_a_resume_changes_nothi
     assert code == 1 and "not finite" in text and "Traceback" not in text
     assert "resume with the same command" in text and str(out) in text
     assert (out / "state/step_000000001").is_dir()
-    states = _tree(out / "state")
+    states = tree(out / "state")
     # The same command resumes from that state and fails the same way: a resumed run deletes nothing.
     code, text = cli("train", TWOMOON, *base, *DIVERGE, "--set", "checkpoint.every=1", "--out", out)
     assert code == 1 and "resuming" in text and "Removed" not in text
-    assert _tree(out / "state") == states and (out / "recipe.toml").is_file()
+    assert tree(out / "state") == states and (out / "recipe.toml").is_file()
 
 
 def test_failure_in_an_existing_empty_folder_keeps_the_folder_empty(base, tmp_path):
@@ -83,7 +77,7 @@ def test_ctrl_c_before_the_first_checkpoint_removes_the_new_run(base, tmp_path, 
 def test_a_refused_folder_is_left_as_it_was_without_a_resume_note(base, tmp_path):
     out = tmp_path / "run"
     ok("train", TWOMOON, *base, "--set", "schedule.steps=2", "--set", "checkpoint.every=1", "--out", out)
-    before = _tree(out)
+    before = tree(out)
     code, text = cli("train", TWOMOON, *base, "--set", "schedule.steps=3", "--out", out)
     assert code == 2 and "different recipe" in text and "resume with the same command" not in text
-    assert _tree(out) == before
+    assert tree(out) == before

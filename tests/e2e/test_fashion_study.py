@@ -10,15 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.e2e.helpers import REPO, env
-from tests.e2e.test_studies import run_script
+from tests.e2e.helpers import REPO, python, run_script
 
 
 def _idx(values: np.ndarray) -> bytes:
@@ -80,15 +77,7 @@ def test_fashion_study_ci_size(tmp_path):
 
 
 def test_fashion_study_without_idx_files_is_a_usage_error(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "recipes/fashion_study.py", "--idx", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    r = python("recipes/fashion_study.py", "--idx", tmp_path / "none", "--out", tmp_path / "o", cwd=REPO)
     assert r.returncode == 2 and r.stdout == ""
     assert str(tmp_path / "none") in r.stderr and "dataset-fashion-mnist" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()

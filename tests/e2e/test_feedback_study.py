@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_studies import run_script
+from tests.e2e.helpers import run_script
 
 
 @pytest.mark.slow

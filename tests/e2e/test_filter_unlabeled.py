@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from mpltools.data.filtering import dhash
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardWriter
 from mpltools.data.transforms import AugmentSpec, eval_view, to_float_batch
-from tests.e2e.helpers import env, mpl
+from tests.e2e.helpers import accelerate_launch, mpl
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
 
@@ -249,30 +247,6 @@ def test_store_topk_stores_the_checkpoints_top_classes(run_cli, work):
         assert stored["prob"] == pytest.approx(probs[key][stored["index"]], abs=1e-5)
 
 
-def _launch(work: Path, *args) -> subprocess.CompletedProcess:
-    cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "mpltools",
-        *map(str, args),
-    ]
-    return subprocess.run(
-        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
-
-
 def test_two_processes_write_byte_identical_output(work):
     # The pool has 3 shards: process 0 scores shards 0 and 2, process 1 shard 1.
     args = [
@@ -295,7 +269,7 @@ def test_two_processes_write_byte_identical_output(work):
         "16",
         "--force",
     ]
-    two = _launch(work, *args, "--out", "two")
+    two = accelerate_launch("-m", "mpltools", *args, "--out", "two", cwd=work)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["two"]  # printed once
     one = mpl(*args, "--workers", "2", "--out", "one", cwd=work)  # and decoding in 2 worker processes
@@ -422,17 +396,8 @@ def test_checkpoints_that_do_not_fit_the_data_are_refused(run_cli, work, tmp_pat
 def test_existing_output_is_kept_and_a_failure_mid_write_leaves_nothing(run_cli, work, monkeypatch):
     (work / "exists").mkdir()
     (work / "exists/keep.txt").write_text("mine")
-    r = run_cli(
-        "data",
-        "filter-unlabeled",
-        work / "pool",
-        "--model",
-        work / "runs/sup/student.safetensors",
-        "--top-k",
-        "3",
-        "--out",
-        work / "exists",
-    )
+    top3 = ["data", "filter-unlabeled", work / "pool", "--model", work / "runs/sup/student.safetensors", "--top-k", "3"]
+    r = run_cli(*top3, "--out", work / "exists")
     assert r.exit_code == 1 and "--force" in r.stderr and (work / "exists/keep.txt").read_text() == "mine"
 
     calls = {"n": 0}
@@ -445,17 +410,7 @@ def test_existing_output_is_kept_and_a_failure_mid_write_leaves_nothing(run_cli,
         return original(self, sample)
 
     monkeypatch.setattr(ShardWriter, "write", failing)
-    r = run_cli(
-        "data",
-        "filter-unlabeled",
-        work / "pool",
-        "--model",
-        work / "runs/sup/student.safetensors",
-        "--top-k",
-        "3",
-        "--out",
-        work / "half",
-    )
+    r = run_cli(*top3, "--out", work / "half")
     assert r.exit_code == 1 and "the disk is full" in r.stderr and str(work / "half") in r.stderr
     assert not (work / "half").exists() and not list(work.glob(".half.tmp-*"))
     shutil.rmtree(work / "exists")

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from mpltools.cli import app
-from tests.e2e.helpers import REPO, env, mpl, replay
+from tests.e2e.helpers import REPO, accelerate_launch, meta_of, mpl, replay, run_cli, run_process, sets, tensors, with_weights
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
 
@@ -27,11 +24,6 @@ def work(tmp_path_factory) -> Path:
     return root
 
 
-def meta_of(path: Path) -> dict:
-    with safe_open(path, framework="pt") as fh:
-        return fh.metadata()
-
-
 def test_digits_chain_runs_as_one_shell_pipeline(tmp_path):
     script = """
     set -euo pipefail
@@ -41,12 +33,8 @@ def test_digits_chain_runs_as_one_shell_pipeline(tmp_path):
       | mpl finetune - --labeled d/split/labeled --set finetune.steps=3 \
       | mpl eval - --data d/split/val --json
     """
-    import shutil
-
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
-    r = subprocess.run(
-        ["bash", "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    r = run_process(["bash", "-c", script], cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip(), r.stderr[-3000:]
     result = json.loads(r.stdout)
@@ -66,11 +54,7 @@ def test_finetune_writes_metadata_and_resumes(work):
     assert extra["finetune_steps"] == 5 and extra["parent_role"] == "student"
 
     # Re-running the same command resumes (nothing left to do) and gives the same file.
-    def content(path):
-        with safe_open(path, framework="pt") as fh:
-            return fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-
-    meta_before, before = content(finetuned)
+    meta_before, before = meta_of(finetuned), tensors(finetuned)
     r = mpl(
         "finetune",
         student,
@@ -84,28 +68,23 @@ def test_finetune_writes_metadata_and_resumes(work):
     )
     assert r.stdout.strip() == "runs/tiny/digits/finetune/finetuned.safetensors"
     assert "resuming" in r.stderr
-    meta_after, after = content(finetuned)
+    meta_after, after = meta_of(finetuned), tensors(finetuned)
     assert meta_after == meta_before
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_finetune_settings_come_from_the_checkpoint_then_set(work):
     student = work / "runs/tiny/digits/student.safetensors"
-    r = CliRunner().invoke(
-        app,
-        [
-            "finetune",
-            str(student),
-            "--labeled",
-            str(work / "data/tiny/digits/split/labeled"),
-            "--set",
-            "finetune.steps=2",
-            "--set",
-            "finetune.lr=0.0",
-            "--out",
-            str(work / "runs/ft0"),
-            "--json",
-        ],
+    labeled = work / "data/tiny/digits/split/labeled"
+    r = run_cli(
+        "finetune",
+        student,
+        "--labeled",
+        labeled,
+        *sets("finetune.steps=2", "finetune.lr=0.0"),
+        "--out",
+        work / "runs/ft0",
+        "--json",
     )
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
@@ -122,7 +101,7 @@ def test_finetune_settings_come_from_the_checkpoint_then_set(work):
 @pytest.mark.parametrize("role", ["student", "teacher", "finetune/finetuned"])
 def test_eval_reports_every_metric_for_any_checkpoint(work, role):
     ckpt = work / f"runs/tiny/digits/{role}.safetensors"
-    r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(work / "data/tiny/digits/split/val"), "--json"])
+    r = run_cli("eval", ckpt, "--data", work / "data/tiny/digits/split/val", "--json")
     assert r.exit_code == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["num_samples"] == 100
@@ -190,64 +169,9 @@ def test_eval_real_precision_and_predictions(work):
 
 
 def test_eval_is_exact_over_two_processes(work):
-    one = (
-        json.loads(
-            mpl(
-                "eval",
-                "runs/tiny/digits/student.safetensors",
-                "--data",
-                "data/tiny/digits/split/unlabeled",
-                "--json",
-                cwd=work,
-                check=False,
-            ).stdout
-            or "{}"
-        )
-        if False
-        else None
-    )  # unlabelled data cannot be evaluated
-    del one
-    single = json.loads(
-        mpl(
-            "eval",
-            "runs/tiny/digits/student.safetensors",
-            "--data",
-            "data/tiny/digits/split/val",
-            "--json",
-            "--batch-size",
-            "32",
-            cwd=work,
-        ).stdout
-    )
-    import sys
-
-    cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "mpltools",
-        "eval",
-        "runs/tiny/digits/student.safetensors",
-        "--data",
-        "data/tiny/digits/split/val",
-        "--json",
-        "--batch-size",
-        "32",
-    ]
-    r = subprocess.run(
-        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    args = ["runs/tiny/digits/student.safetensors", "--data", "data/tiny/digits/split/val", "--json", "--batch-size", "32"]
+    single = json.loads(mpl("eval", *args, cwd=work).stdout)
+    r = accelerate_launch("-m", "mpltools", "eval", *args, cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     double = json.loads(r.stdout)
     assert double["world_size"] == 2 and double["num_samples"] == single["num_samples"] == 100
@@ -311,14 +235,11 @@ def test_truncated_corrupt_and_non_finite_checkpoints_are_named(work):
     truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     garbage = work / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 100)
-    tensors = {}
-    with safe_open(good, framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k).clone() for k in fh.keys()}
-    name = next(k for k, v in tensors.items() if v.is_floating_point())
-    tensors[name].view(-1)[0] = float("nan")
-    nan = work / "nan.safetensors"
-    save_file(tensors, nan, metadata=meta)
+
+    def one_nan(weights):
+        next(v for v in weights.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+
+    nan = Path(with_weights(good, work / "nan.safetensors", one_nan))
     foreign = work / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, foreign)
     for path, needle in (
@@ -341,11 +262,8 @@ def test_truncated_corrupt_and_non_finite_checkpoints_are_named(work):
 
 def test_checkpoint_for_another_architecture_is_refused(work):
     good = work / "runs/tiny/digits/student.safetensors"
-    with safe_open(good, framework="pt") as fh:
-        meta = dict(fh.metadata())
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    meta["architecture_kwargs"] = json.dumps({"width": 16, "dropout": 0.2})  # weights are width 8
+    meta = {**meta_of(good), "architecture_kwargs": json.dumps({"width": 16, "dropout": 0.2})}  # weights are width 8
     other = work / "other_arch.safetensors"
-    save_file(tensors, other, metadata=meta)
+    save_file(tensors(good), other, metadata=meta)
     r = mpl("eval", other, "--data", "data/tiny/digits/split/val", cwd=work, check=False)
     assert r.returncode == 1 and "do not fit" in r.stderr and "other_arch.safetensors" in r.stderr

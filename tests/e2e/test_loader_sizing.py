@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mpltools.data import sizing
+from tests.e2e.helpers import ok
 
 RECIPE = """
 [data]
@@ -34,29 +35,21 @@ threads = 1
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from mpltools.cli import app
-
     root = tmp_path_factory.mktemp("sizing")
-    for args in (
-        ["data", "import", "synthetic", "--num-samples", "120", "--image-size", "8", "--out", root / "all"],
-        [
-            "data",
-            "split",
-            root / "all",
-            "--labeled-per-class",
-            "4",
-            "--val-per-class",
-            "0",
-            "--max-per-shard",
-            "20",
-            "--out",
-            root / "split",
-        ],
-    ):
-        r = CliRunner().invoke(app, [str(a) for a in args])
-        assert r.exit_code == 0, r.stderr
+    ok("data", "import", "synthetic", "--num-samples", "120", "--image-size", "8", "--out", root / "all")
+    ok(
+        "data",
+        "split",
+        root / "all",
+        "--labeled-per-class",
+        "4",
+        "--val-per-class",
+        "0",
+        "--max-per-shard",
+        "20",
+        "--out",
+        root / "split",
+    )
     return root
 
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
-from tests.e2e.helpers import REPO, env, metrics, mpl
+from tests.e2e.helpers import interrupted, metrics, mpl, replay, sets, tensors
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
 
@@ -26,10 +22,8 @@ TWOMOON = "recipes/tiny/twomoon.toml"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("precision")
-    (root / "recipes").symlink_to(REPO / "recipes")
     for recipe in (DIGITS, TWOMOON):
-        for line in [l[4:] for l in (REPO / recipe).read_text().splitlines() if l.startswith("# $ mpl data")]:
-            subprocess.run(["bash", "-c", line], cwd=root, env=env(), check=True, capture_output=True)
+        replay(recipe, root, only="mpl data")
     return root
 
 
@@ -69,35 +63,19 @@ def test_digits_recipe_in_bf16_logs_the_feedback_of_the_fp32_run(work):
     assert 1 / 1.5 <= np.median(np.abs(b)) / np.median(np.abs(a)) <= 1.5
 
 
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
-
-
 def test_fp16_run_interrupted_and_resumed_is_bitwise_identical_and_keeps_its_loss_scalers(work):
     """A short growth interval makes the scales move all the time, so a resume that lost them would diverge."""
-    extra = [
-        "--set",
+    extra = sets(
         "runtime.mixed_precision=fp16",
-        "--set",
         "runtime.loss_scale_growth_interval=5",
-        "--set",
         "schedule.steps=600",
-        "--set",
         "checkpoint.every=50",
-        "--set",
         "runtime.log_every=50",
-    ]
+    )
     straight = work / "runs/fp16_straight"
     mpl("train", TWOMOON, "--out", straight, *extra, cwd=work)
     resumed = work / "runs/fp16_resumed"
-    cmd = [sys.executable, "-m", "mpltools", "train", TWOMOON, "--out", str(resumed), *extra]
-    proc = subprocess.Popen(cmd, cwd=work, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((resumed / "state").glob("step_*/COMMITTED")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    proc = interrupted("train", TWOMOON, *extra, out=resumed, sig=signal.SIGINT, cwd=work)
     assert proc.returncode == 130, "the run finished before it could be interrupted; make it longer"
     state = sorted((resumed / "state").glob("step_*/state.json"))[-1]
     scalers = json.loads(state.read_text())["loss_scalers"]
@@ -105,7 +83,7 @@ def test_fp16_run_interrupted_and_resumed_is_bitwise_identical_and_keeps_its_los
     r = mpl("train", TWOMOON, "--out", resumed, *extra, cwd=work)
     assert "resuming" in r.stderr
     for name in ("student.safetensors", "teacher.safetensors"):
-        a, b = _tensors(straight / name), _tensors(resumed / name)
+        a, b = tensors(straight / name), tensors(resumed / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     scales = {r["amp/student_scale"] for r in metrics(straight) if "amp/student_scale" in r}
     assert len(scales) > 1  # the scale really moved during the run

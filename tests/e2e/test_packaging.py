@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 
-from tests.e2e.helpers import REPO, env
+from tests.e2e.helpers import REPO, python
 
 
 def test_wheel_ships_recipes_and_license(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = python("-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     [wheel] = tmp_path.glob("*.whl")
     assert wheel.name.startswith("meta_pseudo_labels-")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import mpl, replay
+from tests.e2e.helpers import cli_in_fresh_python, mpl, replay, sets
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,14 +32,7 @@ def work(tmp_path_factory) -> Path:
     mpl(
         "train",
         "recipes/tiny/twomoon.toml",
-        "--set",
-        "method.name=supervised",
-        "--set",
-        'data.val=""',
-        "--set",
-        "schedule.steps=60",
-        "--set",
-        "runtime.log_every=20",
+        *sets("method.name=supervised", 'data.val=""', "schedule.steps=60", "runtime.log_every=20"),
         "--out",
         "runs/sl-noval",
         "--force",
@@ -206,14 +199,5 @@ def test_clear_error_without_matplotlib(work, run_cli, monkeypatch):
 
 
 def test_plot_help_does_not_import_torch_or_matplotlib():
-    import subprocess
-
-    from tests.e2e.helpers import env
-
-    code = (
-        "import sys; from mpltools.cli import main\n"
-        "try:\n    main(['plot', 'regions', '--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]"
-    )
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    r = cli_in_fresh_python(["plot", "regions", "--help"], never=("torch", "matplotlib"))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mpltools.commands.plot_feedback import FEEDBACK_PANELS
-from tests.e2e.helpers import REPO, metrics, mpl, recipe_commands
+from tests.e2e.helpers import REPO, cli_in_fresh_python, metrics, mpl, recipe_commands
 
 DIGITS = "recipes/tiny/digits.toml"
 
@@ -116,16 +116,6 @@ def test_refusals(work):
 
 
 def test_plot_feedback_help_does_not_import_torch_or_matplotlib():
-    import subprocess
-    import sys
-
-    from tests.e2e.helpers import env
-
-    code = (
-        "import sys; from mpltools.cli import main\n"
-        "try:\n    main(['plot', 'feedback', '--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('torch', 'matplotlib')))[:3]"
-    )
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    r = cli_in_fresh_python(["plot", "feedback", "--help"], never=("torch", "matplotlib"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mpl plot feedback runs/digits" in r.stdout and "--json" in r.stdout

@@ -6,20 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from mpltools.checkpoint import load_model
 from mpltools.data import predictions
 from mpltools.data.opening import open_shard_set
-from tests.e2e.helpers import env, metrics, mpl, replay
+from tests.e2e.helpers import accelerate_launch, interrupted, meta_of, metrics, mpl, replay, sets, tensors
 
 pytestmark = pytest.mark.slow  # trains networks (module fixture); `pytest -m 'not slow'` skips it
 
@@ -34,16 +30,6 @@ def work(tmp_path_factory) -> Path:
     results = replay(RECIPE, root)
     assert json.loads(results[-1].stdout)["num_samples"] == 40  # the header's last line: eval of the finetuned student
     return root
-
-
-def meta_of(path: Path) -> dict:
-    with safe_open(path, framework="pt") as fh:
-        return fh.metadata()
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
 def test_chain_writes_prediction_sets_and_both_checkpoints(work):
@@ -124,16 +110,10 @@ def _tensors_equal(a: Path, b: Path) -> bool:
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(work):
-    extra = ["--set", "schedule.steps=30", "--set", "checkpoint.every=3", "--set", "runtime.log_every=5"]
+    extra = sets("schedule.steps=30", "checkpoint.every=3", "runtime.log_every=5")
     mpl("reduced", "train", RECIPE, "--out", work / "runs/straight", *extra, cwd=work)
     out = work / "runs/resumed"
-    cmd = [sys.executable, "-m", "mpltools", "reduced", "train", RECIPE, "--out", str(out), *extra]
-    proc = subprocess.Popen(cmd, cwd=work, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("state/step_*/COMMITTED")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    interrupted("reduced", "train", RECIPE, *extra, out=out, sig=signal.SIGKILL, cwd=work)
     assert not (out / "student.safetensors").exists()  # killed mid-run
     r = mpl("reduced", "train", RECIPE, "--out", out, *extra, cwd=work)
     assert "resuming" in r.stderr
@@ -156,12 +136,7 @@ def test_topk_predictions_train_too(run_cli, work, monkeypatch):
         RECIPE,
         "--out",
         work / "runs/topk",
-        "--set",
-        "schedule.steps=2",
-        "--set",
-        f'data.labeled="{work / "topk_l"}"',
-        "--set",
-        f'data.unlabeled="{work / "topk_u"}"',
+        *sets("schedule.steps=2", f'data.labeled="{work / "topk_l"}"', f'data.unlabeled="{work / "topk_u"}"'),
     )
     assert r.exit_code == 0, r.stderr
     assert json.loads(meta_of(work / "runs/topk/reduced_teacher.safetensors")["extra"])["reads"] == predictions.TOPK
@@ -170,38 +145,11 @@ def test_topk_predictions_train_too(run_cli, work, monkeypatch):
 
 
 def test_two_processes_predict_byte_identical_sets(work):
-    cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "mpltools",
-        "reduced",
-        "predict",
-        LARGE,
-        "--data",
-        f"{D}/split/labeled",
-        "--batch-size",
-        "16",
-        "--out",
-        "pred_two",
-    ]
-    two = subprocess.run(
-        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    predict = ["reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--batch-size", "16"]
+    two = accelerate_launch("-m", "mpltools", *predict, "--out", "pred_two", cwd=work)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["pred_two"]
-    mpl("reduced", "predict", LARGE, "--data", f"{D}/split/labeled", "--batch-size", "16", "--out", "pred_one", cwd=work)
+    mpl(*predict, "--out", "pred_one", cwd=work)
     a, b = (json.loads((work / d / "manifest.json").read_text()) for d in ("pred_one", "pred_two"))
     a["provenance"].pop("command"), b["provenance"].pop("command")
     assert a == b
@@ -221,10 +169,7 @@ def test_a_prediction_set_that_no_longer_matches_its_source_is_refused(run_cli, 
         RECIPE,
         "--out",
         work / "runs/src_ok",
-        "--set",
-        "schedule.steps=1",
-        "--set",
-        f'data.labeled="{work / "pred_src"}"',
+        *sets("schedule.steps=1", f'data.labeled="{work / "pred_src"}"'),
         "--set",
         unl,
     )

@@ -1,4 +1,4 @@
-"""Issue 9: a kill at the start or the end of a run leaves a folder that resumes, and the end of a
+"""A kill at the start or the end of a run leaves a folder that resumes, and the end of a
 run is idempotent (re-running a finished run adds no second final record; export temps are cleaned)."""
 
 from __future__ import annotations
@@ -8,34 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import REPO
-from tests.e2e.test_bad_inputs import cli, ok
-
-TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
+from tests.e2e.helpers import TWOMOON, cli, metrics, ok, sets, twomoon_split
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> list:
     root = tmp_path_factory.mktemp("kill")
-    ok("data", "import", "twomoon", "--out", root / "all", "--seed", "0", "--noise", "0.1", "--scale", "20")
-    ok("data", "split", root / "all", "--labeled-per-class", "3", "--val-per-class", "5", "--seed", "0", "--out", root / "split")
-    return [
-        "--set",
-        f"data.labeled={root / 'split/labeled'}",
-        "--set",
-        f"data.val={root / 'split/val'}",
-        "--set",
+    split = twomoon_split(root)
+    return sets(
+        f"data.labeled={split / 'labeled'}",
+        f"data.val={split / 'val'}",
         "method.name=supervised",
-        "--set",
         "schedule.steps=2",
-        "--set",
         "eval.every=0",
-    ]
+    )
 
 
 def finals(run: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("final")]
+    return [r for r in metrics(run) if r.get("final")]
 
 
 def test_rerunning_a_finished_run_is_idempotent_and_cleans_export_temps(base, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import mpl
+from tests.e2e.helpers import DIGITS_SPLIT, digits_split, mpl, sets
 
 DIGITS = "recipes/tiny/digits.toml"
 
@@ -18,25 +18,8 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sums")
     (root / "recipes/tiny").mkdir(parents=True)
     (root / DIGITS).write_text((Path(__file__).parents[2] / DIGITS).read_text())
-    mpl("data", "import", "digits", "--out", "d/all", "--seed", "0", cwd=root)
-    mpl(
-        "data", "split", "d/all", "--labeled-per-class", "5", "--val-per-class", "10", "--seed", "0", "--out", "d/split", cwd=root
-    )
-    mpl(
-        "train",
-        DIGITS,
-        "--out",
-        "r",
-        "--set",
-        "schedule.steps=2",
-        "--set",
-        "data.labeled=d/split/labeled",
-        "--set",
-        "data.unlabeled=d/split/unlabeled",
-        "--set",
-        "data.val=d/split/val",
-        cwd=root,
-    )
+    digits_split(root)
+    mpl("train", DIGITS, "--out", "r", "--set", "schedule.steps=2", *DIGITS_SPLIT, cwd=root)
     return root
 
 
@@ -63,21 +46,7 @@ def test_eval_and_train_name_a_shard_whose_checksum_does_not_match(work):
     assert r.returncode == 1 and shard.name in r.stderr and "sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     shutil.copytree(work / "d/split/labeled", work / "badlab")
     shard = corrupt_one_pixel(work / "badlab")
-    r = mpl(
-        "train",
-        DIGITS,
-        "--out",
-        "r2",
-        "--set",
-        "schedule.steps=2",
-        "--set",
-        "data.labeled=badlab",
-        "--set",
-        "data.unlabeled=d/split/unlabeled",
-        "--set",
-        "data.val=d/split/val",
-        cwd=work,
-        check=False,
-    )
+    data = sets("data.labeled=badlab", "data.unlabeled=d/split/unlabeled", "data.val=d/split/val")
+    r = mpl("train", DIGITS, "--out", "r2", "--set", "schedule.steps=2", *data, cwd=work, check=False)
     assert r.returncode == 1 and shard.name in r.stderr and "sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not (work / "r2/student.safetensors").exists()

@@ -3,38 +3,22 @@ pickle) and an interrupted run resumes to bitwise the weights of an uninterrupte
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from tests.e2e.helpers import REPO, env, mpl
-from tests.e2e.test_train import TWOMOON, _interrupt_and_resume, tensors
+from tests.e2e.helpers import interrupted, mpl, replay, sets, tensors
 
-ADAM = [
-    "--set",
-    'teacher.optimizer="adam"',
-    "--set",
-    "teacher.lr=0.01",
-    "--set",
-    "schedule.steps=300",
-    "--set",
-    "checkpoint.every=100",
-    "--set",
-    "runtime.log_every=100",
-]
+TWOMOON = "recipes/tiny/twomoon.toml"
+ADAM = sets('teacher.optimizer="adam"', "teacher.lr=0.01", "schedule.steps=300", "checkpoint.every=100", "runtime.log_every=100")
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("adam")
-    (root / TWOMOON).parent.mkdir(parents=True)
-    shutil.copy(REPO / TWOMOON, root / TWOMOON)
-    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
-        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    replay(TWOMOON, root, only="mpl data")
     return root
 
 
@@ -62,7 +46,7 @@ def test_adam_teacher_is_used_and_its_state_is_saved(work):
 def test_adam_teacher_resumes_to_bitwise_identical_weights(work):
     straight, resumed = work / "runs/adam_straight", work / "runs/adam_resumed"
     mpl("train", TWOMOON, "--out", straight, *ADAM, cwd=work)
-    _interrupt_and_resume(work, resumed, signal.SIGKILL, ADAM)
+    interrupted("train", TWOMOON, *ADAM, out=resumed, sig=signal.SIGKILL, cwd=work)
     r = mpl("train", TWOMOON, "--out", resumed, *ADAM, cwd=work)
     assert "resuming" in r.stderr or not (resumed / "state").exists()
     for name in ("student.safetensors", "teacher.safetensors"):

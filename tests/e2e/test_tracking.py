@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.machinery
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from mpltools import tracking
 from mpltools.errors import MplError
-from tests.e2e.helpers import REPO, env, metrics, mpl
+from tests.e2e.helpers import metrics, mpl, replay, sets
 
 TWOMOON = "recipes/tiny/twomoon.toml"
 
@@ -20,9 +19,7 @@ TWOMOON = "recipes/tiny/twomoon.toml"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tracking")
-    (root / "recipes").symlink_to(REPO / "recipes")
-    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
-        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    replay(TWOMOON, root, only="mpl data")
     return root
 
 
@@ -44,10 +41,7 @@ def test_tensorboard_event_file_equals_metrics_jsonl(work, setting):
         "--out",
         out,
         "--force",
-        "--set",
-        "schedule.steps=20",
-        "--set",
-        "runtime.log_every=5",
+        *sets("schedule.steps=20", "runtime.log_every=5"),
         "--set",
         setting,
         cwd=work,

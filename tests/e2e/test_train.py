@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from typer.testing import CliRunner
 
-from mpltools.cli import app
-from tests.e2e.helpers import REPO, env, metrics, mpl, replay
+from tests.e2e.helpers import REPO, accelerate_launch, interrupted, metrics, mpl, replay, run_cli, sets, tensors
 
 DIGITS = "recipes/tiny/digits.toml"
 TWOMOON = "recipes/tiny/twomoon.toml"
@@ -28,14 +23,8 @@ def work(tmp_path_factory) -> Path:
     """A working folder with the recipes and the tiny digits and twomoon data prepared."""
     root = tmp_path_factory.mktemp("train")
     replay(DIGITS, root)  # import, split, train, finetune, eval: the whole chain once
-    for line in [l for l in (REPO / TWOMOON).read_text().splitlines() if l.startswith("# $ mpl data")]:
-        subprocess.run(["bash", "-c", line[4:]], cwd=root, env=env(), check=True, capture_output=True)
+    replay(TWOMOON, root, only="mpl data")
     return root
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
 @pytest.mark.slow
@@ -57,20 +46,7 @@ def test_tiny_digits_chain_writes_checkpoints_with_metadata(work):
 
 
 def test_print_config_applies_overrides_and_seed():
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            str(REPO / DIGITS),
-            "--set",
-            "method.name=uda",
-            "--set",
-            "model.kwargs.dropout=0.5",
-            "--seed",
-            "7",
-            "--print-config",
-        ],
-    )
+    r = run_cli("train", REPO / DIGITS, *sets("method.name=uda", "model.kwargs.dropout=0.5"), "--seed", "7", "--print-config")
     assert r.exit_code == 0, r.stderr
     resolved = tomllib.loads(r.stdout)
     assert resolved["method"]["name"] == "uda" and resolved["runtime"]["seed"] == 7
@@ -88,7 +64,7 @@ def test_print_config_applies_overrides_and_seed():
     ],
 )
 def test_bad_recipe_keys_exit_2_with_nearest_name(override, needle):
-    r = CliRunner().invoke(app, ["train", str(REPO / DIGITS), "--set", override, "--print-config"])
+    r = run_cli("train", REPO / DIGITS, "--set", override, "--print-config")
     assert r.exit_code == 2
     assert needle in r.stderr
 
@@ -129,14 +105,7 @@ def test_h_is_exactly_zero_while_the_student_waits(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "student.wait_steps=6",
-        "--set",
-        "runtime.log_every=1",
-        "--set",
-        "schedule.steps=10",
-        "--set",
-        "student.warmup_steps=0",
+        *sets("student.wait_steps=6", "runtime.log_every=1", "schedule.steps=10", "student.warmup_steps=0"),
         cwd=work,
     )
     records = [r for r in metrics(out) if "feedback/h" in r]
@@ -149,7 +118,7 @@ def test_h_is_exactly_zero_while_the_student_waits(work):
 
 @pytest.mark.slow
 def test_short_mpl_run_on_digits_lowers_held_out_loss_and_h_is_alive(work):
-    common = ["--set", "eval.every=0", "--set", "student.wait_steps=10", "--set", "runtime.log_every=10"]
+    common = sets("eval.every=0", "student.wait_steps=10", "runtime.log_every=10")
     # The same seed builds the same initial student; one step inside the wait leaves it untrained.
     mpl("train", DIGITS, "--out", work / "runs/untrained", "--set", "schedule.steps=1", *common, cwd=work)
     before = [r for r in metrics(work / "runs/untrained") if r.get("final")][0]["val/student_loss"]
@@ -180,12 +149,7 @@ def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "method.name=pseudo-label",
-        "--set",
-        f'method.teacher_checkpoint="{teacher}"',
-        "--set",
-        "schedule.steps=6",
+        *sets("method.name=pseudo-label", f'method.teacher_checkpoint="{teacher}"', "schedule.steps=6"),
         cwd=work,
     )
     assert (out / "student.safetensors").exists()
@@ -195,7 +159,7 @@ def test_pseudo_label_baseline_uses_a_fixed_teacher(work):
 
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_keep_last_prunes(work):
-    args = ["--set", "schedule.steps=12", "--set", "checkpoint.every=3", "--set", "checkpoint.keep_last=2"]
+    args = sets("schedule.steps=12", "checkpoint.every=3", "checkpoint.keep_last=2")
     mpl("train", DIGITS, "--out", work / "runs/s1", *args, cwd=work)
     mpl("train", DIGITS, "--out", work / "runs/s2", *args, cwd=work)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(("throughput", "data/"))} for r in rs]  # noqa: E731
@@ -204,27 +168,14 @@ def test_same_seed_same_metrics_and_keep_last_prunes(work):
     assert states == ["step_000000009", "step_000000012"]
 
 
-def _interrupt_and_resume(work: Path, out: Path, sig: int, extra: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mpltools", "train", TWOMOON, "--out", str(out), *extra]
-    proc = subprocess.Popen(cmd, cwd=work, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait for the first committed state, then interrupt mid-run
-        if any((p / "COMMITTED").exists() for p in (out / "state").glob("step_*")) if (out / "state").exists() else False:
-            break
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    proc.communicate(timeout=120)
-    return proc
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_bitwise_identical_weights(work, sig):
-    extra = ["--set", "schedule.steps=1500", "--set", "checkpoint.every=100", "--set", "runtime.log_every=100"]
+    extra = sets("schedule.steps=1500", "checkpoint.every=100", "runtime.log_every=100")
     straight = work / f"runs/straight_{int(sig)}"
     mpl("train", TWOMOON, "--out", straight, *extra, cwd=work)
     resumed = work / f"runs/resumed_{int(sig)}"
-    proc = _interrupt_and_resume(work, resumed, sig, extra)
+    proc = interrupted("train", TWOMOON, *extra, out=resumed, sig=sig, cwd=work)
     if sig == signal.SIGINT and proc.returncode != 0:  # it may also have finished before the signal
         assert proc.returncode == 130
     assert not (resumed / "student.safetensors").exists() or proc.returncode == 0
@@ -254,16 +205,7 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_step(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "teacher.lr=1e30",
-        "--set",
-        "student.lr=1e30",
-        "--set",
-        "student.wait_steps=0",
-        "--set",
-        "checkpoint.every=1",
-        "--set",
-        "schedule.steps=20",
+        *sets("teacher.lr=1e30", "student.lr=1e30", "student.wait_steps=0", "checkpoint.every=1", "schedule.steps=20"),
         cwd=work,
         check=False,
     )
@@ -280,44 +222,13 @@ def test_unsynchronised_multi_process_launch_is_refused(work):
     assert r.returncode == 1 and "unsynchronised" in r.stderr
 
 
-def _launch(work: Path, *args, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        *args,
-    ]
-    return subprocess.run(
-        cmd, cwd=work, env=env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
 @pytest.mark.slow
 def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(work):
     import shutil
 
     shutil.copytree(REPO / "mpl", work / "mpl", dirs_exist_ok=True)  # the repo-root launcher, as in a checkout
-    common = [
-        "--set",
-        "schedule.steps=3",
-        "--set",
-        "runtime.log_every=1",
-        "--set",
-        "method.pseudo_labels=argmax",
-        "--set",
-        "checkpoint.every=1",
-    ]
-    two = _launch(work, "mpl", "train", TWOMOON, "--out", "runs/two", *common)
+    common = sets("schedule.steps=3", "runtime.log_every=1", "method.pseudo_labels=argmax", "checkpoint.every=1")
+    two = accelerate_launch("mpl", "train", TWOMOON, "--out", "runs/two", *common, cwd=work)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.strip().splitlines() == ["runs/two/student.safetensors"]  # printed once, by the main process
     one = mpl("train", TWOMOON, "--out", work / "runs/one", *common, cwd=work)
@@ -337,7 +248,7 @@ def test_literal_accelerate_launch_with_two_cpu_processes_matches_one_process(wo
 @pytest.mark.slow
 def test_train_in_process_through_the_cli(work, monkeypatch):
     monkeypatch.chdir(work)
-    r = CliRunner().invoke(app, ["train", TWOMOON, "--out", "runs/inproc", "--set", "schedule.steps=20", "--json"])
+    r = run_cli("train", TWOMOON, "--out", "runs/inproc", "--set", "schedule.steps=20", "--json")
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["step"] == 20 and report["student"] == "runs/inproc/student.safetensors"
@@ -348,7 +259,7 @@ def test_train_in_process_through_the_cli(work, monkeypatch):
 @pytest.mark.slow
 def test_compiled_networks_train_like_eager_ones(work):
     """runtime.compile (torch.compile via Module.compile) keeps checkpoint names and the maths."""
-    common = ["--set", "schedule.steps=5", "--set", "method.pseudo_labels=argmax"]
+    common = sets("schedule.steps=5", "method.pseudo_labels=argmax")
     mpl("train", TWOMOON, "--out", work / "runs/eager", *common, cwd=work)
     mpl("train", TWOMOON, "--out", work / "runs/compiled", *common, "--set", "runtime.compile=true", cwd=work)
     a, b = tensors(work / "runs/eager/student.safetensors"), tensors(work / "runs/compiled/student.safetensors")
@@ -364,12 +275,7 @@ def test_bf16_autocast_path_trains_on_cpu(work):
         DIGITS,
         "--out",
         out,
-        "--set",
-        "runtime.mixed_precision=bf16",
-        "--set",
-        "schedule.steps=4",
-        "--set",
-        "runtime.channels_last=true",
+        *sets("runtime.mixed_precision=bf16", "schedule.steps=4", "runtime.channels_last=true"),
         cwd=work,
     )
     run = json.loads((out / "run.json").read_text())[-1]

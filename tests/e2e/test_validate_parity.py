@@ -1,4 +1,4 @@
-"""Issue 9, item 3: `mpl recipes validate` runs exactly the checks `mpl train` runs before writing
+"""`mpl recipes validate` runs exactly the checks `mpl train` runs before writing
 (`preflight.check_training`, one implementation). Whatever train refuses before its first byte,
 validate refuses too (as a recipe error, exit 2), naming the same file or key; and neither writes."""
 
@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_bad_inputs import TWOMOON, cli, w  # noqa: F401 - `w` is the catalogue's module fixture
+from tests.e2e.helpers import TWOMOON, cli, sets
+from tests.e2e.test_bad_inputs import w  # noqa: F401 - `w` is the catalogue's module fixture
 
 CASES = [
     ("empty-val", lambda w: ["--set", f"data.val={w['empty_vec']}"], "empty_vec"),
-    ("empty-labeled", lambda w: ["--set", "method.name=supervised", "--set", f"data.labeled={w['empty_vec']}"], "empty_vec"),
+    ("empty-labeled", lambda w: sets("method.name=supervised", f"data.labeled={w['empty_vec']}"), "empty_vec"),
     ("tracker-not-installed", lambda w: ["--set", 'runtime.trackers=["wandb"]'], "runtime.trackers"),
-    ("teacher-student-momentum", lambda w: ["--set", "teacher.momentum=0.5", "--set", "student.momentum=0.9"], "momentum"),
+    ("teacher-student-momentum", lambda w: sets("teacher.momentum=0.5", "student.momentum=0.9"), "momentum"),
     (
         "nan-teacher",
-        lambda w: ["--set", "method.name=pseudo-label", "--set", f"method.teacher_checkpoint={w['nan']}"],
+        lambda w: sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['nan']}"),
         "nan.safetensors",
     ),
 ]

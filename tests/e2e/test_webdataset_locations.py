@@ -1,4 +1,4 @@
-"""WebDataset conventions (issue 10): brace patterns, http:// and pipe: locations, `mpl data import webdataset`.
+"""WebDataset conventions: brace patterns, http:// and pipe: locations, `mpl data import webdataset`.
 
 Tiny data made at test time: a 120-sample TwoMoon set in 3 shards, its split, and manifest-less copies
 written by plain `webdataset.TarWriter`. Remote shards are served by `python -m http.server` on 127.0.0.1.
@@ -18,18 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mpltools.cli import app
 from mpltools.data.shards import sha256_file
+from tests.e2e.helpers import ok, sets
 
 THREE = "shard-{000000..000002}.tar"
-
-
-def _ok(*args) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
 
 
 def _members(path: Path) -> list[tuple[str, bytes]]:
@@ -57,10 +50,8 @@ def _plain_copy(folder: Path, dest: Path) -> Path:
 def moons(tmp_path_factory) -> Path:
     """all/ (120 samples, 3 shards), split/{labeled,unlabeled,val}, and plain/<same> copies without manifests."""
     root = tmp_path_factory.mktemp("wds")
-    _ok(
-        "-q", "data", "import", "twomoon", "--num-samples", "120", "--scale", "20", "--max-per-shard", "40", "--out", root / "all"
-    )
-    _ok(
+    ok("-q", "data", "import", "twomoon", "--num-samples", "120", "--scale", "20", "--max-per-shard", "40", "--out", root / "all")
+    ok(
         "-q",
         "data",
         "split",
@@ -85,14 +76,7 @@ def _train_args(labeled: str, unlabeled: str, val: str, out: Path) -> list[str]:
         "recipes/tiny/twomoon.toml",
         "--out",
         out,
-        "--set",
-        "schedule.steps=3",
-        "--set",
-        f"data.labeled={labeled}",
-        "--set",
-        f"data.unlabeled={unlabeled}",
-        "--set",
-        f"data.val={val}",
+        *sets("schedule.steps=3", f"data.labeled={labeled}", f"data.unlabeled={unlabeled}", f"data.val={val}"),
         "--json",
     ]
 
@@ -109,7 +93,7 @@ def _eval(run_cli, checkpoint: Path, data: str) -> dict:
 @pytest.fixture(scope="module")
 def student(moons) -> Path:
     """A 3-step run on the split folders (the reference the other locations must match)."""
-    _ok("-q", *_train_args(*(str(moons / "split" / p) for p in ("labeled", "unlabeled", "val")), moons / "run-folders"))
+    ok("-q", *_train_args(*(str(moons / "split" / p) for p in ("labeled", "unlabeled", "val")), moons / "run-folders"))
     return moons / "run-folders/student.safetensors"
 
 
@@ -304,10 +288,7 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
         recipe,
         "--out",
         tmp_path / "b",
-        "--set",
-        f"data.unlabeled={moons}/split/unlabeled",
-        "--set",
-        f"data.val={moons}/split/val",
+        *sets(f"data.unlabeled={moons}/split/unlabeled", f"data.val={moons}/split/val"),
     )
     assert code == 2 and "--allow-pipe" in err and "never from a recipe" in err
     # recipes validate makes the same check as train: the recipe's pipe is refused, the typed one accepted
@@ -320,12 +301,9 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
         "recipes/tiny/twomoon.toml",
         "--out",
         tmp_path / "v",
-        "--set",
-        f"data.labeled={moons}/split/labeled",
-        "--set",
-        f"data.unlabeled={unlabeled}",
-        "--set",
-        f"data.val={moons}/split/val/shard-000000.tar",
+        *sets(
+            f"data.labeled={moons}/split/labeled", f"data.unlabeled={unlabeled}", f"data.val={moons}/split/val/shard-000000.tar"
+        ),
     )
     assert code == 0, err
     code, _, err = run_cli("data", "info", "pipe:false")

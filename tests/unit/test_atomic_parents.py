@@ -1,5 +1,6 @@
-"""Issue 9, item 1: an output written atomically leaves none of the parent folders it created when it fails,
-and never removes a folder that existed (or that something else filled meanwhile)."""
+"""atomic_dir / atomic_file create the missing parents of their output only when they write: a failed write
+removes those (and only those) again, never a folder that existed or that something else filled meanwhile; the
+check before a write creates nothing."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def test_a_parent_someone_filled_meanwhile_stays(tmp_path):
     assert not (tmp_path / "a/b").exists() and (tmp_path / "a/other.txt").read_text() == "not ours"
 
 
-def test_a_successful_write_keeps_its_parents(tmp_path):
+def test_a_successful_write_keeps_its_parents_and_leaves_no_temp(tmp_path):
     with atomic_file(tmp_path / "a/b/out.txt") as tmp:
         tmp.write_text("ok")
-    assert (tmp_path / "a/b/out.txt").read_text() == "ok"
+    with atomic_dir(tmp_path / "a/b/outdir") as tmp:
+        (tmp / "x").write_text("ok")
+    assert (tmp_path / "a/b/out.txt").read_text() == (tmp_path / "a/b/outdir/x").read_text() == "ok"
+    assert sorted(p.name for p in (tmp_path / "a/b").iterdir()) == ["out.txt", "outdir"]

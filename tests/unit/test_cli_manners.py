@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from mpltools import log
 from mpltools.cli import app
 from mpltools.cli.invocation import hoist_global_flags
 from mpltools.errors import MplError
-from tests.conftest import subprocess_env
+from tests.e2e.helpers import mpl, python, run_cli
 
 
 def _command_paths(command, path=()):
@@ -27,6 +25,13 @@ def _command_paths(command, path=()):
 ALL_COMMANDS = list(_command_paths(typer.main.get_command(app)))
 
 
+def _command(path):
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
 def test_the_command_tree_is_complete():
     names = {" ".join(p) for p in ALL_COMMANDS}
     assert {"train", "finetune", "eval", "data import", "data split", "reduced predict", "plot curves"} <= names
@@ -34,15 +39,31 @@ def test_the_command_tree_is_complete():
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "mpl")
 def test_every_help_has_an_example_and_no_boxes(path):
-    result = CliRunner().invoke(app, [*path, "--help"])
-    assert result.exit_code == 0, result.output
-    assert re.search(r"Example:\n +mpl ", result.output), result.output  # an example command line, on its own line
-    assert not any(ch in result.output for ch in "╭╮╰╯│─━"), result.output  # piped help is plain text
+    result = run_cli(*path, "--help")
+    assert result.exit_code == 0, result.text
+    assert re.search(r"Example:\n +mpl ", result.stdout), result.text  # an example command line, on its own line
+    assert not any(ch in result.text for ch in "╭╮╰╯│─━"), result.text  # piped help is plain text
 
 
 def test_bracketed_words_in_help_survive():
-    result = CliRunner().invoke(app, ["finetune", "--help"])
-    assert "Take the [finetune] section" in " ".join(result.output.split())
+    assert "Take the [finetune] section" in " ".join(run_cli("finetune", "--help").stdout.split())
+
+
+def test_bracketed_words_of_every_help_text_survive():
+    """Every bracketed word of every command's help (`[finetune]`, `[student]`) is printed as written, not eaten as
+    rich markup; walks the whole command tree, so a new command or option is covered too."""
+    seen = 0
+    for path in ALL_COMMANDS:
+        cmd = _command(path)
+        texts = [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]
+        words = {w for t in texts for w in re.findall(r"\[[a-z_]+\]", t)}
+        if not words:
+            continue
+        shown = " ".join(run_cli(*path, "--help").stdout.split())
+        missing = [w for w in words if w not in shown]
+        assert not missing, f"`mpl {' '.join(path)} --help` lost {missing}"
+        seen += len(words)
+    assert seen >= 1  # at least `finetune --recipe`'s "[finetune]"
 
 
 def test_hoist_global_flags():
@@ -52,29 +73,18 @@ def test_hoist_global_flags():
 
 def test_quiet_and_debug_after_the_subcommand():
     try:
-        result = CliRunner().invoke(app, ["data", "info", "no/such/set", "--debug", "-q"])
-        assert isinstance(result.exception, MplError)  # --debug lets the error through: it was parsed as the global flag
+        with pytest.raises(MplError):  # --debug lets the error through: it was parsed as the global flag
+            run_cli("data", "info", "no/such/set", "--debug", "-q")
         assert log._quiet is True
     finally:
         log.set_quiet(False)
 
 
-def _mpl(*args, **env):
-    return subprocess.run(
-        [sys.executable, "-m", "mpltools", *args],
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_show_completion_for_bash_and_complete_a_word():
     # typer's switch to take the shell as a value instead of detecting the parent shell (zsh, fish... on a dev machine)
-    script = _mpl("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    script = mpl("--show-completion", "bash", check=False, timeout=60, _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
     assert script.returncode == 0 and "_mpl_completion()" in script.stdout and "_MPL_COMPLETE=complete_bash" in script.stdout
-    words = _mpl(_MPL_COMPLETE="complete_bash", COMP_WORDS="mpl data i", COMP_CWORD="2")
+    words = mpl(check=False, timeout=60, _MPL_COMPLETE="complete_bash", COMP_WORDS="mpl data i", COMP_CWORD="2")
     assert words.returncode == 0 and words.stdout.split() == ["import", "info"]
 
 
@@ -90,7 +100,7 @@ def test_every_example_parses_as_a_real_command_line(path):
     import shlex
 
     root = typer.main.get_command(app)
-    examples = _examples(CliRunner().invoke(app, [*path, "--help"]).output)
+    examples = _examples(run_cli(*path, "--help").stdout)
     assert examples
     for example in examples:
         line = example.split(" > ")[0].split(" | ")[0]  # the command, without the shell's redirection
@@ -111,9 +121,7 @@ def test_no_help_imports_torch_or_a_command():
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') or m.startswith('mpltools.commands')]\n"
         "assert not loaded, loaded\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    r = python("-c", code, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("mpl (mpltools) ") and r.stdout.count("Example:") == len(ALL_COMMANDS)
 

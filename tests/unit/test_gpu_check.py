@@ -5,11 +5,11 @@ import importlib.util
 import json
 import math
 
-from tests.conftest import REPO_ROOT
+from tests.e2e.helpers import REPO
 
 
 def test_gpu_check_dry_mode_runs_and_reports_every_section(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "benchmarks/gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "gpu_check.json"

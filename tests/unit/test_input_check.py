@@ -1,4 +1,4 @@
-"""The one check of decoded inputs against the manifest's input spec (issue 9), and its DataLoader carrier."""
+"""The one check of decoded inputs against the manifest's input spec and its DataLoader carrier."""
 
 from __future__ import annotations
 

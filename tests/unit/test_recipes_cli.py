@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mpltools.commands import recipes
-from tests.conftest import REPO_ROOT
+from tests.e2e.helpers import REPO, ok
 
-SHIPPED = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.toml"))
+SHIPPED = sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
 
 
 def test_ls_lists_every_shipped_recipe_with_what_it_reproduces(run_cli):
@@ -52,13 +52,13 @@ def test_cp_copies_and_never_overwrites_without_force(run_cli, tmp_path):
     dest = tmp_path / "mine.toml"
     ran = run_cli("recipes", "cp", "digits", dest)
     assert ran.exit_code == 0 and ran.stdout.strip() == str(dest)
-    assert dest.read_bytes() == (REPO_ROOT / "recipes" / "digits.toml").read_bytes()
+    assert dest.read_bytes() == (REPO / "recipes" / "digits.toml").read_bytes()
     dest.write_text("# my edits\n")
     ran = run_cli("recipes", "cp", "digits.toml", dest)
     assert ran.exit_code == 1 and f"{dest} already exists; pass --force" in ran.stderr
     assert dest.read_text() == "# my edits\n"
     assert run_cli("recipes", "cp", "digits", dest, "--force").exit_code == 0
-    assert dest.read_bytes() == (REPO_ROOT / "recipes" / "digits.toml").read_bytes()
+    assert dest.read_bytes() == (REPO / "recipes" / "digits.toml").read_bytes()
     folder = tmp_path / "folder"
     folder.mkdir()
     assert run_cli("recipes", "cp", "twomoon", folder).stdout.strip() == str(folder / "twomoon.toml")
@@ -69,12 +69,8 @@ def test_cp_copies_and_never_overwrites_without_force(run_cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def moons(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from mpltools.cli import app
-
     out = tmp_path_factory.mktemp("moons") / "all"
-    assert CliRunner().invoke(app, ["data", "import", "twomoon", "--num-samples", "40", "--out", str(out)]).exit_code == 0
+    ok("data", "import", "twomoon", "--num-samples", "40", "--out", out)
     return out
 
 
@@ -88,8 +84,8 @@ def test_validate_accepts_a_good_recipe_and_writes_nothing(run_cli, moons, tmp_p
     ran = _validate(run_cli, f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''")
     assert ran.exit_code == 0, ran.stderr
     assert ran.stdout.split(": ok ")[0] in (
-        str(REPO_ROOT / "recipes" / "twomoon.toml"),
-        str(REPO_ROOT / "mpltools" / "_recipes" / "twomoon.toml"),
+        str(REPO / "recipes" / "twomoon.toml"),
+        str(REPO / "mpltools" / "_recipes" / "twomoon.toml"),
     )
     assert ": ok (mpl; run it with `mpl train`)" in ran.stdout.splitlines()[0]
     report = json.loads(
@@ -163,9 +159,9 @@ def test_validate_builds_efficientnet_l2_on_the_meta_device(run_cli, tmp_path):
 
 
 def test_print_config_checks_the_model_names(run_cli):
-    ran = run_cli("train", REPO_ROOT / "recipes" / "digits.toml", "--print-config", "--set", "model.name=resnet5")
+    ran = run_cli("train", REPO / "recipes" / "digits.toml", "--print-config", "--set", "model.name=resnet5")
     assert ran.exit_code == 2 and "model.name = 'resnet5'" in ran.stderr and ran.stdout == ""
-    ran = run_cli("train", REPO_ROOT / "recipes" / "digits.toml", "--print-config", "--set", "schedule.steps=7")
+    ran = run_cli("train", REPO / "recipes" / "digits.toml", "--print-config", "--set", "schedule.steps=7")
     assert ran.exit_code == 0 and "steps = 7" in ran.stdout
 
 
@@ -175,7 +171,7 @@ def _save_teacher(path: Path, recipe_overrides: list[str], data_location: Path) 
     from mpltools.networks import build_network, checkpoint_meta
     from mpltools.train_data import open_data
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / "twomoon.toml", recipe_overrides)
+    recipe = load_recipe(REPO / "recipes" / "twomoon.toml", recipe_overrides)
     data = open_data(recipe, need_unlabeled=False)
     net = build_network("mlp", {"hidden": [4]}, data)
     save_model(path, net, checkpoint_meta("teacher", "mlp", {"hidden": [4]}, data, recipe, step=0))
@@ -236,7 +232,7 @@ def test_validate_checks_the_run_folder_like_train(run_cli, moons, tmp_path):
     from mpltools.config import load_recipe, to_toml
 
     run.mkdir()
-    (run / "recipe.toml").write_text(to_toml(load_recipe(REPO_ROOT / "recipes" / "twomoon.toml", base)))
+    (run / "recipe.toml").write_text(to_toml(load_recipe(REPO / "recipes" / "twomoon.toml", base)))
     again = run_cli("recipes", "validate", "twomoon", *sets, "--out", run, "--json")
     assert json.loads(again.stdout)["run_folder"]["action"] == "resume"
     other = run_cli("recipes", "validate", "twomoon", *sets, "--set", "schedule.steps=7", "--out", run)

@@ -285,7 +285,7 @@ def test_open_shard_set_errors_name_the_file(tmp_path):
 def test_brace_pattern_without_manifest(tmp_path):
     _write_set(tmp_path / "set", _samples(6), max_per_shard=2)
     shards = open_shard_set(f"{tmp_path}/set/shard-{{000000..000002}}.tar")
-    # The manifest.json beside the shards supplies the metadata and checksums (issue 10).
+    # The manifest.json beside the shards supplies the metadata and checksums.
     assert shards.origin == str(tmp_path / "set/manifest.json") and len(shards.shard_paths) == 3
     assert shards.num_samples == 6 and shards.shard_checksums == [s["sha256"] for s in shards.manifest["shards"]]
     assert [s.key for s in shards.samples()] == [f"s-{i:04d}" for i in range(6)]
