@@ -14,6 +14,10 @@ from mpltools.config import Recipe
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.run_folder import start_record, write_run_info
 
+# The wall-clock keys of a metrics record: they differ between two runs of one recipe. Every other key of a
+# resumed run's metrics.jsonl equals the uninterrupted run's (the resume state keeps the loop's bookkeeping).
+TIMING_KEYS = frozenset({"throughput/images_per_s", "data/wait_fraction"})
+
 
 def images_per_step(recipe: Recipe) -> int:
     """Images one step reads: the labelled batch, and two views of the unlabelled batch unless supervised."""
@@ -32,6 +36,16 @@ class Interval:
 
     def restart(self) -> None:
         self.wait, self.start, self.steps = 0.0, time.perf_counter(), 0
+
+    def state(self) -> dict:
+        """What a resume state keeps of the interval, so the resumed run logs what the uninterrupted run would: the
+        h values of the open window and whether the pseudo labels are collapsed (an episode warns once). Its
+        timings are wall-clock (TIMING_KEYS) and start afresh."""
+        return {"h_window": self.h.snapshot(), "collapsed": self.collapse.collapsed}
+
+    def load(self, state: dict) -> None:
+        self.h.restore(state["h_window"])
+        self.collapse.collapsed = bool(state["collapsed"])
 
     def waited(self, seconds: float) -> None:
         self.wait += seconds

@@ -56,13 +56,15 @@ def fit(
         hp = hyper_from(recipe)
         nets = build_networks(recipe, hp, data, runtime, init_student, reduced=bool(teacher_inputs))
         generator = rt.seed_training(recipe.runtime.seed, runtime.rank, runtime.device)
-        step = 0
+        step, interval = 0, Interval(recipe)
         if resume_from is not None:
-            step = resume.restore(resume_from, nets, generator, runtime)
+            step, loop = resume.restore(resume_from, nets, generator, runtime)
+            if loop is not None:
+                interval.load(loop)
             log.info(f"resuming {out} from step {step} ({resume_from.name})")
         run_log = RunLog(out, recipe, runtime, command, step, trackers)
-        step = _loop(recipe, hp, nets, data, runtime, generator, run_log, out, step, teacher_inputs)
-        resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+        step = _loop(recipe, hp, nets, data, runtime, generator, run_log, interval, out, step, teacher_inputs)
+        resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
         final = _validate(nets, data, recipe, runtime, with_teacher=not teacher_inputs) if data.val is not None else {}
         paths = {}
         if runtime.is_main:
@@ -81,13 +83,14 @@ def _loop(
     runtime,
     generator,
     run_log: RunLog,
+    interval: Interval,
     out: Path,
     step: int,
     teacher_inputs: str,
 ) -> int:
     """Steps from `step` to the recipe's last: log every runtime.log_every steps, validate every eval.every steps,
-    commit a resume state every checkpoint.every steps and on SIGINT/SIGTERM (then raise Interrupted). Returns the
-    last step."""
+    commit a resume state every checkpoint.every steps and on SIGINT/SIGTERM (then raise Interrupted). `interval`
+    holds the open logging interval (restored on resume). Returns the last step."""
     method, total, every = recipe.method.name, recipe.schedule.steps, recipe.runtime.log_every
     labeled_stream, unlabeled_stream = make_streams(
         data,
@@ -100,7 +103,8 @@ def _loop(
         hidden_labels=find_hidden_labels(data.unlabeled, data.classes),
     )
     channels_last = use_channels_last(recipe.runtime.channels_last, data, nets.student, nets.teacher)
-    step_fn, interval = STEPS[method], Interval(recipe)
+    step_fn = STEPS[method]
+    interval.restart()  # its timings start with the loop
     with (
         rt.StopSignal() as stop,
         log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main, start=step) as bar,
@@ -134,9 +138,9 @@ def _loop(
                 bar.advance(interval.steps, items=None, extra=_summary(record))
                 interval.restart()
             if step % recipe.checkpoint.every == 0 and step != total:
-                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
             if stop.requested:
-                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
                 raise Interrupted(f"stopped at step {step}; state saved in {out}/state/. Re-run the same command to resume.")
     return step
 
