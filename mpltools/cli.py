@@ -77,6 +77,18 @@ def train(
     ),
     force: bool = typer.Option(False, "--force", help="Delete an existing run folder and start over."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report (paths, final metrics) on stdout."),
+    init_from: list[Path] = typer.Option(
+        [],
+        "--init-from",
+        help="Start a NEW run from another run: its folder (newest state), a state RUN/state/step_N, or checkpoints "
+        "(repeat for a student and a teacher). The step restarts at 0; the provenance goes into run.json and the checkpoints.",
+    ),
+    init_optimizers: bool = typer.Option(
+        False, "--init-optimizers", help="With --init-from a run or state: also load optimisers, feedback baseline, EMA."
+    ),
+    continue_schedule: bool = typer.Option(
+        False, "--continue-schedule", help="With --init-from a run or state: start at its step instead of 0."
+    ),
 ) -> None:
     """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, pseudo-label).
 
@@ -85,6 +97,7 @@ def train(
       mpl train recipes/digits.toml --out runs/digits
       mpl train recipes/digits.toml --set schedule.steps=50 --print-config
       mpl train recipes/digits.toml --set 'data.unlabeled=data/pool/shard-{000000..000099}.tar'
+      mpl train recipes/digits.toml --set schedule.steps=2000 --out runs/digits-longer --init-from runs/digits --continue-schedule
     """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
@@ -97,7 +110,8 @@ def train(
     from mpltools.commands import train as command
 
     run_dir = out or Path("runs") / recipe.stem
-    report = _execute(lambda: command.run(resolved, run_dir, force=force, command=_command_line()))
+    warm = {"init_from": init_from, "init_optimizers": init_optimizers, "continue_schedule": continue_schedule}
+    report = _execute(lambda: command.run(resolved, run_dir, force=force, command=_command_line(), **warm))
     if report.get("student"):  # only the main process prints
         _emit(report, as_json, [report["student"]])
 

@@ -74,12 +74,15 @@ class Interval:
 
 class RunLog:
     """The run's `metrics.jsonl` and trackers. On the main process it appends this start to `run.json` and drops the
-    metrics a resumed run will log again; on the others it writes nothing."""
+    metrics a resumed run will log again; on the others it writes nothing. `begun` adds to the start's record (a warm
+    start's provenance)."""
 
-    def __init__(self, out: Path, recipe: Recipe, runtime, command: str, start_step: int, trackers: list[str]):
+    def __init__(
+        self, out: Path, recipe: Recipe, runtime, command: str, start_step: int, trackers: list[str], begun: dict | None = None
+    ):
         self.metrics, self.tracker = None, None
         if runtime.is_main:
-            write_run_info(out, start_record(command, start_step, runtime, recipe.runtime.seed))
+            write_run_info(out, {**start_record(command, start_step, runtime, recipe.runtime.seed), **(begun or {})})
             log.truncate_metrics(out / "metrics.jsonl", start_step)
             self.metrics = log.MetricsWriter(out / "metrics.jsonl")
             self.tracker = tracking.start(trackers, out, recipe.to_dict())
