@@ -97,7 +97,7 @@ def train(
       mpl train recipes/digits.toml --out runs/digits
       mpl train recipes/digits.toml --set schedule.steps=50 --print-config
       mpl train recipes/digits.toml --set 'data.unlabeled=data/pool/shard-{000000..000099}.tar'
-      mpl train recipes/digits.toml --set schedule.steps=2000 --out runs/digits-longer --init-from runs/digits --continue-schedule
+      mpl train recipes/digits.toml --set schedule.steps=3000 --out runs/digits-longer --init-from runs/digits --continue-schedule
     """
     resolved = _load_recipe(recipe, overrides, seed)
     if print_config:
