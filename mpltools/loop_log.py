@@ -14,9 +14,10 @@ from mpltools.config import Recipe
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.run_folder import start_record, write_run_info
 
-# The wall-clock keys of a metrics record: they differ between two runs of one recipe. Every other key of a
-# resumed run's metrics.jsonl equals the uninterrupted run's (the resume state keeps the loop's bookkeeping).
-TIMING_KEYS = frozenset({"throughput/images_per_s", "data/wait_fraction"})
+# The wall-clock keys of a metrics record: they differ between two runs of one recipe (remote shard sets' fetch
+# counters too: they count this process's downloads). Every other key of a resumed run's metrics.jsonl equals the
+# uninterrupted run's (the resume state keeps the loop's bookkeeping).
+TIMING_KEYS = frozenset({"throughput/images_per_s", "data/wait_fraction", "data/fetch_MB_per_s", "data/shards_fetched"})
 
 
 def images_per_step(recipe: Recipe) -> int:
