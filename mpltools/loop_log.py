@@ -15,6 +15,11 @@ from mpltools.data import remote
 from mpltools.methods.feedback_window import CollapseWatch, FeedbackWindow
 from mpltools.run_folder import start_record, write_run_info
 
+# The wall-clock keys of a metrics record: they differ between two runs of one recipe (remote shard sets' fetch
+# counters too: they count this process's downloads). Every other key of a resumed run's metrics.jsonl equals the
+# uninterrupted run's (the resume state keeps the loop's bookkeeping).
+TIMING_KEYS = frozenset({"throughput/images_per_s", "data/wait_fraction", "data/fetch_MB_per_s", "data/shards_fetched"})
+
 
 def images_per_step(recipe: Recipe) -> int:
     """Images one step reads: the labelled batch, and two views of the unlabelled batch unless supervised."""
@@ -33,6 +38,16 @@ class Interval:
 
     def restart(self) -> None:
         self.wait, self.start, self.steps = 0.0, time.perf_counter(), 0
+
+    def state(self) -> dict:
+        """What a resume state keeps of the interval, so the resumed run logs what the uninterrupted run would: the
+        h values of the open window and whether the pseudo labels are collapsed (an episode warns once). Its
+        timings are wall-clock (TIMING_KEYS) and start afresh."""
+        return {"h_window": self.h.snapshot(), "collapsed": self.collapse.collapsed}
+
+    def load(self, state: dict) -> None:
+        self.h.restore(state["h_window"])
+        self.collapse.collapsed = bool(state["collapsed"])
 
     def waited(self, seconds: float) -> None:
         self.wait += seconds
@@ -62,12 +77,15 @@ class Interval:
 
 class RunLog:
     """The run's `metrics.jsonl` and trackers. On the main process it appends this start to `run.json` and drops the
-    metrics a resumed run will log again; on the others it writes nothing."""
+    metrics a resumed run will log again; on the others it writes nothing. `begun` adds to the start's record (a warm
+    start's provenance)."""
 
-    def __init__(self, out: Path, recipe: Recipe, runtime, command: str, start_step: int, trackers: list[str]):
+    def __init__(
+        self, out: Path, recipe: Recipe, runtime, command: str, start_step: int, trackers: list[str], begun: dict | None = None
+    ):
         self.metrics, self.tracker = None, None
         if runtime.is_main:
-            write_run_info(out, start_record(command, start_step, runtime, recipe.runtime.seed))
+            write_run_info(out, {**start_record(command, start_step, runtime, recipe.runtime.seed), **(begun or {})})
             log.truncate_metrics(out / "metrics.jsonl", start_step)
             self.metrics = log.MetricsWriter(out / "metrics.jsonl")
             if start_step < recipe.schedule.steps:  # a finished run re-run has nothing new to track (no empty event file)

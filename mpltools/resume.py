@@ -1,7 +1,8 @@
 """Resume states of a training run (`RUN/state/step_<N>/`, DESIGN §3): what is saved, and how a run restarts from it.
 
 A state holds both networks and optimisers, the EMA, the feedback baseline, the fp16 loss scalers, every
-process's RNG states and the data streams' positions. `save` is called by every process (each saves its
+process's RNG states, the data streams' positions and the loop's bookkeeping (`loop_log.Interval.state`: the
+open window of h values, the collapse watch), so a resumed run logs exactly what the uninterrupted run logs. `save` is called by every process (each saves its
 RNG state; the main process writes and commits the folder); `restore` returns the step to continue from.
 """
 
@@ -14,12 +15,17 @@ import torch
 from mpltools import log
 from mpltools import runtime as rt
 from mpltools.checkpoint import load_optimizer_tensors, load_state, optimizer_tensors, save_state
+from mpltools.errors import MplError
 from mpltools.methods.common import Networks
 
+# The state's layout. 1 (state.json without "format_version"): no loop bookkeeping. 2: the "loop" group holds the
+# h values of the open logging window (float64), state.json's "loop" the collapse watch.
+FORMAT_VERSION = 2
 
-def save(out: Path, step: int, nets: Networks, generator: torch.Generator, runtime, keep_last: int) -> None:
-    """Every process saves its RNG state; the main process writes and commits the state folder, keeping the newest
-    `keep_last` states."""
+
+def save(out: Path, step: int, nets: Networks, generator: torch.Generator, runtime, keep_last: int, loop: dict) -> None:
+    """Every process saves its RNG state; the main process writes and commits the state folder (with `loop`, the main
+    process's `Interval.state()`), keeping the newest `keep_last` states."""
     pending = Path(out) / "state" / ".pending_rng"
     if runtime.world > 1:
         from mpltools.stwrite import write_safetensors
@@ -35,6 +41,7 @@ def save(out: Path, step: int, nets: Networks, generator: torch.Generator, runti
     if runtime.is_main:
         groups = _network_groups(nets)
         groups["rng_rank_0"] = _rng_group(generator, runtime)
+        groups["loop"] = {"h_window": torch.tensor(loop["h_window"], dtype=torch.float64)}
         extra = {f"rng_rank_{r}.safetensors": pending / f"rank_{r}.safetensors" for r in range(1, runtime.world)}
         scalers = {
             name: scaler.state_dict()
@@ -46,10 +53,12 @@ def save(out: Path, step: int, nets: Networks, generator: torch.Generator, runti
             step,
             groups,
             {
+                "format_version": FORMAT_VERSION,
                 "step": step,
                 "world_size": runtime.world,
                 "positions": {"labeled": step, "unlabeled": step},
                 "loss_scalers": scalers,
+                "loop": {"collapsed": loop["collapsed"]},
             },
             keep_last,
             extra_files=extra,
@@ -57,9 +66,13 @@ def save(out: Path, step: int, nets: Networks, generator: torch.Generator, runti
     runtime.barrier()
 
 
-def restore(folder: Path, nets: Networks, generator: torch.Generator, runtime) -> int:
-    """Load the state in `folder` into `nets`, this process's RNGs and `generator`; return its step."""
+def restore(folder: Path, nets: Networks, generator: torch.Generator, runtime) -> tuple[int, dict | None]:
+    """Load the state in `folder` into `nets`, this process's RNGs and `generator`; return its step and the loop's
+    bookkeeping for `Interval.load` (None from a version-1 state, which has none: the loop starts it afresh)."""
     groups, scalars = load_state(folder)
+    version = scalars.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise MplError(f"{folder} has resume state format version {version}; this mpltools reads up to {FORMAT_VERSION}.")
     if scalars.get("world_size", 1) != runtime.world:
         log.warn(
             f"{folder} was saved by {scalars.get('world_size')} process(es), this run has {runtime.world}: "
@@ -80,7 +93,14 @@ def restore(folder: Path, nets: Networks, generator: torch.Generator, runtime) -
     if rng is not None:
         rt.set_rng_state(rng, runtime.device)
         generator.set_state(rng["generator"])
-    return int(scalars["step"])
+    if "loop" not in groups:
+        log.warn(
+            f"{folder} was saved by an older mpltools without the loop's bookkeeping: the run resumes bitwise, but the "
+            "diag/h_* values of its next logged step cover only the steps after the resume."
+        )
+        return int(scalars["step"]), None
+    loop = {"h_window": groups["loop"]["h_window"].tolist(), "collapsed": scalars["loop"]["collapsed"]}
+    return int(scalars["step"]), loop
 
 
 def _network_groups(nets: Networks) -> dict:

@@ -8,10 +8,11 @@ The pieces have their own modules: `train_data` (streams, batches), `networks` (
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-from mpltools import log, preflight, resume
+from mpltools import log, preflight, resume, warm_start
 from mpltools import runtime as rt
 from mpltools.config import Recipe
 from mpltools.data.hidden_labels import find_hidden_labels
@@ -39,35 +40,48 @@ def fit(
     teacher_inputs: str = "",
     student: Output | None = None,
     teacher: Output = TEACHER,
+    warm: warm_start.WarmStart | None = None,
 ) -> dict:
     """Train `recipe` in the run folder `out` (resuming the run there); return the run's report.
 
     `init_student`: the student starts from this checkpoint (finetuning). `teacher_inputs`: the per-sample extra of
     the (prediction) shard sets the teacher reads instead of the images (Reduced MPL). `student` and `teacher`: the
-    checkpoints written at the end (default `default_student(method)` and `teacher.safetensors`)."""
+    checkpoints written at the end (default `default_student(method)` and `teacher.safetensors`). `warm`: a new run
+    starts from another run's networks (`warm_start`)."""
     method, extras = recipe.method.name, (teacher_inputs,) if teacher_inputs else ()
     trackers = preflight.check_trackers(recipe)  # first: before the data are opened and the run folder is written
     runtime = rt.start(recipe.runtime.mixed_precision, recipe.runtime.threads, recipe.runtime.seed)
     data = open_data(recipe, need_unlabeled=method != "supervised")
     preflight.check_training(recipe, data, runtime, init_student, extras)
+    if warm is not None:
+        warm_start.check(warm, recipe, data)
     with RunFolderGuard(out, force, runtime.is_main) as guard:  # a new run that fails before its first state leaves nothing
         resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main))
+        if warm is not None and resume_from is not None:
+            warm = warm_start.resuming(out, warm)  # the same command after an interruption, else refused
         runtime.barrier()
         hp = hyper_from(recipe)
         nets = build_networks(recipe, hp, data, runtime, init_student, reduced=bool(teacher_inputs))
         generator = rt.seed_training(recipe.runtime.seed, runtime.rank, runtime.device)
-        step = 0
+        step, interval = 0, Interval(recipe)
         if resume_from is not None:
-            step = resume.restore(resume_from, nets, generator, runtime)
+            step, loop = resume.restore(resume_from, nets, generator, runtime)
+            if loop is not None:
+                interval.load(loop)
             log.info(f"resuming {out} from step {step} ({resume_from.name})")
-        run_log = RunLog(out, recipe, runtime, command, step, trackers)
-        step = _loop(recipe, hp, nets, data, runtime, generator, run_log, out, step, teacher_inputs)
-        resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+        elif warm is not None:
+            warm_start.apply(warm, nets, hp.ema_decay)
+            step = warm.start_step
+        run_log = RunLog(out, recipe, runtime, command, step, trackers, warm.provenance() if warm else {})
+        step = _loop(recipe, hp, nets, data, runtime, generator, run_log, interval, out, step, teacher_inputs)
+        resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
         final = _validate(nets, data, recipe, runtime, with_teacher=not teacher_inputs) if data.val is not None else {}
         paths = {}
         if runtime.is_main:
             run_log.close(step, final)
-            paths = export(out, nets, data, recipe, step, student or default_student(method), teacher, teacher_inputs)
+            init = warm_start.recorded(out)  # the provenance of a warm start, resumed or not
+            student, teacher = (_with_extra(o, init) for o in (student or default_student(method), teacher))
+            paths = export(out, nets, data, recipe, step, student, teacher, teacher_inputs)
         runtime.barrier()
         run_log.finish_trackers()
         return {"run": str(out), "step": step, **paths, **final}
@@ -81,13 +95,14 @@ def _loop(
     runtime,
     generator,
     run_log: RunLog,
+    interval: Interval,
     out: Path,
     step: int,
     teacher_inputs: str,
 ) -> int:
     """Steps from `step` to the recipe's last: log every runtime.log_every steps, validate every eval.every steps,
-    commit a resume state every checkpoint.every steps and on SIGINT/SIGTERM (then raise Interrupted). Returns the
-    last step."""
+    commit a resume state every checkpoint.every steps and on SIGINT/SIGTERM (then raise Interrupted). `interval`
+    holds the open logging interval (restored on resume). Returns the last step."""
     method, total, every = recipe.method.name, recipe.schedule.steps, recipe.runtime.log_every
     labeled_stream, unlabeled_stream = make_streams(
         data,
@@ -100,7 +115,8 @@ def _loop(
         hidden_labels=find_hidden_labels(data.unlabeled, data.classes),
     )
     channels_last = use_channels_last(recipe.runtime.channels_last, data, nets.student, nets.teacher)
-    step_fn, interval = STEPS[method], Interval(recipe)
+    step_fn = STEPS[method]
+    interval.restart()  # its timings start with the loop
     with (
         rt.StopSignal() as stop,
         log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main, start=step) as bar,
@@ -134,11 +150,15 @@ def _loop(
                 bar.advance(interval.steps, items=None, extra=_summary(record))
                 interval.restart()
             if step % recipe.checkpoint.every == 0 and step != total:
-                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
             if stop.requested:
-                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last)
+                resume.save(out, step, nets, generator, runtime, recipe.checkpoint.keep_last, interval.state())
                 raise Interrupted(f"stopped at step {step}; state saved in {out}/state/. Re-run the same command to resume.")
     return step
+
+
+def _with_extra(output: Output, extra: dict) -> Output:
+    return dataclasses.replace(output, extra={**output.extra, **extra}) if extra else output
 
 
 def _summary(record: dict) -> str:

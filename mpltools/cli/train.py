@@ -20,6 +20,18 @@ def train(
     print_config: bool = options.print_config(),
     force: bool = options.start_over(),
     as_json: bool = options.run_report(),
+    init_from: list[Path] = typer.Option(
+        [],
+        "--init-from",
+        help="Start a NEW run from another run: its folder (newest state), a state RUN/state/step_N, or checkpoints "
+        "(repeat for a student and a teacher). The step restarts at 0; the provenance goes into run.json and the checkpoints.",
+    ),
+    init_optimizers: bool = typer.Option(
+        False, "--init-optimizers", help="With --init-from a run or state: also load optimisers, feedback baseline, EMA."
+    ),
+    continue_schedule: bool = typer.Option(
+        False, "--continue-schedule", help="With --init-from a run or state: start at its step instead of 0."
+    ),
 ) -> None:
     """Train a teacher and a student with Meta Pseudo Labels (or a baseline: supervised, uda, fixmatch, pseudo-label).
 
@@ -28,10 +40,14 @@ def train(
       mpl train recipes/digits.toml --out runs/digits
       mpl train recipes/digits.toml --set schedule.steps=50 --print-config
       mpl train recipes/digits.toml --set 'data.unlabeled=data/pool/shard-{000000..000099}.tar'
+      mpl train recipes/digits.toml --set schedule.steps=3000 --out runs/digits-longer --init-from runs/digits --continue-schedule
     """
+    from functools import partial
+
     from mpltools.commands import train as command
 
-    run_recipe(ctx, command.run, recipe, overrides, seed, out, print_config, force, as_json)
+    warm = {"init_from": init_from, "init_optimizers": init_optimizers, "continue_schedule": continue_schedule}
+    run_recipe(ctx, partial(command.run, **warm), recipe, overrides, seed, out, print_config, force, as_json)
 
 
 def run_recipe(

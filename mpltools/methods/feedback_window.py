@@ -20,6 +20,13 @@ class FeedbackWindow:
         """A float or a 0-d tensor (converted only at summary(), so a GPU step does not wait for it)."""
         self.values.append(h)
 
+    def snapshot(self) -> list[float]:
+        """The values of the open window as floats, for a resume state (`restore` puts them back)."""
+        return [float(x) for x in self.values]
+
+    def restore(self, values: list[float]) -> None:
+        self.values = list(values)
+
     def summary(self) -> dict[str, float]:
         """Mean h, median |h| and the fraction of steps with h > 0; empty when no h was seen. Clears the window."""
         values = [v for v in (float(x) for x in self.values) if math.isfinite(v)]
