@@ -33,7 +33,7 @@ class ShardServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="shard-server", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="shard-server", daemon=True)
 
     def __enter__(self) -> ShardServer:
         self._thread.start()

@@ -20,8 +20,8 @@ import numpy as np
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.data.codecs import Sample
+from mpltools.data.fetching import fetched
 from mpltools.data.opening import open_shard_set
-from mpltools.data.remote import fetched
 from mpltools.data.shards import ShardError, ShardIndex, ShardWriter, index_shard, read_keys_and_labels, read_shard, sha256_file
 from mpltools.errors import MplError, UsageError
 

@@ -38,7 +38,7 @@ from mpltools import runtime as rt
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.checkpoint import check_compatible, file_sha256, load_model
 from mpltools.config import Recipe
-from mpltools.data import predictions
+from mpltools.data import fetching, predictions
 from mpltools.data.chunks import eval_chunks, shard_samples
 from mpltools.data.codecs import Sample
 from mpltools.data.loaders import to_model_input
@@ -132,22 +132,20 @@ def predict(
                 max_per_shard=max_per_shard or max(shards.shard_counts + [1]),
                 extras=(member,),
             )
-        for i, path in enumerate(shards.shard_paths):
-            mine = []
-            for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers):
-                with runtime.autocast():
-                    logits = model(to_model_input(chunk.x, norm, runtime.device)).float()
-                mine.append((chunk.positions, _encode(logits, topk, dtype, path, chunk.keys)))
-            parts = runtime.gather_to_main(mine)
-            if writer is not None:
-                payloads = {int(p): blob for part in parts for positions, blobs in part for p, blob in zip(positions, blobs)}
-                for position, sample in shard_samples(path, shards.num_classes):
-                    keys_digest.update(sample.key.encode() + b"\n")
-                    label = sample.label if shards.labeled else None
-                    if position not in payloads:
-                        raise MplError(f"{path} changed while it was being read (sample {sample.key!r}); run the command again.")
-                    writer.write(Sample(sample.key, sample.ext, sample.data, label, {member: payloads.pop(position)}))
-                bar.advance(shards.shard_counts[i])
+        # A remote shard is fetched once (the next one meanwhile) and read by the workers and the writer alike.
+        for i in fetching.ahead(shards.shard_paths, range(len(shards.shard_paths))):
+            with fetching.fetched(path := shards.shard_paths[i]):
+                mine = []
+                for chunk in eval_chunks(
+                    shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers
+                ):
+                    with runtime.autocast():
+                        logits = model(to_model_input(chunk.x, norm, runtime.device)).float()
+                    mine.append((chunk.positions, _encode(logits, topk, dtype, path, chunk.keys)))
+                parts = runtime.gather_to_main(mine)
+                if writer is not None:
+                    _write_shard(writer, path, parts, shards, member, keys_digest)
+                    bar.advance(shards.shard_counts[i])
         if writer is not None:
             provenance["keys_sha256"] = keys_digest.hexdigest()
             manifest = writer.close()
@@ -162,6 +160,17 @@ def predict(
         "source_manifest_sha256": shards.manifest_sha256,
         "world_size": runtime.world,
     }
+
+
+def _write_shard(writer: ShardWriter, path, parts: list, shards: ShardSet, member: str, keys_digest) -> None:
+    """Copy shard `path` into `writer`, each sample with its prediction from the processes' `parts`."""
+    payloads = {int(p): blob for part in parts for positions, blobs in part for p, blob in zip(positions, blobs)}
+    for position, sample in shard_samples(path, shards.num_classes):
+        keys_digest.update(sample.key.encode() + b"\n")
+        label = sample.label if shards.labeled else None
+        if position not in payloads:
+            raise MplError(f"{path} changed while it was being read (sample {sample.key!r}); run the command again.")
+        writer.write(Sample(sample.key, sample.ext, sample.data, label, {member: payloads.pop(position)}))
 
 
 def _encode(logits: torch.Tensor, topk: int, dtype: str, path: Path, keys: list[str]) -> list[bytes]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mpltools.data import transforms
-from mpltools.data import remote, verify
+from mpltools.data import fetching, verify
 from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.format import INPUT_EXTENSIONS
 from mpltools.data.shards import ShardError, ShardSet, index_shard, read_shard
@@ -61,9 +61,8 @@ class _Chunks(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         whole_shards = len(self.mine) >= workers
         counter = 0  # owned chunks seen, for the worker split by chunk
-        for k, i in enumerate(self.mine):
-            if whole_shards and k % workers != worker:
-                continue
+        read = [i for k, i in enumerate(self.mine) if not whole_shards or k % workers == worker]
+        for i in fetching.ahead(self.shards.shard_paths, read):  # the next remote shard downloads meanwhile
             path = self.shards.shard_paths[i]
             current, take, rows = -1, False, None
 
@@ -105,8 +104,8 @@ def _finish(shard: int, rows) -> EvalChunk:
 def shard_samples(path, num_classes: int | None, wanted=None):
     """(position, Sample) for the samples of one shard for which `wanted(position)` is true (all if None),
     in order, checked like `read_shard` (the header index checks the whole shard first). A remote shard is
-    read from its local copy, fetched and checked against the manifest first (data/remote.py)."""
-    with remote.fetched(path) as local:
+    read from its local copy, fetched and checked against the manifest first (data/fetching.py)."""
+    with fetching.fetched(path) as local:
         yield from _local_samples(local, num_classes, wanted)
 
 
@@ -166,7 +165,7 @@ def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, 
         yield from _ahead(iter(dataset))
         return
     for item in torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                                            persistent_workers=False):
+                                            persistent_workers=False, worker_init_fn=fetching.worker_init()):
         yield unwrap(item)  # a worker's MplError is raised here with its own message
 
 

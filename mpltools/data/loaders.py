@@ -11,7 +11,8 @@ so a run resumes exactly by skipping to the saved position.
   batch (the multi-process agreement test relies on this).
 * Streaming mode (large sets): shards are split across processes and DataLoader workers (or
   samples, when there are fewer shards than slots), read sequentially through a seeded shuffle
-  buffer, and decoded only after the buffer, so skipping to a resume position costs I/O only. A
+  buffer, and decoded only after the buffer. Skipping to a resume position reads only the shards
+  the buffer held and the shard in progress (data/slot_reader.py). A
   batch's augmentation randomness is keyed by (its index in this slot, slot, number of slots).
   Sample order then depends on the number of processes and workers (statistically equivalent).
 
@@ -26,9 +27,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mpltools.data import predictions, remote, transforms
+from mpltools.data import fetching, predictions, transforms
 from mpltools.data.chunks import shard_samples
 from mpltools.data.sample_random import BatchRandom, Uniforms
+from mpltools.data.slot_reader import SlotReader
 from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.shards import ShardError, ShardSet, read_shard
 from mpltools.data.worker_errors import Carrying, unwrap
@@ -208,46 +210,24 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.start = 0
         self.random = _batch_random(cfg, aug)
 
-    def _samples(self, slot: int, slots: int, epoch: int):
-        cfg, paths = self.cfg, self.shards.shard_paths
-        order = np.random.default_rng([cfg.seed, cfg.stream_id, epoch]).permutation(len(paths))
-        if len(paths) >= slots:
-            for i in remote.ahead(paths, order[slot::slots]):  # the next remote shard downloads meanwhile
-                yield from ((paths[i], sample) for sample in read_shard(paths[i], self.shards.num_classes))
-        else:  # fewer shards than slots: every slot reads everything and keeps its share of samples
-            counter = 0
-            for i in remote.ahead(paths, order):
-                for sample in read_shard(paths[i], self.shards.num_classes):
-                    if counter % slots == slot:
-                        yield paths[i], sample
-                    counter += 1
-
-    def _raw_batches(self, slot: int, slots: int):
-        """Batches of undecoded (shard path, sample) after a seeded shuffle buffer, endlessly over epochs."""
+    def _reader(self, slot: int, slots: int) -> SlotReader:
         cfg = self.cfg
-        batch, epoch = [], 0
-        while True:
-            rng = np.random.default_rng([cfg.seed, cfg.stream_id, slot, slots, epoch])
-            buffer, seen = [], 0
-            for sample in self._samples(slot, slots, epoch):
-                seen += 1
-                if len(buffer) < cfg.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], sample = sample, buffer[j]
-                batch.append(sample)
-                if len(batch) == cfg.local_batch:
-                    yield batch
-                    batch = []
-            if seen == 0:
-                raise ShardError(f"{self.shards.root}: no samples for data slot {slot} of {slots}; use fewer workers or processes.")
-            for j in rng.permutation(len(buffer)):
-                batch.append(buffer[j])
-                if len(batch) == cfg.local_batch:
-                    yield batch
-                    batch = []
-            epoch += 1
+        return SlotReader(self.shards, cfg.seed, cfg.stream_id, slot, slots, cfg.shuffle_buffer)
+
+    def _samples(self, slot: int, slots: int, epoch: int):
+        """One epoch of this slot's (shard, sample), before the shuffle buffer."""
+        reader = self._reader(slot, slots)
+        return reader.samples(reader.parts(epoch))
+
+    def _raw_batches(self, slot: int, slots: int, done: int = 0):
+        """Batches of undecoded (shard, sample) after the slot's seeded shuffle buffer, endlessly over epochs, from
+        batch `done` on; the batches before it are skipped without reading their samples (data/slot_reader.py)."""
+        batch = []
+        for item in self._reader(slot, slots).items(skip=done * self.cfg.local_batch):
+            batch.append(item)
+            if len(batch) == self.cfg.local_batch:
+                yield batch
+                batch = []
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.cfg
@@ -259,9 +239,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         done = (self.start - role + num_workers - 1) // num_workers  # batches this role produced already
         slot, slots = cfg.rank * num_workers + role, cfg.world * num_workers
         spec = self.shards.input_spec
-        for k, raw in enumerate(self._raw_batches(slot, slots)):
-            if k < done:
-                continue
+        for k, raw in enumerate(self._raw_batches(slot, slots, done), start=done):
             views, labels = [], []
             extras: dict[str, list[np.ndarray]] = {name: [] for name in cfg.extras}
             if cfg.hidden_labels is not None:
@@ -283,7 +261,8 @@ class Batches:
         self.position, self.workers, self.prefetch = position, workers, prefetch if workers > 0 else 0
         if workers > 0:
             self._it = iter(torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers,
-                                                        persistent_workers=False, prefetch_factor=max(1, prefetch)))
+                                                        persistent_workers=False, prefetch_factor=max(1, prefetch),
+                                                        worker_init_fn=fetching.worker_init()))
         else:
             self._it = iter(dataset)
 
@@ -338,9 +317,11 @@ def eval_batches(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int,
 
 def _owned_samples(shards: ShardSet, rank: int, world: int):
     """(shard path, sample) for the samples at global positions p with p % world == rank, in order. With a
-    manifest only those are read (through the shards' header index); a bare shard pattern is read whole."""
+    manifest only those are read (through the shards' header index); a bare shard pattern is read whole.
+    The next remote shard downloads while one is read."""
     first = 0
-    for i, path in enumerate(shards.shard_paths):
+    for i in fetching.ahead(shards.shard_paths, range(len(shards.shard_paths))):
+        path = shards.shard_paths[i]
         if shards.shard_counts is not None:
             start = first
             wanted = None if world == 1 else (lambda p: (start + p) % world == rank)

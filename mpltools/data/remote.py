@@ -3,7 +3,7 @@
 A remote shard set (`http(s)://`, `pipe:`, or an fsspec URL such as `s3://`) is opened without
 downloading anything: `data/locations.py` gives it a list of `RemoteShard`s (a URL and, when a
 manifest.json lists the shard, its sha256 and size). A reader that needs a shard enters
-`fetched(ref)`, which
+`fetched(ref)` (data/fetching.py), which
 
 1. streams the shard, sequentially and without range requests, into a file of its own in the
    process's private folder (`$TMPDIR/mpl-shards-*`, made by the main process when the set is opened,
@@ -12,13 +12,12 @@ manifest.json lists the shard, its sha256 and size). A reader that needs a shard
    sees a single sample of it (the error names the URL);
 3. hands the verified local copy to the reader, and deletes it when the reader leaves the block.
 
-`ahead` lets a sequential reader download the next shard while it reads the current one, so a
-reader holds at most 1 + depth shards on disk, whatever the size of the set. Transient faults
+`fetching.ahead` lets a sequential reader download the next shard while it reads the current one, so
+a reader holds at most 1 + depth shards on disk, whatever the size of the set. Transient faults
 (connection reset or refused, timeout, a cut-off transfer, HTTP 5xx/408/429) are retried with
 exponential backoff (`MPL_FETCH_RETRIES` attempts, default 5; `MPL_FETCH_BACKOFF` seconds before the
 first retry, default 1, doubling); then the command stops with exit 1 naming the URL. A 404, a wrong
-checksum or a wrong size is not retried. Errors raised inside the block that name the local copy
-are re-raised naming the URL.
+checksum or a wrong size is not retried.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,15 +72,19 @@ class _Transient(Exception):
     """A fault worth another attempt; its message says what happened."""
 
 
+class _Stopped(Exception):
+    """A download ahead that was given up (its reader stopped)."""
+
+
 # --- the private folder, the counters and SIGTERM -----------------------------------------------------
 
-_state: dict = {}  # folder, counters (shared with forked workers), per-process downloads ahead
+_state: dict = {}  # the private folder and the counters (shared with DataLoader workers)
 _names = itertools.count()
 
 
 def prepare() -> None:
-    """Make the private folder and the shared counters; called in the main process when a remote set is opened,
-    so DataLoader workers (forked later) use the same folder, which the main process removes when it exits."""
+    """Make the private folder and the shared counters; called in the main process when a remote set is opened.
+    DataLoader workers use the same folder (`worker_init`), which the main process removes when it exits."""
     if "folder" in _state:
         return
     folder = Path(tempfile.mkdtemp(prefix="mpl-shards-"))
@@ -103,6 +105,18 @@ def _exit_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def handover() -> tuple[Path, object] | None:
+    """The private folder and the shared counters, for DataLoader workers (data/fetching.py `worker_init`); None
+    when no remote set is open."""
+    return (_state["folder"], _state["counters"]) if "folder" in _state else None
+
+
+def adopt(folder: Path, shared) -> None:
+    """Use the main process's folder and counters (in a worker, which may have inherited nothing)."""
+    _state.update(folder=folder, counters=shared)
+    _state.setdefault("start", time.perf_counter())
 
 
 def _folder() -> Path:
@@ -210,8 +224,9 @@ def _source(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]:
         raise ShardError(f"{url}: cannot be read ({type(exc).__name__}: {exc}); check the URL and the credentials.") from None
 
 
-def _download(ref: RemoteShard, dest: Path) -> int:
-    """One attempt: stream `ref` into `dest`, hashing; check length, size and sha256. Returns the size."""
+def _download(ref: RemoteShard, dest: Path, stop: threading.Event | None = None) -> int:
+    """One attempt: stream `ref` into `dest`, hashing; check length, size and sha256. Returns the size. A set `stop`
+    ends it between two blocks (a download ahead that no reader will claim)."""
     digest, size = hashlib.sha256(), 0
     timeout = _setting("MPL_FETCH_TIMEOUT", 60)
     with open(dest, "wb") as out:
@@ -220,6 +235,8 @@ def _download(ref: RemoteShard, dest: Path) -> int:
         try:
             with _source(ref.url, timeout) as (stream, length):
                 while block := stream.read(_CHUNK):
+                    if stop is not None and stop.is_set():
+                        raise _Stopped
                     digest.update(block)
                     out.write(block)
                     size += len(block)
@@ -262,7 +279,7 @@ def _check(ref: RemoteShard, got: str, size: int) -> None:
 # --- retries ------------------------------------------------------------------------------------------------
 
 
-def fetch(ref: RemoteShard) -> Path:
+def fetch(ref: RemoteShard, stop: threading.Event | None = None) -> Path:
     """A verified local copy of `ref` in the private folder (the caller deletes it); retries transient faults."""
     dest = _folder() / f"{os.getpid()}-{next(_names):06d}.tar"
     backoff, tries = _setting("MPL_FETCH_BACKOFF", 1.0), attempts()
@@ -270,7 +287,7 @@ def fetch(ref: RemoteShard) -> Path:
     try:
         for attempt in range(1, tries + 1):
             try:
-                size = _download(ref, dest)
+                size = _download(ref, dest, stop)
                 _count(size, time.perf_counter() - start)
                 return dest
             except _Transient as exc:
@@ -280,7 +297,10 @@ def fetch(ref: RemoteShard) -> Path:
                                      "state.") from None
                 wait = min(backoff * 2 ** (attempt - 1), 60.0)
                 log.warn(f"{ref.url}: {exc}; retrying in {wait:.3g} s (attempt {attempt + 1} of {tries}).")
-                time.sleep(wait)
+                if stop is not None and stop.wait(wait):
+                    raise _Stopped from None
+                if stop is None:
+                    time.sleep(wait)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
@@ -302,26 +322,7 @@ def read_bytes(url: str, missing_ok: bool = False) -> bytes | None:
         path.unlink(missing_ok=True)
 
 
-# --- reading a shard -----------------------------------------------------------------------------------------
-
-
-@contextmanager
-def fetched(ref) -> Iterator[Path]:
-    """The local file to read for shard `ref`: a local path as it is, a remote shard as a verified copy that is
-    deleted when the block ends. A ShardError naming the copy is re-raised naming the URL."""
-    if not isinstance(ref, RemoteShard):
-        yield ref
-        return
-    pending = _ahead().pop(ref.url, None)
-    local = pending.result() if pending is not None else fetch(ref)
-    try:
-        yield local
-    except ShardError as exc:
-        if str(local) not in exc.message:
-            raise
-        raise ShardError(exc.message.replace(str(local), ref.url), exc.exit_code) from None
-    finally:
-        local.unlink(missing_ok=True)
+# --- sizes ---------------------------------------------------------------------------------------------------
 
 
 def shard_size(ref) -> int:
@@ -329,50 +330,3 @@ def shard_size(ref) -> int:
     if isinstance(ref, RemoteShard):
         return ref.size or 0
     return Path(ref).stat().st_size
-
-
-def _ahead() -> dict[str, Future]:
-    """This process's downloads started ahead of their reader, by URL (a forked worker starts with none)."""
-    if _state.get("ahead_pid") != os.getpid():
-        _state["ahead_pid"], _state["ahead"] = os.getpid(), {}
-    return _state["ahead"]
-
-
-def _start(ref: RemoteShard) -> None:
-    pending = _ahead()
-    if ref.url in pending:
-        return
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fetch(ref))
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            future.set_exception(exc)
-
-    pending[ref.url] = future
-    threading.Thread(target=run, name="mpl-fetch-ahead", daemon=True).start()
-
-
-def _drop(ref: RemoteShard) -> None:
-    """Forget a download started ahead that no reader claimed; its file is removed when it finishes."""
-    future = _ahead().pop(ref.url, None)
-    if future is not None:
-        future.add_done_callback(lambda f: f.exception() is None and f.result().unlink(missing_ok=True))
-
-
-def ahead(refs: list, order, depth: int = 1) -> Iterator[int]:
-    """The indices of `order`, in order; while the caller reads `refs[i]` (through `fetched`), the next `depth`
-    remote shards of the order are downloaded in the background. Local shards pass through untouched."""
-    order = [int(i) for i in order]
-    if not any(isinstance(refs[i], RemoteShard) for i in order[:1]):
-        yield from order
-        return
-    try:
-        for k, i in enumerate(order):
-            for j in order[k + 1: k + 1 + depth]:
-                _start(refs[j])
-            yield i
-    finally:
-        for j in order:
-            _drop(refs[j])

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mpltools.data import remote, verify
+from mpltools.data import fetching, verify
 from mpltools.data.codecs import InputSpec, Sample
 from mpltools.data.fastindex import index_plain
 from mpltools.data.format import (
@@ -193,7 +193,7 @@ def read_shard(path: Path, num_classes: int | None = None) -> Iterator[Sample]:
     seen: set[str] = set()
     try:
         # A remote shard is read from its local copy, fetched and checked against the manifest first.
-        with remote.fetched(path) as local, verify.open_checked(local) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        with fetching.fetched(path) as local, verify.open_checked(local) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     raise ShardError(f"{path}: member {member.name!r} is not a regular file; shards hold only files.")

@@ -27,6 +27,7 @@ from tests.shard_server import ShardServer
 TWOMOON = str(REPO / "recipes/tiny/twomoon.toml")
 TEN = "shard-{000000..000009}.tar"
 LABELLED = "shard-{000000..000011}.tar"  # s10/all: 230 labelled samples
+HELD = 2  # shards fetched again on a resume because the shuffle buffer (10 samples) held some of their samples (measured: 1)
 
 
 def _cli(*args) -> tuple[int, str, str]:
@@ -181,14 +182,12 @@ def test_time_to_first_step_does_not_grow_with_the_number_of_shards(sets, server
 def test_peak_temporary_disk_is_a_few_shards_with_two_workers(sets, server, tmp_path):
     server.rate = 4e6
     shard = max(p.stat().st_size for p in (sets / "u200").glob("*.tar"))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
     peak, done = [0], threading.Event()
 
     def poll() -> None:
         while not done.is_set():
             size = 0
-            for path in tmp.glob("mpl-shards-*/*"):
+            for path in _private_files():
                 try:
                     size += path.stat().st_size
                 except FileNotFoundError:
@@ -198,33 +197,18 @@ def test_peak_temporary_disk_is_a_few_shards_with_two_workers(sets, server, tmp_
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    args = _train_args(
-        sets,
-        f"{server.url}/u200/shard-{{000000..000199}}.tar",
-        tmp_path / "run",
-        "--set",
-        "schedule.steps=4",
-        "--set",
-        "data.workers=2",
-    )
-    r = subprocess.run(
-        [sys.executable, "-m", "mpltools", *map(str, args)],
-        cwd=REPO,
-        env=env(TMPDIR=str(tmp)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    location = f"{server.url}/u200/shard-{{000000..000199}}.tar"
+    code, _, err = _cli(*_train_args(sets, location, tmp_path / "run", "--set", "schedule.steps=4", "--set", "data.workers=2"))
     done.set()
     poller.join()
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert code == 0, err[-3000:]
     requested = server.requests()
     assert len(requested) >= 40 and len(set(requested)) == len(requested)  # 4 steps of 15 shards, none fetched twice
     assert 0 < peak[0] <= (2 * 2 + 1) * shard, (peak[0], shard)  # workers x (1 read + 1 ahead) + 1
-    assert list(tmp.iterdir()) == []  # the private folder is gone
+    assert _private_files() == []  # every copy deleted (the folder itself goes at exit: see the spawn and SIGTERM tests)
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert records[-2]["data/shards_fetched"] >= 1 and "data/fetch_MB_per_s" in records[0]
-    assert "MB/s=" in r.stderr
+    assert "MB/s=" in err
 
 
 # --- faults ----------------------------------------------------------------------------------------------
@@ -350,6 +334,55 @@ def test_sigterm_during_a_download_leaves_nothing_behind(sets, server, tmp_path)
         assert list(tmp.iterdir()) == [], (name, list(tmp.rglob("*")))
 
 
+_WORKERS_SCRIPT = """
+import json, multiprocessing, sys
+from mpltools.data import remote
+from mpltools.data.augment_spec import AugmentSpec
+from mpltools.data.loaders import UNLABELED, StreamConfig, make_stream
+from mpltools.data.opening import open_shard_set
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[2], force=True)
+    cfg = StreamConfig("unlabeled", 40, seed=0, stream_id=UNLABELED, workers=1, shuffle_buffer=10, prefetch=1)
+    stream = make_stream(open_shard_set(sys.argv[1]), cfg, AugmentSpec(kind="none"), in_memory=False)
+    sums = [float(next(stream)["weak"].double().sum()) for _ in range(6)]
+    print(json.dumps({"sums": sums, "shards": remote.counters()[0]}))
+"""
+
+
+@pytest.mark.slow  # ~20 s: the spawned worker imports torch again (tests/unit/test_remote_workers.py is the quick check)
+@pytest.mark.parametrize("method", ["spawn"])  # fork: every other test with workers
+def test_workers_share_the_private_folder_and_counters_under_every_start_method(sets, server, tmp_path, method):
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_SCRIPT)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(script), f"{server.url}/u10/", method],
+        cwd=REPO,
+        env=env(TMPDIR=str(tmp)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    reference = [float(b.sum()) for b in _local_batches(sets / "u10")]
+    assert report["sums"] == reference  # the same batches as from the local folder
+    assert 10 <= report["shards"] <= len(server.requests(""))  # the workers' downloads (all 10 shards) counted in the main
+    assert list(tmp.glob("mpl-shards-*")) == []  # one private folder, removed by the main process: none left by a worker
+
+
+def _local_batches(folder: Path) -> list:
+    from mpltools.data.augment_spec import AugmentSpec
+    from mpltools.data.loaders import UNLABELED, StreamConfig, make_stream
+    from mpltools.data.opening import open_shard_set
+
+    cfg = StreamConfig("unlabeled", 40, seed=0, stream_id=UNLABELED, workers=1, shuffle_buffer=10, prefetch=1)
+    stream = make_stream(open_shard_set(folder), cfg, AugmentSpec(kind="none"), in_memory=False)
+    return [next(stream)["weak"].double() for _ in range(6)]
+
+
 def _weights(run: Path) -> dict:
     return load_file(str(run / "student.safetensors"))
 
@@ -358,6 +391,7 @@ def test_a_run_stopped_by_a_dead_server_resumes_to_the_same_student(sets, server
     location = f"{server.url}/u200/shard-{{000000..000199}}.tar"
     extra = ("--set", "schedule.steps=6", "--set", "checkpoint.every=2")
     _ok(*_train_args(sets, location, tmp_path / "straight", *extra))
+    straight = server.requests()
     server.clear()
     server.down_after = 40  # the server dies during step 3 (15 shards a step)
     code, _, err = _cli(*_train_args(sets, location, tmp_path / "resumed", *extra))
@@ -370,8 +404,16 @@ def test_a_run_stopped_by_a_dead_server_resumes_to_the_same_student(sets, server
     _ok(*_train_args(sets, location, tmp_path / "resumed", *extra))
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    again = [p for p in server.requests() if p in before]
-    print(f"resume fetched {len(server.requests())} shards, {len(again)} of them fetched before the stop")
+    resumed = server.requests()
+    again = [p for p in resumed if p in before]
+    # The state of step 2 was saved after 600 unlabelled samples, 30 whole shards of 20 (+10 samples of the 31st in the
+    # shuffle buffer): the resumed run reads none of those 30 again except the ones whose samples the buffer held.
+    print(
+        f"the straight run fetched {len(straight)} shards; the resumed one {len(resumed)}, {len(again)} of them fetched "
+        f"before the stop; {len(straight) - len(resumed)} fewer than a replay of the epoch"
+    )
+    assert len(set(resumed)) == len(resumed) and set(resumed) <= set(straight)
+    assert len(straight) - 30 <= len(resumed) <= len(straight) - 30 + HELD
 
 
 @pytest.mark.slow
