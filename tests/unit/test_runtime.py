@@ -40,7 +40,9 @@ def test_stop_signal_sets_a_flag_then_interrupts():
     import os
     import signal
 
-    with rt.StopSignal() as stop:
+    from mpltools.signals import stop_requests
+
+    with stop_requests() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
         try:
