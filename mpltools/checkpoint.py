@@ -237,8 +237,12 @@ def save_state(
     keep_last: int,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Write a state folder, commit it with the marker last, then prune older ones."""
+    """Write a state folder, commit it with the marker last, then prune older ones. A step already committed is
+    kept as it is (a stop request right after a periodic save): deleting it to write it again would leave a
+    window in which a kill destroys the newest state."""
     final = state_dir(run, step)
+    if (final / MARKER).is_file():
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -11,8 +11,8 @@
 - `stop_requests()` is the training loop's softer mode: the first signal only sets `requested` (the loop saves
   a resume state at the end of its step, then raises Interrupted), a second one interrupts at once.
 
-DataLoader workers are forked with the same handlers: a signal sent to the whole process group ends them
-quietly (PyTorch's worker loop treats a KeyboardInterrupt as "the main process is stopping").
+DataLoader workers ignore both signals (`ignore_in_worker`): a signal sent to the whole process group (Ctrl-C
+in a terminal, `timeout`, a scheduler) is the main process's to act on, and it stops its workers as it stops.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class _State:
     def __init__(self):
         self.installed = False
         self.running = False  # a command runs under `handled()`
+        self.restore = False  # ... and the caller's handlers come back afterwards (`mpltools.run`)
         self.interrupted = False  # a signal has interrupted the command: while it runs, later ones are deferred
         self.deferred: list[int] = []
         self.stop: Stop | None = None  # the training loop's stop request, while it runs
@@ -65,8 +66,22 @@ def interrupt_now(signum: int = signal.SIGINT) -> None:
 
 
 def cleaning_up() -> None:
-    """Say that the command is stopping (an Interrupted is on its way out): defer the signals that follow."""
+    """Say that the command is stopping (an Interrupted is on its way out): defer the signals that follow.
+
+    Under `mpl` they are ignored from now on: the interpreter puts the default handlers back when it shuts
+    down, and a SIGTERM then would still end the process with 143."""
     _STATE.interrupted = True
+    if _STATE.running and not _STATE.restore and threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def ignore_in_worker() -> None:
+    """In a DataLoader worker process: leave SIGINT and SIGTERM to the main process, which stops its workers
+    when it stops (a signal sent to the process group would otherwise kill a worker first, and the main
+    process would fail on the dead worker instead of saving its state and exiting 130)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def install() -> bool:
@@ -91,7 +106,7 @@ def handled(restore: bool = False) -> Iterator[None]:
     fresh, outer = not _STATE.installed, _STATE.running
     install()
     if not outer:
-        _STATE.running, _STATE.interrupted, _STATE.deferred = True, False, []
+        _STATE.running, _STATE.restore, _STATE.interrupted, _STATE.deferred = True, restore, False, []
     try:
         yield
     finally:
