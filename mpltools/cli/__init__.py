@@ -14,14 +14,14 @@ import sys
 
 import typer
 
-from mpltools import __version__, log, output_lock, signals
+from mpltools import __version__, log, memory, output_lock, signals
 from mpltools.cli import data, plot, recipes, reduced
 from mpltools.cli.env import env
 from mpltools.cli.eval import evaluate
 from mpltools.cli.invocation import Invocation, MplGroup, invocation
 from mpltools.cli.predict import predict
 from mpltools.cli.train import finetune, train
-from mpltools.errors import Interrupted
+from mpltools.errors import Interrupted, MplError
 
 # Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
 app = typer.Typer(
@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None, *, api: bool = False) -> None:
     """Run `mpl ARGS` (default: this process's command line). With `api=True` (as `mpltools.run` calls it) a
     failure raises its MplError instead of printing a message; Typer still ends with SystemExit.
 
-    SIGTERM is Ctrl-C from here on (`mpltools.signals`), and the output lock names this command line."""
+    SIGTERM is Ctrl-C from here on (`mpltools.signals`), the output lock names this command line, and loading torch
+    is checked against a memory limit first (`mpltools.memory`)."""
     with signals.handled(restore=api):
         output_lock.describe_holder(shlex.join(["mpl", *(sys.argv[1:] if argv is None else argv)]))
+        memory.guard_torch_import()
         try:
             app(args=argv, prog_name="mpl", obj=Invocation(api=api))
         except KeyboardInterrupt:  # before or after a command's own error path (parsing, shutting down)
@@ -86,6 +88,11 @@ def main(argv: list[str] | None = None, *, api: bool = False) -> None:
             signals.cleaning_up()
             log.error("interrupted.")
             raise SystemExit(130) from None
+        except MemoryError as exc:
+            if api:
+                raise MplError(memory.message(exc)) from None
+            memory.report(exc)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

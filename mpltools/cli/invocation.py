@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mpltools import log, signals
+from mpltools import log, memory, signals
 from mpltools.errors import Interrupted, MplError
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug", "--allow-pipe")
@@ -96,6 +96,11 @@ class MplGroup(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
             if run.debug:
                 raise
+            if memory.is_out_of_memory(exc):
+                if run.api:
+                    raise MplError(memory.message(exc)) from None
+                memory.report(exc)
+                raise typer.Exit(1) from None
             if run.api:
                 raise MplError(f"{type(exc).__name__}: {exc}") from exc
             log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")

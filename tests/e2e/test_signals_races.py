@@ -84,7 +84,17 @@ def _writers(world: dict, out: Path) -> dict[str, list]:
     return {
         "data import": ["data", "import", "synthetic", "--num-samples", "6000", "--image-size", "8", "--out", out],
         "data split": ["data", "split", root / "all", "--labeled-per-class", "5", "--out", out],
-        "filter-unlabeled": ["data", "filter-unlabeled", root / "all", "--model", world["student"], "--threshold", "0", "--out", out],
+        "filter-unlabeled": [
+            "data",
+            "filter-unlabeled",
+            root / "all",
+            "--model",
+            world["student"],
+            "--threshold",
+            "0",
+            "--out",
+            out,
+        ],
         "eval --predictions": ["eval", world["student"], "--data", root / "all", "--predictions", out],
     }
 
