@@ -11,6 +11,7 @@ from mpltools import signals
 
 
 def test_the_first_signal_requests_a_stop_and_a_second_interrupts_at_once():
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(signals.SignalInterrupt) as raised:
         with signals.stop_requests() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -18,7 +19,7 @@ def test_the_first_signal_requests_a_stop_and_a_second_interrupts_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             raise AssertionError("a second signal must interrupt at once")
     assert raised.value.name == "SIGINT"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers of the process are not restored"
+    assert signal.getsignal(signal.SIGTERM) == before, "the handlers of the process are not restored"
 
 
 def test_a_stop_requested_after_the_loop_s_last_check_interrupts_on_leaving():
@@ -29,7 +30,7 @@ def test_a_stop_requested_after_the_loop_s_last_check_interrupts_on_leaving():
 
 
 def test_sigterm_is_ctrl_c_and_later_signals_wait_for_the_cleanup():
-    cleaned = []
+    cleaned, before = [], signal.getsignal(signal.SIGINT)
     with signals.handled(restore=True):
         with pytest.raises(KeyboardInterrupt):
             try:
@@ -38,4 +39,4 @@ def test_sigterm_is_ctrl_c_and_later_signals_wait_for_the_cleanup():
                 os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup: deferred, the cleanup runs to its end
                 cleaned.append(True)
     assert cleaned == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before
