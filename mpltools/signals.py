@@ -11,12 +11,14 @@
 - `stop_requests()` is the training loop's softer mode: the first signal only sets `requested` (the loop saves
   a resume state at the end of its step, then raises Interrupted), a second one interrupts at once.
 
-DataLoader workers ignore both signals (`ignore_in_worker`): a signal sent to the whole process group (Ctrl-C
-in a terminal, `timeout`, a scheduler) is the main process's to act on, and it stops its workers as it stops.
+DataLoader workers ignore both signals unless their main process sends them (`ignore_in_worker`): a signal sent
+to the whole process group (Ctrl-C in a terminal, `timeout`, a scheduler) is the main process's to act on, and it
+stops its workers as it stops.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -77,11 +79,26 @@ def cleaning_up() -> None:
 
 
 def ignore_in_worker() -> None:
-    """In a DataLoader worker process: leave SIGINT and SIGTERM to the main process, which stops its workers
-    when it stops (a signal sent to the process group would otherwise kill a worker first, and the main
-    process would fail on the dead worker instead of saving its state and exiting 130)."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """In a DataLoader worker process: leave SIGINT and SIGTERM sent from elsewhere (a terminal's Ctrl-C, `timeout`
+    or a scheduler signalling the whole process group) to the main process, which stops its workers as it stops;
+    otherwise a worker would die first and the main process would fail on the dead worker instead of saving its
+    state and exiting 130. The main process's own SIGTERM (PyTorch and multiprocessing end workers that way)
+    still ends the worker at once. The signals are blocked and taken by a thread that can see who sent them."""
+    if _WORKER.get("pid") == os.getpid():
+        return
+    _WORKER["pid"] = os.getpid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    threading.Thread(target=_worker_signals, name="mpl-worker-signals", daemon=True).start()
+
+
+_WORKER: dict = {}
+
+
+def _worker_signals() -> None:
+    while True:
+        info = signal.sigwaitinfo(SIGNALS)
+        if info.si_pid == os.getppid():
+            os._exit(0)
 
 
 def install() -> bool:
