@@ -1,8 +1,9 @@
 """All-or-nothing outputs (DESIGN §2): write to a temporary sibling, fsync, rename.
 
-A reader never sees a half-written file or folder, an interrupted command leaves nothing behind
-but a hidden `.tmp-*` sibling that the next run removes, and nothing is overwritten unless the
-user said `--force`.
+A reader never sees a half-written file or folder, an interrupted command (Ctrl-C, SIGTERM) leaves
+nothing behind, a killed one (SIGKILL) only a hidden `.tmp-*` sibling that the next run removes,
+and nothing is overwritten unless the user said `--force`. An output is locked while it is written
+(`output_lock`): a second command writing the same output is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mpltools.errors import MplError
+from mpltools.output_lock import locked, missing_folders, remove_empty
 
 DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -32,26 +34,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def missing_folders(folder: Path) -> list[Path]:
-    """The folders of `folder`'s path that do not exist yet, deepest first (what `mkdir -p` would create)."""
-    folder, missing = Path(folder).absolute(), []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove the given folders, deepest first, while they are empty (a folder someone else filled stays)."""
-    for folder in folders:
-        if not folder.exists():
-            continue
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
 
 
 def check_can_write(out: Path, force: bool) -> None:
@@ -88,7 +70,8 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out` in one rename."""
     out = Path(out)
     check_can_write(out, force)
-    with _parents(out):
+    with locked(out), _parents(out):
+        check_can_write(out, force)  # again under the lock: another writer may have finished meanwhile
         _remove_stale_temps(out)
         with _replace_dir(out) as tmp:
             yield tmp
@@ -126,7 +109,9 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not force:
         raise MplError(f"{out} already exists; pass --force to overwrite it.")
-    with _parents(out):
+    with locked(out), _parents(out):
+        if out.exists() and not force:  # another writer finished meanwhile
+            raise MplError(f"{out} already exists; pass --force to overwrite it.")
         _remove_stale_temps(out)  # left by a killed writer of the same file
         with _replace_file(out) as tmp:
             yield tmp

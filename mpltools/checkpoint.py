@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -89,6 +91,26 @@ class CheckpointMeta:
             raise MplError(f"{path} has malformed mpltools metadata ({exc}).") from None
 
 
+@contextmanager
+def _safe_open(path: Path):
+    """`safe_open(path)`, also for a path that is not valid UTF-8 (which the library refuses): it is then opened
+    through a symbolic link with a plain name in a private temporary folder."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        folder = tempfile.mkdtemp(prefix="mpl-open-")
+        try:
+            link = os.path.join(folder, "file.safetensors")
+            os.symlink(os.fsencode(os.path.abspath(path)), link)
+            with safe_open(link, framework="pt") as fh:
+                yield fh
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    with safe_open(path, framework="pt") as fh:
+        yield fh
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -115,7 +137,7 @@ def read_checkpoint(path: str | Path, check_finite: bool = True) -> tuple[dict[s
     if not path.is_file():
         raise MplError(f"checkpoint {path} does not exist.")
     try:
-        with safe_open(path, framework="pt") as fh:
+        with _safe_open(path) as fh:
             meta = CheckpointMeta.from_metadata(fh.metadata() or {}, path)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except SafetensorError as exc:
@@ -237,8 +259,12 @@ def save_state(
     keep_last: int,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Write a state folder, commit it with the marker last, then prune older ones."""
+    """Write a state folder, commit it with the marker last, then prune older ones. A step already committed is
+    kept as it is (a stop request right after a periodic save): deleting it to write it again would leave a
+    window in which a kill destroys the newest state."""
     final = state_dir(run, step)
+    if (final / MARKER).is_file():
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -296,7 +322,7 @@ def load_state(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     groups = {}
     for f in sorted(folder.glob("*.safetensors")):
         try:
-            with safe_open(f, framework="pt") as fh:
+            with _safe_open(f) as fh:
                 groups[f.stem] = {k: fh.get_tensor(k) for k in fh.keys()}
         except SafetensorError as exc:
             raise MplError(

@@ -12,11 +12,13 @@ When the command fails or is interrupted (any exception, KeyboardInterrupt inclu
 
 Ctrl-C during the training loop saves a state first (DESIGN §2: exit 130 with a resumable state),
 so that run is kept; Ctrl-C before the loop starts (data streams still opening) is treated like a
-failure and removes the new run. Only the main process deletes.
+failure and removes the new run. Only the main process deletes. The guard also holds the run folder's
+output lock (`output_lock`), so a second command on a live run folder is refused before it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +27,7 @@ from mpltools import log
 from mpltools.atomic import missing_folders, remove_empty
 from mpltools.checkpoint import latest_state
 from mpltools.errors import Interrupted, MplError
+from mpltools.output_lock import locked
 
 
 class RunFolderGuard:
@@ -37,6 +40,8 @@ class RunFolderGuard:
         self.entries = None if self.created else (set() if force else set(os.listdir(self.out)) if self.out.is_dir() else None)
 
     def __enter__(self) -> RunFolderGuard:
+        self._lock = locked(self.out) if self.is_main else contextlib.nullcontext()
+        self._lock.__enter__()  # one writer per run folder (the main process writes it)
         return self
 
     def prepared(self, resume_from: Path | None) -> Path | None:
@@ -45,6 +50,12 @@ class RunFolderGuard:
         return resume_from
 
     def __exit__(self, kind, exc, tb) -> bool:
+        try:
+            return self._clean_up(exc)
+        finally:
+            self._lock.__exit__(kind, exc, tb)
+
+    def _clean_up(self, exc) -> bool:
         if exc is None or not self.is_main or self.resuming:
             return False
         state = latest_state(self.out) if self.out.is_dir() else None

@@ -36,6 +36,7 @@ _RESUMABLE_DIFFERENCES = {
 def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
     """Create or re-open a run folder; return the state to resume from (None = fresh start)."""
     out = Path(out)
+    _refuse_a_file(out)
     if out.exists() and force and is_main:
         import shutil
 
@@ -52,6 +53,7 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
     """What `train` would do with the run folder, writing nothing: resume (a run of this recipe) or start new
     (absent or empty); another recipe's run or a foreign folder is refused."""
     out, saved = Path(out), Path(out) / "recipe.toml"
+    _refuse_a_file(out)
     if out.exists() and saved.is_file():
         import tomllib
 
@@ -80,6 +82,11 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
     if out.exists() and any(out.iterdir()):
         raise MplError(f"{out} exists and is not a run folder; choose another --out or pass --force.")
     return "new"
+
+
+def _refuse_a_file(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MplError(f"{out} is a file, not a run folder; choose another --out (--force does not replace a file).")
 
 
 def _write_text(path: Path, text: str) -> None:

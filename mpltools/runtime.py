@@ -1,10 +1,9 @@
-"""Where a command runs: the Accelerator, process guards, seeding, autocast and signals."""
+"""Where a command runs: the Accelerator, process guards, seeding and autocast (signals: `mpltools.signals`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from dataclasses import dataclass
 
 import torch
@@ -182,30 +181,3 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch_cpu"])
     if device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state(state["torch_cuda"], device)
-
-
-class StopSignal:
-    """SIGINT/SIGTERM set a flag the training loop checks after each step, so it can save a state
-    and exit 130; a second signal interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some test runners): no handler
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False

@@ -25,6 +25,7 @@ from mpltools.methods.common import MPLHyper, Networks, NonFiniteError, hyper_fr
 from mpltools.networks import TEACHER, Output, build_networks, default_student, export, student_for_eval, use_channels_last
 from mpltools.run_cleanup import RunFolderGuard
 from mpltools.run_folder import prepare_run_folder
+from mpltools.signals import stop_requests
 from mpltools.train_data import DataSetup, device_batch, make_streams, open_data
 
 __all__ = ["Output", "fit"]
@@ -118,7 +119,7 @@ def _loop(
     step_fn = STEPS[method]
     interval.restart()  # its timings start with the loop
     with (
-        rt.StopSignal() as stop,
+        stop_requests() as stop,
         log.progress(f"train {method}", total=total, unit="steps", enabled=runtime.is_main, start=step) as bar,
     ):
         while step < total:

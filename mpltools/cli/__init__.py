@@ -9,15 +9,19 @@ imports torch: commands are imported inside the functions, so `mpl --help` and `
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import typer
 
-from mpltools import __version__, log
+from mpltools import __version__, log, memory, output_lock, signals
 from mpltools.cli import data, plot, recipes, reduced
 from mpltools.cli.env import env
 from mpltools.cli.eval import evaluate
 from mpltools.cli.invocation import Invocation, MplGroup, invocation
 from mpltools.cli.predict import predict
 from mpltools.cli.train import finetune, train
+from mpltools.errors import Interrupted, MplError
 
 # Plain (click) help: no boxes in pipes, and `[student]` in a help text stays as written (rich markup would eat it).
 app = typer.Typer(
@@ -69,8 +73,26 @@ app.add_typer(recipes.app, name="recipes")
 
 def main(argv: list[str] | None = None, *, api: bool = False) -> None:
     """Run `mpl ARGS` (default: this process's command line). With `api=True` (as `mpltools.run` calls it) a
-    failure raises its MplError instead of printing a message; Typer still ends with SystemExit."""
-    app(args=argv, prog_name="mpl", obj=Invocation(api=api))
+    failure raises its MplError instead of printing a message; Typer still ends with SystemExit.
+
+    SIGTERM is Ctrl-C from here on (`mpltools.signals`), the output lock names this command line, and loading torch
+    is checked against a memory limit first (`mpltools.memory`)."""
+    with signals.handled(restore=api):
+        output_lock.describe_holder(shlex.join(["mpl", *(sys.argv[1:] if argv is None else argv)]))
+        memory.guard_torch_import()
+        try:
+            app(args=argv, prog_name="mpl", obj=Invocation(api=api))
+        except KeyboardInterrupt:  # before or after a command's own error path (parsing, shutting down)
+            if api:
+                raise Interrupted("interrupted.") from None
+            signals.cleaning_up()
+            log.error("interrupted.")
+            raise SystemExit(130) from None
+        except MemoryError as exc:
+            if api:
+                raise MplError(memory.message(exc)) from None
+            memory.report(exc)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mpltools import log
+from mpltools import log, memory, signals
 from mpltools.errors import Interrupted, MplError
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug", "--allow-pipe")
@@ -68,7 +68,12 @@ class MplGroup(TyperGroup):
 
     def parse_args(self, ctx, args):
         invocation(ctx).args = list(args)  # also what `--allow-pipe` accepts `pipe:` locations from
-        return super().parse_args(ctx, hoist_global_flags(list(args)))
+        try:
+            return super().parse_args(ctx, hoist_global_flags(list(args)))
+        except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1
+            signals.cleaning_up()
+            log.error("interrupted.")
+            raise typer.Exit(130) from None
 
     def invoke(self, ctx):
         run = invocation(ctx)
@@ -81,14 +86,21 @@ class MplGroup(TyperGroup):
                 raise
             log.error(exc.message)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            signals.cleaning_up()
+            why = f"interrupted ({exc.name})." if isinstance(exc, signals.SignalInterrupt) else "interrupted."
             if run.api:
-                raise Interrupted("interrupted.") from None
-            log.error("interrupted.")
+                raise Interrupted(why) from None
+            log.error(why)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - anything unexpected still gets a message and exit 1
             if run.debug:
                 raise
+            if memory.is_out_of_memory(exc):
+                if run.api:
+                    raise MplError(memory.message(exc)) from None
+                memory.report(exc)
+                raise typer.Exit(1) from None
             if run.api:
                 raise MplError(f"{type(exc).__name__}: {exc}") from exc
             log.error(f"{type(exc).__name__}: {exc} (run with `mpl --debug ...` for a traceback).")

@@ -2,8 +2,10 @@
 
 Streaming, in two passes: the first reads only tar headers and labels to choose the split (and
 where each sample's bytes lie), the second copies each sample's tar members unchanged to its
-destination, checking every source shard's sha256 against the manifest on the way. Images are never
-decoded and never all held in memory, so this scales to ImageNet-size sets. Shards with tar features
+destination, checking every source shard's sha256 against the manifest on the way and decoding each
+sample's input once (a corrupt image, or one of another shape than the manifest's, stops the split
+instead of being carried into the new sets). Images are never all held in memory, so this scales to
+ImageNet-size sets. Shards with tar features
 beyond plain ustar headers (e.g. written by `webdataset.TarWriter`) take a slower path through
 `tarfile` that re-writes the members.
 """
@@ -19,10 +21,12 @@ import numpy as np
 
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
-from mpltools.data.codecs import Sample
+from mpltools.data.codecs import InputSpec, Sample, decode_input
 from mpltools.data.fetching import fetched
+from mpltools.data.format import INPUT_EXTENSIONS
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardError, ShardIndex, ShardWriter, index_shard, read_keys_and_labels, read_shard, sha256_file
+from mpltools.data.tarindex import BLOCK
 from mpltools.errors import MplError, UsageError
 
 LABELED, VAL, UNLABELED = 1, 2, 4
@@ -206,9 +210,10 @@ def run(
                 flags = dest[first : first + count].tolist()
                 with fetched(path) as local:
                     if index is not None:
-                        _copy_raw(local, index, flags, writers, sha256, manifest)
+                        _copy_raw(local, index, flags, writers, sha256, manifest, shards.input_spec)
                     else:
-                        _copy_decoded(local, keys[first : first + count], flags, writers, sha256, manifest, shards.num_classes)
+                        args = (sha256, manifest, shards.num_classes, shards.input_spec)
+                        _copy_decoded(local, keys[first : first + count], flags, writers, *args)
                 first += count
                 bar.advance(count)
         if keep_hidden_labels:
@@ -247,11 +252,15 @@ _READ_BLOCK = 4 << 20  # the source shard is read in blocks of this size
 _HASH_AHEAD = 4  # blocks the hashing thread may lag behind (bounds the memory: 16 MB)
 
 
-def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sha256: str, manifest: Path) -> None:
-    """Copy each sample's tar members unchanged (minus `cls` for unlabeled/), hashing the whole shard on the way.
+def _copy_raw(
+    path: Path, index: ShardIndex, flags: list[int], writers: dict, sha256: str, manifest: Path, spec: InputSpec
+) -> None:
+    """Copy each sample's tar members unchanged (minus `cls` for unlabeled/), hashing the whole shard on the way
+    and decoding each sample's input (`_check_input`).
 
     The shard is read in 4 MB blocks; a second thread hashes each block (hashlib releases the GIL) while
     this one cuts the samples out of the same bytes, so what is checked is exactly what is copied."""
+    check_input = lambda raw, key: _check_input(raw, key, path, spec)  # noqa: E731
     digest = hashlib.sha256()
     with ThreadPoolExecutor(1) as hasher, open(path, "rb", buffering=0) as fh:
         hashed: list = []
@@ -277,6 +286,7 @@ def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sh
                 block, block_start = block[start - block_start :] + more, start
             view = memoryview(block)
             raw = view[start - block_start : end - block_start]
+            check_input(raw, key)
             if flag & LABELED:
                 writers[LABELED].write_raw(key, label, raw)
             if flag & VAL:
@@ -292,8 +302,23 @@ def _copy_raw(path: Path, index: ShardIndex, flags: list[int], writers: dict, sh
         raise _mismatch(path, manifest)
 
 
+def _check_input(raw: memoryview, key: str, path: Path, spec: InputSpec) -> None:
+    """Decode the input member of one sample's tar members `raw` (headers already checked by `index_shard`) as
+    every reader of the new sets will: a corrupt image or one of another shape stops the split, naming it."""
+    offset = 0
+    while offset + BLOCK <= len(raw):
+        header = bytes(raw[offset : offset + BLOCK])
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        ext = name.partition(".")[2]
+        if ext in INPUT_EXTENSIONS:
+            decode_input(Sample(key, ext, bytes(raw[offset + BLOCK : offset + BLOCK + size])), path, spec)
+            return
+        offset += BLOCK + size + (-size % BLOCK)
+
+
 def _copy_decoded(
-    path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path, num_classes: int
+    path: Path, keys: list[str], flags: list[int], writers: dict, sha256: str, manifest: Path, num_classes: int, spec: InputSpec
 ) -> None:
     """The path through tarfile, for shards `index_shard` leaves to it: members are re-written by ShardWriter."""
     if sha256 is not None and sha256_file(path) != sha256:
@@ -304,6 +329,7 @@ def _copy_decoded(
             raise ShardError(
                 f"{path}: sample {sample.key!r} changed between the two passes; is another process writing the shard set?"
             )
+        decode_input(sample, path, spec)
         for flag, writer in writers.items():
             if flags[count] & flag:
                 writer.write(sample if flag != UNLABELED else Sample(sample.key, sample.ext, sample.data, None, sample.extras))

@@ -7,7 +7,7 @@ manifest.json lists the shard, its sha256 and size). A reader that needs a shard
 
 1. streams the shard, sequentially and without range requests, into a file of its own in the
    process's private folder (`$TMPDIR/mpl-shards-*`, made by the main process when the set is opened,
-   removed when it exits, also on SIGTERM), hashing every byte as it arrives;
+   removed when it exits, also on SIGTERM: `mpltools.signals`), hashing every byte as it arrives;
 2. compares the size and the sha256 with the manifest, so a bad shard is refused before the reader
    sees a single sample of it (the error names the URL);
 3. hands the verified local copy to the reader, and deletes it when the reader leaves the block.
@@ -29,7 +29,6 @@ import itertools
 import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from mpltools import log
+from mpltools import log, signals
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import UsageError
 
@@ -89,22 +88,10 @@ def prepare() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="mpl-shards-"))
     atexit.register(shutil.rmtree, folder, True)
-    _exit_on_sigterm()
+    signals.install()  # SIGTERM would end the process without `finally` blocks or atexit: make it Ctrl-C
     _state["folder"] = folder
     _state["counters"] = multiprocessing.Array("d", 3)  # shards, bytes, seconds spent fetching
     _state["start"] = time.perf_counter()
-
-
-def _exit_on_sigterm() -> None:
-    """SIGTERM would end the process without running `finally` blocks or atexit: make it a KeyboardInterrupt
-    (exit 130, everything cleaned up). A command that handles signals itself (training) replaces this."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def handover() -> tuple[Path, object] | None:

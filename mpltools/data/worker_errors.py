@@ -5,7 +5,8 @@ torch re-raises a worker's exception in the main process as `type(exc)(text)`, w
 so the one-paragraph message the CLI prints would become a traceback. A dataset wrapped in
 `Carrying` instead hands an MplError over as data (a `WorkerFailure`, plain and picklable) and stops;
 the main process passes every item through `unwrap`, which raises the same error type with the same
-message and exit code. Other exceptions (bugs) keep torch's behaviour, traceback included.
+message and exit code. Other exceptions (bugs) keep torch's behaviour, traceback included. A worker leaves
+SIGINT and SIGTERM to the main process (`signals.ignore_in_worker`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from mpltools import signals
 from mpltools.data.tarindex import ShardError
 from mpltools.errors import MplError
 
@@ -35,6 +37,8 @@ class Carrying(torch.utils.data.IterableDataset):
         self.dataset = dataset
 
     def __iter__(self) -> Iterator:
+        if torch.utils.data.get_worker_info() is not None:
+            signals.ignore_in_worker()
         try:
             yield from self.dataset
         except MplError as exc:

@@ -34,18 +34,3 @@ def test_unsynchronised_world_is_refused(monkeypatch):
         assert "unsynchronised" in exc.message and "accelerate launch" in exc.message
     else:
         raise AssertionError("expected a refusal")
-
-
-def test_stop_signal_sets_a_flag_then_interrupts():
-    import os
-    import signal
-
-    with rt.StopSignal() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("a second signal must interrupt at once")
