@@ -126,8 +126,21 @@ def check_training(recipe: Recipe, data, runtime, init_student: Path | None = No
     Returns (the loaders' plan, {recipe key: checkpoint metadata} of the checkpoints read)."""
     from mpltools.train_data import check_loaders
 
+    check_normalisation(recipe, data)
     plan = check_loaders(data, recipe, runtime, recipe.method.name != "supervised", extras)
     return plan, check_run(recipe, data, init_student)
+
+
+def check_normalisation(recipe: Recipe, data) -> None:
+    """The normalisation's per-channel values must fit the images' channels (one value fits any)."""
+    channels = data.model_input_shape[0] if data.input_spec.kind == "image" else None
+    values = len(data.normalisation["mean"])
+    if channels is not None and values not in (1, channels):
+        raise UsageError(
+            f"augment.normalisation = {recipe.augment.normalisation!r} has {values} per-channel values but "
+            f"{data.labeled.root} holds {channels}-channel images; use a normalisation made for them "
+            '(e.g. "none") or images with that many channels.'
+        )
 
 
 def check_run(recipe, data, init_student: Path | None) -> dict:

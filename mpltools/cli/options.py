@@ -88,7 +88,7 @@ def overrides(help: str = "Override a recipe key: section.key=value (repeatable)
 
 
 def recipe_seed() -> Any:
-    return typer.Option(None, "--seed", help="Same as --set runtime.seed=N.")
+    return typer.Option(None, "--seed", help="Same as --set runtime.seed=N (0 to 2^32-1).")
 
 
 def print_config() -> Any:
@@ -134,7 +134,10 @@ def as_json(help: str = "Print a JSON report on stdout.") -> Any:
 
 
 def seed(help: str) -> Any:
-    return typer.Option(0, "--seed", help=help)
+    """A command's own --seed, in the range numpy's generators take (a recipe's is `runtime.seed`, as wide)."""
+    from mpltools.recipe_ranges import SEED_MAX
+
+    return typer.Option(0, "--seed", min=0, max=SEED_MAX, help=help)
 
 
 def max_per_shard(help: str = "Samples per tar shard.") -> Any:
