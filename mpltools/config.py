@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpltools import recipe_ranges
 from mpltools.errors import RecipeFaults, UsageError
+from mpltools.recipe_ranges import out_of_range
 
 
 @dataclass
@@ -358,13 +358,13 @@ def resolve_faults(
 
 def check_ranges(r: Recipe, faults: Faults) -> None:
     """Every key's range (`recipe_ranges.RANGES`) but [finetune]'s (`validate_finetune`: `mpl finetune` reads it)."""
-    for key, text in recipe_ranges.out_of_range(r.to_dict(), skip="finetune"):
+    for key, text in out_of_range(r.to_dict(), skip="finetune"):
         faults.add(key, text)
 
 
 def check_finetune(r: Recipe, faults: Faults) -> None:
     """The [finetune] section's ranges (`mpl finetune`; `resolve` leaves the section alone)."""
-    for key, text in recipe_ranges.out_of_range(r.to_dict(), only="finetune"):
+    for key, text in out_of_range(r.to_dict(), only="finetune"):
         faults.add(key, text)
 
 

@@ -4,7 +4,7 @@ Settings come from the checkpoint's own recipe ([finetune] section), replaced by
 [finetune] section when given (a file or a shipped recipe's name, checked whole as `train` checks
 a recipe's keys), then by `--set finetune.key=value`. The architecture comes from the checkpoint's
 metadata. The run is a supervised run whose settings are copied from [finetune]; a refusal that
-names one of the copies names the [finetune] key instead. The output folder holds `finetuned.safetensors` (role "finetuned",
+names one of the copies names the [finetune] key (or `--labeled`, `--val`) instead. The output folder holds `finetuned.safetensors` (role "finetuned",
 with the parent checkpoint's sha256), metrics and resume states; re-running resumes.
 """
 
@@ -15,11 +15,13 @@ from pathlib import Path
 
 from mpltools import config, preflight, trainer
 from mpltools.checkpoint import file_sha256, read_checkpoint
-from mpltools.errors import UsageError
+from mpltools.errors import Interrupted, MplError
 from mpltools.recipe_files import locate
 
-# The supervised run's keys that hold a copy of a [finetune] setting.
+# The supervised run's keys that hold a copy of a [finetune] setting or of an option.
 _COPIES = {
+    "data.labeled": "--labeled",
+    "data.val": "--val",
     "data.batch_size": "finetune.batch_size",
     "student.lr": "finetune.lr",
     "student.warmup_steps": "finetune.warmup_steps",
@@ -83,8 +85,10 @@ def run(
     )
     try:
         report = trainer.fit(recipe, out, force=force, command=command, init_student=Path(checkpoint), student=finetuned)
-    except UsageError as exc:
-        raise UsageError(_in_finetune_terms(exc.message)) from None
+    except MplError as exc:
+        if isinstance(exc, Interrupted) or _in_finetune_terms(exc.message) == exc.message:
+            raise
+        raise MplError(_in_finetune_terms(exc.message), exc.exit_code) from None
     report["finetuned"] = report.pop("student", None)
     return report
 

@@ -77,6 +77,8 @@ def test_finetune_recipe_is_checked_whole(tmp_path, w):
     assert code == 2 and "--set finetune.lr=-1: finetune.lr must be >= 0, not -1." in out and "finetune.steps" in out, out
     code, out = cli(*args, "--set", f"finetune.batch_size={2**62}")  # copied into the run's data.batch_size
     assert code == 2 and "finetune.batch_size" in out and "data.batch_size" not in out, out
+    code, out = cli("finetune", w["ck"], "--labeled", tmp_path / "no-set", "--out", tmp_path / "ft")
+    assert code == 1 and f"--labeled = '{tmp_path / 'no-set'}': " in out and "data.labeled" not in out, out
     assert not (tmp_path / "ft").exists()
 
 
