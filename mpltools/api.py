@@ -6,6 +6,7 @@
     model.classify(image)                  # [("3", 0.97)]: best class and its probability per input
     recipe = mpltools.load_recipe("recipes/tiny/digits.toml", ["schedule.steps=5"])
     out = mpltools.run("eval", "runs/.../student.safetensors", "--data", "data/...", "--json")
+    out = mpltools.run('data info "data/my set"')  # split as a shell would; a list of arguments works too
 
 Failures raise `mpltools.MplError` (its `exit_code` is the CLI's). Importing `mpltools` does not import
 torch: this module is loaded on first use of one of its names.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,11 @@ def validate_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[st
     return load_and_check(recipe, list(overrides))
 
 
-def run(command: str, *args: Any, echo_logs: bool = True) -> str:
+def run(command: str | list | tuple, *args: Any, echo_logs: bool = True) -> str:
     """Run `mpl COMMAND ARGS...` in this process, as the CLI would; return what it printed on stdout (its result).
+
+    `command` is split as a shell would split it (`'data info "/tmp/my dir/val"'`), or is a list of arguments
+    already split; `args` are appended as they are.
 
     A failure raises the command's own MplError (its message is the one the CLI prints, its `exit_code` the CLI's
     exit status; 130 after Ctrl-C); usage errors from the argument parser raise MplError(exit_code=2) with the usage
@@ -92,7 +97,8 @@ def run(command: str, *args: Any, echo_logs: bool = True) -> str:
     from mpltools import log
     from mpltools.cli import main
 
-    argv = [*str(command).split(), *map(str, args)]
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    argv = [*map(str, words), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     quiet = log._quiet
     code = 0

@@ -145,6 +145,7 @@ def read_checkpoint(path: str | Path, check_finite: bool = True) -> tuple[dict[s
             f"{path} is not a readable safetensors checkpoint ({exc}); it is truncated or corrupt: "
             "use another copy or re-run the command that wrote it."
         ) from None
+    _check_architecture(meta, path)
     if check_finite:
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -153,6 +154,20 @@ def read_checkpoint(path: str | Path, check_finite: bool = True) -> tuple[dict[s
                     "Use an earlier checkpoint (e.g. from RUN/state/)."
                 )
     return tensors, meta
+
+
+def _check_architecture(meta: CheckpointMeta, path: Path) -> None:
+    """The network the metadata names must be one this mpltools builds: otherwise the file's content is bad (exit 1),
+    whichever command reads it."""
+    from mpltools.models.registry import validate_model_args
+
+    try:
+        validate_model_args(meta.architecture, meta.architecture_kwargs)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MplError(
+            f"{path}: its metadata names a network this mpltools cannot build ({str(exc).strip(chr(39))}); "
+            "the file was written by another version or edited: use a checkpoint written by `mpl train`/`finetune`."
+        ) from None
 
 
 def build_model_from(meta: CheckpointMeta):

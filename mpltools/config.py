@@ -1,8 +1,9 @@
 """Recipes: TOML files mapped onto typed sections, with `--set section.key=value` overrides.
 
 Precedence: command line (`--set`) > recipe > the defaults below. Unknown sections or keys, values
-of the wrong type or out of range are rejected here, before anything runs, naming the key (and the
-nearest valid one). The rules that need more than the recipe's values (the model registry, rules
+of the wrong type or out of range (the table in `recipe_ranges`) are rejected here, before anything
+runs, naming the key (and the nearest valid one) and where its value came from (the file, `--set` or
+`--seed`); independent faults are collected (`Faults`) and reported together. The rules that need more than the recipe's values (the model registry, rules
 between keys, the data) are `mpltools.preflight`'s; commands load recipes through
 `preflight.load_and_check`. The resolved recipe is saved in the run folder and in every
 checkpoint's metadata. Standard library only.
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpltools.errors import UsageError
+from mpltools.errors import RecipeFaults, UsageError
+from mpltools.recipe_ranges import out_of_range
 
 
 @dataclass
@@ -170,6 +172,11 @@ class Recipe:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
 
 
+def keys() -> list[str]:
+    """Every recipe key as `section.key`, in the order of the dataclasses (shell completion of `--set`)."""
+    return [f"{section}.{f.name}" for section, cls in typing.get_type_hints(Recipe).items() for f in dataclasses.fields(cls)]
+
+
 def _nearest(name: str, options: typing.Iterable[str]) -> str:
     near = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" Did you mean {near[0]!r}?" if near else ""
@@ -196,6 +203,8 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError(f"{where} must be an integer, not {value!r}.")
+        if not -(2**63) <= value < 2**63:
+            raise UsageError(f"{where} must be a 64-bit integer, not {value}.")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -218,23 +227,67 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
     raise UsageError(f"{where}: unsupported type {hint}")
 
 
-def from_dict(raw: dict, source: str = "recipe") -> Recipe:
+class Faults:
+    """The faults found in one recipe, each a line that names its key and where the value came from: the recipe
+    file, `--set KEY=VALUE` or `--seed N`. Independent checks each add theirs; `raise_if_any` raises them all at
+    once (exit 2), so `mpl recipes validate` reports every fault, and `mpl train` those found before the data."""
+
+    def __init__(self, source: str, overrides: typing.Iterable[str] = (), seed: int | None = None):
+        self.source = source
+        self.given: dict[str, str] = {}
+        for text in overrides:
+            self.given[".".join(parse_override(text)[0])] = f"--set {text}"
+        if seed is not None:
+            self.given["runtime.seed"] = f"--seed {seed}"
+        self.lines: list[str] = []
+
+    def where(self, key: str) -> str:
+        """`--set ...` or `--seed N` when they gave the key's value (or a table above it, or a key in it), else the file."""
+        for path, flag in reversed(self.given.items()):
+            if key and (path == key or path.startswith(key + ".") or key.startswith(path + ".")):
+                return flag
+        return self.source
+
+    def add(self, key: str, text: str) -> None:
+        line = f"{self.where(key)}: {text}"
+        if line not in self.lines:
+            self.lines.append(line)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise RecipeFaults(self.lines)
+
+
+def from_dict(raw: dict, source: str = "recipe", faults: Faults | None = None) -> Recipe:
+    """A Recipe from TOML tables; each unknown section or key and each value of the wrong type is a fault (the
+    key keeps its default). Without `faults` they are raised at once."""
+    own = faults is None
+    faults = Faults(source) if own else faults
     recipe = Recipe()
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise UsageError(
-                f"{source}: unknown section [{section}].{_nearest(section, SECTIONS)} Valid sections: {', '.join(SECTIONS)}."
+            faults.add(
+                section, f"unknown section [{section}].{_nearest(section, SECTIONS)} Valid sections: {', '.join(SECTIONS)}."
             )
+            continue
         if not isinstance(values, dict):
-            raise UsageError(f"{source}: [{section}] must be a table of keys.")
+            faults.add(section, f"[{section}] must be a table of keys.")
+            continue
         types = _section_types(section)
         target = getattr(recipe, section)
         for key, value in values.items():
             if key not in types:
-                raise UsageError(
-                    f"{source}: unknown key {section}.{key}.{_nearest(key, types)} Valid keys of [{section}]: {', '.join(types)}."
+                faults.add(
+                    f"{section}.{key}",
+                    f"unknown key {section}.{key}.{_nearest(key, types)} Valid keys of [{section}]: {', '.join(types)}.",
                 )
-            setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
+                continue
+            try:
+                setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
+            except UsageError as exc:
+                faults.add(f"{section}.{key}", exc.message)
+    if own:
+        faults.raise_if_any()
     return recipe
 
 
@@ -265,101 +318,54 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read(path: str | Path) -> dict:
+    """A recipe file's TOML tables; a missing file or bad TOML is a usage error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe {path} does not exist; `mpl recipes ls` lists the shipped recipes, which go by name.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}.") from None
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = (), *, seed: int | None = None) -> Recipe:
     """A recipe file (None = the defaults) with `--set` overrides and `--seed`, typed and range-checked."""
-    raw: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"recipe {path} does not exist; the shipped recipes are in recipes/.")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path} is not valid TOML: {exc}.") from None
-        source = str(path)
-    return resolve(raw, overrides, seed=seed, source=source)
+    raw = read(path) if path is not None else {}
+    return resolve(raw, overrides, seed=seed, source=str(path) if path is not None else "defaults")
 
 
 def resolve(raw: dict, overrides: list[str] = (), *, seed: int | None = None, source: str = "recipe") -> Recipe:
     """A recipe from its TOML tables (e.g. `Recipe.to_dict()`), with overrides and seed, typed and range-checked."""
-    raw = apply_overrides(raw, list(overrides))
-    if seed is not None:
-        raw.setdefault("runtime", {})["seed"] = seed
-    recipe = from_dict(raw, source)
-    validate(recipe, source)
+    recipe, faults = resolve_faults(raw, overrides, seed=seed, source=source)
+    faults.raise_if_any()
     return recipe
 
 
-def validate(r: Recipe, source: str) -> None:
-    """The ranges the types cannot express (all sections but [finetune]: `validate_finetune`)."""
-
-    def bad(msg: str) -> UsageError:
-        return UsageError(f"{source}: {msg}")
-
-    if r.data.batch_size < 1 or r.data.unlabeled_ratio < 1:
-        raise bad("data.batch_size and data.unlabeled_ratio must be at least 1.")
-    if r.data.workers < 0 or r.data.prefetch_mb < 1:
-        raise bad("data.workers must be >= 0 and data.prefetch_mb >= 1.")
-    if r.schedule.steps < 1:
-        raise bad("schedule.steps must be at least 1.")
-    if r.method.feedback_sign not in (1, -1):
-        raise bad(
-            f"method.feedback_sign must be 1 (the paper's sign) or -1 (the flipped ablation), not {r.method.feedback_sign}."
-        )
-    if not 0 <= r.method.fixmatch_threshold <= 1 or r.method.fixmatch_weight < 0:
-        raise bad("method.fixmatch_threshold must be in [0, 1] and method.fixmatch_weight >= 0.")
-    if not 0 <= r.method.label_smoothing < 1 or not 0 <= r.method.baseline_decay < 1:
-        raise bad("method.label_smoothing and method.baseline_decay must be in [0, 1).")
-    if r.runtime.loss_scale_init <= 0 or r.runtime.loss_scale_growth_interval < 1:
-        raise bad("runtime.loss_scale_init must be > 0 and runtime.loss_scale_growth_interval at least 1.")
-    if r.checkpoint.every < 1 or r.checkpoint.keep_last < 1:
-        raise bad("checkpoint.every and checkpoint.keep_last must be at least 1.")
-    for name in ("teacher", "student"):
-        o: OptimConfig = getattr(r, name)
-        if o.lr < 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.max_grad_norm < 0 or not 0 <= o.ema_decay < 1:
-            raise bad(f"[{name}] lr, weight_decay and max_grad_norm must be >= 0; momentum and ema_decay in [0, 1).")
-    if r.student.optimizer != "sgd":
-        raise bad(
-            'student.optimizer must be "sgd" (the one-step feedback assumes an SGD student); only [teacher] may use "adam".'
-        )
-    for key in ("teacher.warmup_steps", "student.warmup_steps", "student.wait_steps"):
-        section, name = key.split(".")
-        if getattr(getattr(r, section), name) < 0:
-            raise bad(f"{key} must be >= 0, not {getattr(getattr(r, section), name)}.")
-    m = r.method
-    for key in _NONNEG_METHOD:
-        if getattr(m, key) < 0:
-            raise bad(f"method.{key} must be >= 0, not {getattr(m, key)}.")
-    if m.uda_temperature == 0:
-        raise bad("method.uda_temperature must be > 0 (it divides the logits), not 0.")
-    if not 0 <= m.uda_threshold <= 1:
-        raise bad(f"method.uda_threshold must be in [0, 1], not {m.uda_threshold}.")
-    if r.eval.batch_size < 1:
-        raise bad(f"eval.batch_size must be at least 1, not {r.eval.batch_size}.")
-    if r.eval.every < 0:
-        raise bad(f"eval.every must be >= 0, not {r.eval.every}.")
-    if r.runtime.log_every < 1:
-        raise bad(f"runtime.log_every must be at least 1, not {r.runtime.log_every}.")
+def resolve_faults(
+    raw: dict, overrides: list[str] = (), *, seed: int | None = None, source: str = "recipe"
+) -> tuple[Recipe, Faults]:
+    """`resolve` that returns the faults found (types, ranges) instead of raising them; a malformed `--set` still
+    raises at once."""
+    faults = Faults(source, overrides, seed)
+    raw = apply_overrides(raw, list(overrides))
+    if seed is not None:
+        raw.setdefault("runtime", {})["seed"] = seed
+    recipe = from_dict(raw, source, faults)
+    check_ranges(recipe, faults)
+    return recipe, faults
 
 
-_NONNEG_METHOD = ("mpl_weight", "uda_weight", "teacher_supervised_weight", "uda_temperature", "uda_ramp_steps")
+def check_ranges(r: Recipe, faults: Faults) -> None:
+    """Every key's range (`recipe_ranges.RANGES`) but [finetune]'s (`validate_finetune`: `mpl finetune` reads it)."""
+    for key, text in out_of_range(r.to_dict(), skip="finetune"):
+        faults.add(key, text)
 
 
-def validate_finetune(r: Recipe, source: str) -> None:
-    """The [finetune] section's ranges (`mpl finetune`; `validate` leaves the section alone)."""
-    ft = r.finetune
-    if ft.steps < 1:
-        raise UsageError(f"{source}: finetune.steps must be at least 1, not {ft.steps}.")
-    if ft.batch_size < 1:
-        raise UsageError(f"{source}: finetune.batch_size must be at least 1, not {ft.batch_size}.")
-    for key in ("lr", "weight_decay", "warmup_steps"):
-        if getattr(ft, key) < 0:
-            raise UsageError(f"{source}: finetune.{key} must be >= 0, not {getattr(ft, key)}.")
-    if not 0 <= ft.momentum < 1:
-        raise UsageError(f"{source}: finetune.momentum must be in [0, 1), not {ft.momentum}.")
-    if not 0 <= ft.label_smoothing < 1:
-        raise UsageError(f"{source}: finetune.label_smoothing must be in [0, 1), not {ft.label_smoothing}.")
+def check_finetune(r: Recipe, faults: Faults) -> None:
+    """The [finetune] section's ranges (`mpl finetune`; `resolve` leaves the section alone)."""
+    for key, text in out_of_range(r.to_dict(), only="finetune"):
+        faults.add(key, text)
 
 
 def to_toml(recipe: Recipe) -> str:

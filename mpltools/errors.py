@@ -32,6 +32,16 @@ class UsageError(MplError):
         super().__init__(message, exit_code=2)
 
 
+class RecipeFaults(UsageError):
+    """Every independent fault found in one recipe at once (`mpl recipes validate` reports them all), one line
+    each, naming the key and where its value came from (the file, `--set` or `--seed`)."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        many = f"{len(self.lines)} problems:\n" + "\n".join(f"  {line}" for line in self.lines)
+        super().__init__(self.lines[0] if len(self.lines) == 1 else many)
+
+
 class Interrupted(MplError):
     """Raised after a resumable state was saved on Ctrl-C / SIGTERM."""
 

@@ -14,41 +14,57 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpltools import config, tracking
+from mpltools import config, recipe_files, tracking
 from mpltools.config import TWO_NETWORKS, Recipe
 from mpltools.errors import MplError, UsageError
 
 
 def load_and_check(recipe: Recipe | str | Path | None, overrides: list[str] = (), *, seed: int | None = None) -> Recipe:
-    """A recipe file (None = the defaults) or a Recipe object, with `--set` overrides and `--seed`, checked as
-    every training command checks it before it opens the data; returns the resolved recipe."""
-    if isinstance(recipe, Recipe):  # typed again as a file's tables would be
-        resolved, source = config.resolve(recipe.to_dict(), overrides, seed=seed), "recipe"
-    else:
-        resolved = config.load_recipe(recipe, list(overrides), seed=seed)
-        source = str(recipe) if recipe is not None else "defaults"
-    check_recipe(resolved, source)
+    """A recipe file (None = the defaults; a shipped recipe's name), or a Recipe object, with `--set` overrides and
+    `--seed`, checked as every training command checks it before it opens the data; returns the resolved recipe.
+    Every independent fault is reported at once (exit 2)."""
+    resolved, faults = collect(recipe, overrides, seed=seed)
+    faults.raise_if_any()
     return resolved
 
 
-def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
+def collect(
+    recipe: Recipe | str | Path | None, overrides: list[str] = (), *, seed: int | None = None
+) -> tuple[Recipe, config.Faults]:
+    """`load_and_check` that returns the faults instead of raising them (`mpl recipes validate` adds the data's)."""
+    if isinstance(recipe, Recipe):  # typed again as a file's tables would be
+        raw, source = recipe.to_dict(), "recipe"
+    elif recipe is None:
+        raw, source = {}, "defaults"
+    else:
+        path = recipe_files.locate(recipe)
+        raw, source = config.read(path), str(path)
+    resolved, faults = config.resolve_faults(raw, list(overrides), seed=seed, source=source)
+    check_recipe(resolved, faults)
+    return resolved, faults
+
+
+def check_recipe(recipe: Recipe, faults: config.Faults) -> None:
     """What a recipe needs beyond its keys' types and ranges (`config`): networks the model registry builds, and
-    the rules between keys."""
+    the rules between keys; each fault is added to `faults`."""
     m, t, s = recipe.method, recipe.teacher, recipe.student
     if m.name == "pseudo-label" and not m.teacher_checkpoint:
-        raise UsageError(
-            f"{source}: method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run)."
+        faults.add(
+            "method.teacher_checkpoint",
+            "method pseudo-label needs method.teacher_checkpoint (a trained teacher, e.g. from a supervised run).",
         )
     if m.name in TWO_NETWORKS and (t.momentum, t.nesterov, t.max_grad_norm) != (s.momentum, s.nesterov, s.max_grad_norm):
-        raise UsageError(
-            f"{source}: [teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do)."
+        faults.add(
+            "teacher.momentum",
+            "[teacher] and [student] must share momentum, nesterov and max_grad_norm (the step applies one value to both, as the authors do).",
         )
     if m.teacher_weak_no_grad and m.pseudo_label_view == "weak" and m.mpl_weight:
-        raise UsageError(
-            f"{source}: method.teacher_weak_no_grad = true leaves the weak view without gradient, so the MPL term cannot "
-            'use method.pseudo_label_view = "weak"; use "strong" or method.mpl_weight = 0.'
+        faults.add(
+            "method.teacher_weak_no_grad",
+            "method.teacher_weak_no_grad = true leaves the weak view without gradient, so the MPL term cannot "
+            'use method.pseudo_label_view = "weak"; use "strong" or method.mpl_weight = 0.',
         )
-    check_models(recipe, source)
+    check_models(recipe, faults)
 
 
 def check_teacher_kind(recipe: Recipe, reduced: bool) -> None:
@@ -78,21 +94,21 @@ def check_trackers(recipe: Recipe) -> list[str]:
     return names
 
 
-def check_models(recipe, source: str = "recipe") -> None:
+def check_models(recipe, faults: config.Faults) -> None:
     """Registry lookup of every network's name and kwargs (cheap; also what --print-config checks). A teacher
     without model.teacher_name is the student's architecture, checked as model.name."""
-    _check_model("model.name", recipe.model.name, recipe.model.kwargs, source)
+    _check_model("model.name", "model.kwargs", recipe.model.name, recipe.model.kwargs, faults)
     if recipe.model.teacher_name:
-        _check_model("model.teacher_name", recipe.model.teacher_name, recipe.model.teacher_kwargs, source)
+        _check_model("model.teacher_name", "model.teacher_kwargs", recipe.model.teacher_name, recipe.model.teacher_kwargs, faults)
 
 
-def _check_model(key: str, name: str, kwargs: dict, source: str) -> None:
-    from mpltools.models.registry import validate_model_args
+def _check_model(key: str, kwargs_key: str, name: str, kwargs: dict, faults: config.Faults) -> None:
+    from mpltools.models.registry import MODEL_NAMES, validate_model_args
 
     try:
         validate_model_args(name, kwargs)
     except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{source}: {key} = {name!r}: {str(exc).strip(chr(39))}") from None
+        faults.add(key if name not in MODEL_NAMES else kwargs_key, f"{key} = {name!r}: {str(exc).strip(chr(39))}")
 
 
 def check_nonempty(shards, what: str) -> None:
@@ -110,8 +126,21 @@ def check_training(recipe: Recipe, data, runtime, init_student: Path | None = No
     Returns (the loaders' plan, {recipe key: checkpoint metadata} of the checkpoints read)."""
     from mpltools.train_data import check_loaders
 
+    check_normalisation(recipe, data)
     plan = check_loaders(data, recipe, runtime, recipe.method.name != "supervised", extras)
     return plan, check_run(recipe, data, init_student)
+
+
+def check_normalisation(recipe: Recipe, data) -> None:
+    """The normalisation's per-channel values must fit the images' channels (one value fits any)."""
+    channels = data.model_input_shape[0] if data.input_spec.kind == "image" else None
+    values = len(data.normalisation["mean"])
+    if channels is not None and values not in (1, channels):
+        raise UsageError(
+            f"augment.normalisation = {recipe.augment.normalisation!r} has {values} per-channel values but "
+            f"{data.labeled.root} holds {channels}-channel images; use a normalisation made for them "
+            '(e.g. "none") or images with that many channels.'
+        )
 
 
 def check_run(recipe, data, init_student: Path | None) -> dict:

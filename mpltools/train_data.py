@@ -41,24 +41,39 @@ class DataSetup:
         return (self.normalisation["mean"], self.normalisation["std"])
 
 
-def _open(location: str, what: str, recipe_key: str) -> ShardSet:
+def data_keys(recipe: Recipe, need_unlabeled: bool) -> list[tuple[str, str, bool]]:
+    """(recipe key, location, needs labels) of each shard set the run reads."""
+    d = recipe.data
+    keys = [("data.labeled", d.labeled, True)]
+    if need_unlabeled:
+        keys.append(("data.unlabeled", d.unlabeled, False))
+    if d.val:
+        keys.append(("data.val", d.val, True))
+    return keys
+
+
+def open_key(key: str, location: str, labels: bool) -> ShardSet:
+    """The shard set a data key names, with its manifest (and labels where the run needs them); a failure names the
+    key and its value (`data.labeled = 'x': ...`), with the failure's own exit code."""
     if not location:
-        raise UsageError(f"{recipe_key} is empty: the recipe must name the {what} shard set (or pass --set {recipe_key}=PATH).")
-    return open_shard_set(location)
+        raise UsageError(f"{key} is empty: name a shard set (or pass --set {key}=PATH).")
+    try:
+        shards = open_shard_set(location)
+        shards.require_manifest("training")
+        if labels:
+            shards.require_labels("training" if key == "data.labeled" else "validation")
+    except MplError as exc:
+        raise MplError(f"{key} = {location!r}: {exc.message}", exc.exit_code) from None
+    return shards
 
 
-def open_data(recipe: Recipe, need_unlabeled: bool, labeled_override: str | None = None) -> DataSetup:
+def open_data(recipe: Recipe, need_unlabeled: bool) -> DataSetup:
     d, a = recipe.data, recipe.augment
-    labeled = _open(labeled_override or d.labeled, "labelled", "data.labeled")
-    labeled.require_labels("training")
-    unlabeled = _open(d.unlabeled, "unlabelled", "data.unlabeled") if need_unlabeled else None
-    val = open_shard_set(d.val) if d.val else None
-    if val is not None:
-        val.require_labels("validation")
+    opened = {key: open_key(key, location, labels) for key, location, labels in data_keys(recipe, need_unlabeled)}
+    labeled, unlabeled, val = (opened.get(k) for k in ("data.labeled", "data.unlabeled", "data.val"))
     for other in (unlabeled, val):
         if other is None:
             continue
-        other.require_manifest("training")
         if other.classes != labeled.classes and not other.classes_unknown:
             from mpltools.data.wdscan import classes_hint
 

@@ -47,16 +47,48 @@ def input_path_option(flag: str, help: str, *, required: bool = True, repeatable
 # --- recipes ------------------------------------------------------------------------------------------------
 
 
+# A recipe is a file or a shipped recipe's name (`mpltools.recipe_files.locate`, called by the command); the shell
+# completes both, and `--set` completes the recipe's keys.
+
+
+def _complete_recipe(incomplete: str) -> list[str]:
+    from mpltools.recipe_files import complete_names
+
+    return complete_names(incomplete)
+
+
+def _complete_shipped(incomplete: str) -> list[str]:
+    from mpltools.recipe_files import shipped
+
+    return [n for n in shipped() if n.startswith(incomplete)]
+
+
+def _complete_key(incomplete: str) -> list[str]:
+    from mpltools.config import keys
+
+    return [f"{k}=" for k in keys() if f"{k}=".startswith(incomplete)]
+
+
 def recipe(help: str) -> Any:
-    return typer.Argument(..., help=help)
+    return typer.Argument(..., help=help, autocompletion=_complete_recipe)
+
+
+def recipe_option(help: str) -> Any:
+    """An optional --recipe (a file or a shipped recipe's name)."""
+    return typer.Option(None, "--recipe", help=help, autocompletion=_complete_recipe)
+
+
+def shipped_recipe(help: str) -> Any:
+    """A shipped recipe's name (`mpl recipes cp`)."""
+    return typer.Argument(..., help=help, autocompletion=_complete_shipped)
 
 
 def overrides(help: str = "Override a recipe key: section.key=value (repeatable).") -> Any:
-    return typer.Option([], "--set", help=help)
+    return typer.Option([], "--set", help=help, autocompletion=_complete_key)
 
 
 def recipe_seed() -> Any:
-    return typer.Option(None, "--seed", help="Same as --set runtime.seed=N.")
+    return typer.Option(None, "--seed", help="Same as --set runtime.seed=N (0 to 2^32-1).")
 
 
 def print_config() -> Any:
@@ -102,7 +134,10 @@ def as_json(help: str = "Print a JSON report on stdout.") -> Any:
 
 
 def seed(help: str) -> Any:
-    return typer.Option(0, "--seed", help=help)
+    """A command's own --seed, in the range numpy's generators take (a recipe's is `runtime.seed`, as wide)."""
+    from mpltools.recipe_ranges import SEED_MAX
+
+    return typer.Option(0, "--seed", min=0, max=SEED_MAX, help=help)
 
 
 def max_per_shard(help: str = "Samples per tar shard.") -> Any:

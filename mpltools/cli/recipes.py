@@ -19,7 +19,7 @@ app = typer.Typer(
 
 @app.command("ls")
 def recipes_ls(as_json: bool = options.as_json("Print the recipes and their header fields as JSON.")) -> None:
-    """List the shipped recipes with what each reproduces and the result to expect.
+    """List the shipped recipes with what each reproduces and the result to expect, then their tiny twins.
 
     \b
     Example:
@@ -27,12 +27,13 @@ def recipes_ls(as_json: bool = options.as_json("Print the recipes and their head
     """
     from mpltools.commands import recipes as command
 
-    emit({"recipes": command.list_recipes()}, as_json, lambda r: command.render_list(r["recipes"]))
+    report = {"recipes": command.list_recipes(), "tiny": command.list_recipes(tiny=True)}
+    emit(report, as_json, lambda r: command.render_list(r["recipes"], r["tiny"]))
 
 
 @app.command("cp")
 def recipes_cp(
-    name: str = typer.Argument(..., help="A shipped recipe (see `mpl recipes ls`), e.g. digits."),
+    name: str = options.shipped_recipe("A shipped recipe (see `mpl recipes ls`), e.g. digits or tiny/digits."),
     dest: Path = typer.Argument(..., help="File to write, or an existing folder to copy into."),
     force: bool = options.force("Overwrite DEST if it exists."),
 ) -> None:
@@ -62,7 +63,7 @@ def recipes_validate(
     Example:
       mpl recipes validate recipes/digits.toml --set model.name=resnet50
     """
-    from mpltools.commands import recipe_check, recipes
+    from mpltools.commands import recipe_check
 
-    report = recipe_check.check(recipes.locate(recipe), overrides, seed, out=out, force=force)
+    report = recipe_check.check(recipe, overrides, seed, out=out, force=force)
     emit(report, as_json, recipe_check.render)

@@ -65,7 +65,7 @@ def predict(
 def train(
     ctx: typer.Context,
     recipe: Path = options.recipe(
-        "TOML recipe whose data.labeled/unlabeled are prediction sets (see recipes/reduced_b7_yfcc.toml)."
+        "TOML recipe whose data.labeled/unlabeled are prediction sets: a file or a shipped name (e.g. reduced_b7_yfcc)."
     ),
     overrides: list[str] = options.overrides(),
     out: Path | None = options.run_folder(),

@@ -13,7 +13,7 @@ from mpltools.cli.invocation import command_line, emit
 
 def train(
     ctx: typer.Context,
-    recipe: Path = options.recipe("TOML recipe (see recipes/)."),
+    recipe: Path = options.recipe("TOML recipe: a file, or a shipped recipe's name (`mpl recipes ls`), e.g. digits."),
     overrides: list[str] = options.overrides(),
     out: Path | None = options.run_folder(),
     seed: int | None = options.recipe_seed(),
@@ -80,7 +80,7 @@ def finetune(
     val: str | None = options.input_path_option(
         "--val", "Labelled shard set to evaluate on at the end (optional).", required=False
     ),
-    recipe: Path | None = typer.Option(None, "--recipe", help="Take the [finetune] section from this recipe."),
+    recipe: Path | None = options.recipe_option("Take the [finetune] section from this recipe (a file or a shipped name)."),
     overrides: list[str] = options.overrides("Override a setting, e.g. finetune.steps=500 (repeatable)."),
     out: Path | None = options.out_or_default("Output folder (default: <checkpoint folder>/finetune)."),
     force: bool = options.start_over("output folder"),

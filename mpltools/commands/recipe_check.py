@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 from mpltools.config import TWO_NETWORKS, Recipe
 from mpltools.errors import MplError, UsageError
-from mpltools.preflight import check_models, check_trackers, check_training, load_and_check
+from mpltools.preflight import check_trackers, check_training, collect
+from mpltools.recipe_files import locate
 
-__all__ = ["check", "check_models", "render"]
+__all__ = ["check", "render"]
 
 _ACTIONS = {"new": "a new run", "resume": "resumes the run there", "restart": "deleted and started over (--force)"}
 
@@ -33,31 +34,18 @@ def _networks(recipe: Recipe) -> list[tuple[str, str, str, dict]]:
     return nets
 
 
-def _open_key(source: str, key: str, location: str, need_labels: bool):
-    from mpltools.data.opening import open_shard_set
+def _data_report(recipe: Recipe, faults) -> dict:
+    """Each data key the run reads, opened as `train` opens it (`train_data.open_key`): its size; each one that cannot
+    be opened is a fault of its own."""
+    from mpltools.train_data import data_keys, open_key
 
-    try:
-        shards = open_shard_set(location)
-        shards.require_manifest("training")
-        if need_labels:
-            shards.require_labels("training" if key == "data.labeled" else "validation")
-    except MplError as exc:
-        raise UsageError(f"{source}: {key} = {location!r}: {exc.message}") from None
-    return shards
-
-
-def _data_report(recipe: Recipe, source: str) -> dict:
-    """Each data key the run reads: a shard set with a manifest (and labels where it needs them); its size."""
-    keys = [("data.labeled", recipe.data.labeled, True)]
-    if recipe.method.name != "supervised":
-        keys.append(("data.unlabeled", recipe.data.unlabeled, False))
-    if recipe.data.val:
-        keys.append(("data.val", recipe.data.val, True))
     report = {}
-    for key, location, labels in keys:
-        if not location:
-            raise UsageError(f"{source}: {key} is empty: name a shard set (or pass --set {key}=PATH).")
-        shards = _open_key(source, key, location, labels)
+    for key, location, purpose in data_keys(recipe, recipe.method.name != "supervised"):
+        try:
+            shards = open_key(key, location, purpose)
+        except MplError as exc:
+            faults.add(key, exc.message)
+            continue
         report[key] = {"path": location, "samples": shards.num_samples, "classes": shards.num_classes}
     return report
 
@@ -89,8 +77,11 @@ def check(
     from mpltools.run_folder import check_run_folder
     from mpltools.train_data import open_data
 
-    recipe = load_and_check(path, list(overrides), seed=seed)
+    path = locate(path) if path is not None else None
+    recipe, faults = collect(path, list(overrides), seed=seed)
     source = str(path) if path is not None else "defaults"
+    data_report = _data_report(recipe, faults)  # independent of the faults above: all of them are reported
+    faults.raise_if_any()
     method = recipe.method.name
     reduced = recipe.model.teacher_name == "reduced_teacher"
     try:  # first, like `train`: a missing tracker package is named before any data is opened
@@ -103,7 +94,6 @@ def check(
     except MplError as exc:
         raise UsageError(f"{source}: {exc.message}") from None
 
-    data_report = _data_report(recipe, source)
     try:
         data = open_data(recipe, need_unlabeled=method != "supervised")
     except MplError as exc:

@@ -1,32 +1,26 @@
-"""`mpl recipes ls/cp`: the shipped recipes, what each reproduces, and a copy to edit; `locate` finds one by name.
+"""`mpl recipes ls/cp`: the shipped recipes, what each reproduces, and a copy to edit.
 
-Recipes are looked up in the package (`mpltools/_recipes`, when a build ships them there) and
-then in the repository's `recipes/` folder. What a recipe reproduces is read from its header
+Recipes are found by `mpltools.recipe_files` (the package's `_recipes`, then the repository's
+`recipes/`; the tiny twins as `tiny/NAME`). What a recipe reproduces is read from its header
 comment: the title line `# NAME.toml — TITLE` and the `Reproduces:`, `Expected:` and `Cost:`
 paragraphs.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mpltools.atomic import atomic_file
-from mpltools.errors import MplError, UsageError
+from mpltools.errors import MplError
+from mpltools.recipe_files import TINY, find, shipped
 
-_PACKAGE = Path(__file__).resolve().parents[1]
 _FIELDS = {"Reproduces": "reproduces", "Expected": "expected", "Cost": "cost"}
 # A new paragraph of the header: a capitalised phrase without a full stop, then a colon, e.g. `Expected:`,
 # `Setting (paper §3.4):`; `(...)` after the first word is dropped from the field's name.
 _NEW_PARAGRAPH = re.compile(r"^([A-Z][\w\-]*)[^:.]{0,60}?: ")
-
-
-def recipe_folders() -> list[Path]:
-    """Where shipped recipes live, first match wins: inside the package, then the repository."""
-    return [p for p in (_PACKAGE / "_recipes", _PACKAGE.parent / "recipes") if p.is_dir()]
 
 
 @dataclass
@@ -40,9 +34,9 @@ class RecipeInfo:
     commands: list[str] = field(default_factory=list)
 
 
-def parse_header(path: Path) -> RecipeInfo:
+def parse_header(path: Path, name: str = "") -> RecipeInfo:
     """Read the leading comment block of a recipe into its title, paragraphs and `$ ` commands."""
-    info = RecipeInfo(name=path.stem, path=str(path))
+    info = RecipeInfo(name=name or path.stem, path=str(path))
     current = None
     for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if not raw.startswith("#"):
@@ -69,19 +63,12 @@ def parse_header(path: Path) -> RecipeInfo:
     return info
 
 
-def shipped() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for folder in recipe_folders():
-        for path in sorted(folder.glob("*.toml")):
-            found.setdefault(path.stem, path)
-    return found
+def list_recipes(tiny: bool = False) -> list[dict]:
+    """The shipped recipes' header fields; `tiny`: the seconds-long twins (`tiny/NAME`) instead."""
+    return [asdict(parse_header(path, name)) for name, path in shipped().items() if name.startswith(f"{TINY}/") == tiny]
 
 
-def list_recipes() -> list[dict]:
-    return [asdict(parse_header(path)) for path in shipped().values()]
-
-
-def render_list(items: list[dict]) -> str:
+def render_list(items: list[dict], tiny: list[dict] = ()) -> str:
     lines = []
     for it in items:
         lines.append(f"{it['name']}: {it['title']}")
@@ -89,6 +76,9 @@ def render_list(items: list[dict]) -> str:
             lines.append(f"    reproduces: {_first_sentence(it['reproduces'])}")
         if it["expected"]:  # whole: it says whether our runs matched
             lines.append(f"    expected: {it['expected']}")
+    if tiny:
+        lines.append(f"\nTiny twins, seconds on a CPU (`mpl recipes cp {TINY}/NAME`, `mpl train {TINY}/NAME`):")
+        lines.extend(f"{it['name']}: {it['title']}" for it in tiny)
     return "\n".join(lines)
 
 
@@ -96,25 +86,6 @@ def _first_sentence(text: str) -> str:
     """Up to the first full stop that ends a sentence (`--json` has the whole paragraph)."""
     m = re.search(r"\.\s+(?=[A-Z(])", text)
     return text[: m.start() + 1] if m else text
-
-
-def find(name: str) -> Path:
-    """A shipped recipe by name (`digits` or `digits.toml`); exit 2 with the nearest names otherwise."""
-    recipes = shipped()
-    stem = name[:-5] if name.endswith(".toml") else name
-    if stem in recipes:
-        return recipes[stem]
-    near = difflib.get_close_matches(stem, list(recipes), n=1, cutoff=0.5)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
-    where = ", ".join(str(f) for f in recipe_folders()) or "no recipe folder found"
-    raise UsageError(f"no shipped recipe named {name!r}.{hint} `mpl recipes ls` lists them ({where}).")
-
-
-def locate(recipe: Path) -> Path:
-    """A recipe as given on the command line: a file, or a shipped recipe's name (a bare name that is no file here)."""
-    if not recipe.exists() and recipe.suffix in ("", ".toml") and len(recipe.parts) == 1:
-        return find(str(recipe))
-    return recipe
 
 
 def copy(name: str, dest: Path, force: bool) -> Path:

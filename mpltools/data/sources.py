@@ -8,6 +8,7 @@ original dataset (`cifar10-train-0004711`) so a sample can be traced back.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -47,8 +48,16 @@ class SourceOptions:
     noise: float = 0.1  # twomoon: std of the Gaussian noise
     scale: float = 1.0  # twomoon: multiplies the coordinates
 
+    def check(self) -> None:
+        """Values the generators cannot use (a set of NaN or infinite points would pass every later check)."""
+        if not math.isfinite(self.noise) or self.noise < 0:
+            raise UsageError(f"--noise must be a finite number >= 0, not {self.noise}.")
+        if not math.isfinite(self.scale) or self.scale == 0:
+            raise UsageError(f"--scale must be a finite number other than 0, not {self.scale}.")
+
 
 def load_source(name: str, path: Path | None, opts: SourceOptions) -> Source:
+    opts.check()
     if name in BUILTIN_SOURCES and path is not None:
         raise UsageError(f"source {name!r} is built in and takes no PATH (got {path}).")
     if name in DATASET_SOURCES and path is None:

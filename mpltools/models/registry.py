@@ -75,6 +75,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
 
 
+_COUNT_MAX = 1 << 16  # layers, channels, units: far above any network here, far below what would overflow torch
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _COUNT_MAX
+
+
 # Ranges shared by every model that takes the argument, so a bad recipe value fails at parse
 # time with the key's name. Model-specific rules (WRN depth = 6n + 4, ...) live in the builders.
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -92,7 +99,11 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     **dict.fromkeys(
         ("depth", "widen", "width", "stem_width"),
-        (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+        (lambda v: _is_count(v), f"a positive integer up to {_COUNT_MAX}"),
+    ),
+    "hidden": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_count(h) for h in v),
+        f"a list of positive integers up to {_COUNT_MAX}",
     ),
     "zero_init_residual": (lambda v: isinstance(v, bool), "true or false"),
 }

@@ -1,4 +1,5 @@
-"""The wheel: distribution meta-pseudo-labels, recipes inside the package, the Apache-2.0 LICENSE."""
+"""The wheel: distribution meta-pseudo-labels, recipes inside the package (found by name once installed), the
+Apache-2.0 LICENSE."""
 
 from __future__ import annotations
 
@@ -21,3 +22,22 @@ def test_wheel_ships_recipes_and_license(tmp_path):
     assert {"mpltools/cli/__init__.py", "mpltools/cli/options.py", "mpltools/__main__.py"} <= set(names)  # the CLI package
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "mpl = mpltools.cli:main" in entry_points  # the `mpl` console script
+
+    # Installed, the wheel has no recipes/ folder: the shipped recipes go by name from mpltools/_recipes.
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    work = tmp_path / "work"
+    work.mkdir()
+    site = env(PYTHONPATH=str(tmp_path / "site"))  # ahead of the editable install of the checkout
+    where = subprocess.run(
+        [sys.executable, "-c", "import mpltools; print(mpltools.__file__)"], cwd=work, env=site, capture_output=True, text=True
+    )
+    assert where.stdout.startswith(str(tmp_path / "site")), where
+    for args, want in (
+        (["train", "tiny/digits", "--print-config"], 'name = "small_cnn"'),
+        (["recipes", "cp", "tiny/digits", "t.toml"], "t.toml"),
+        (["recipes", "ls"], "tiny/twomoon"),
+    ):
+        ran = subprocess.run(
+            [sys.executable, "-m", "mpltools", *args], cwd=work, env=site, capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0 and want in ran.stdout, (args, ran.stdout, ran.stderr)

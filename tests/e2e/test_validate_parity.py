@@ -9,6 +9,14 @@ import pytest
 from tests.e2e.helpers import TWOMOON, cli, sets
 from tests.e2e.test_bad_inputs import w  # noqa: F401 - `w` is the catalogue's module fixture
 
+SMALL_CNN = ["--set", "model.name=small_cnn"]
+
+
+def IMAGES(w):  # the catalogue's 8x8 one-channel images as all the run's sets
+    sets = ["--set", f"data.labeled={w['img']}", "--set", f"data.unlabeled={w['img']}", "--set", "data.val="]
+    return [*sets, *SMALL_CNN, "--set", "model.kwargs={}", "--set", "data.batch_size=4"]
+
+
 CASES = [
     ("empty-val", lambda w: ["--set", f"data.val={w['empty_vec']}"], "empty_vec"),
     ("empty-labeled", lambda w: sets("method.name=supervised", f"data.labeled={w['empty_vec']}"), "empty_vec"),
@@ -19,6 +27,17 @@ CASES = [
         lambda w: sets("method.name=pseudo-label", f"method.teacher_checkpoint={w['nan']}"),
         "nan.safetensors",
     ),
+    ("negative-lr", lambda w: ["--set", "student.lr=-1"], "--set student.lr=-1: student.lr must be >= 0, not -1."),
+    ("seed-negative", lambda w: ["--seed", "-3"], "runtime.seed"),
+    ("seed-huge", lambda w: ["--seed", str(10**23)], "runtime.seed"),
+    ("threads-huge", lambda w: ["--set", f"runtime.threads={10**23}"], "runtime.threads"),
+    ("threads-many", lambda w: ["--set", "runtime.threads=5000"], "runtime.threads must be in [0, 1024]"),
+    (
+        "kwargs-width-huge",
+        lambda w: [*SMALL_CNN, "--set", f"model.kwargs={{width={10**23}}}"],
+        "'width' must be a positive integer",
+    ),
+    ("normalisation-channels", lambda w: [*IMAGES(w), "--set", "augment.normalisation=imagenet"], "augment.normalisation"),
 ]
 
 
@@ -43,6 +62,7 @@ def test_validate_refuses_what_train_refuses(wv, tmp_path, extra, names):
     out = tmp_path / "deep" / "run"
     train_code, train_text = cli("train", TWOMOON, *args, "--out", out)
     assert train_code in (1, 2) and names in train_text and "Traceback" not in train_text, train_text[-2000:]
+    assert "frame #" not in train_text and "Error:" not in train_text  # no C++ backtrace, no raw exception text
     code, text = cli("recipes", "validate", TWOMOON, *args, "--out", out)
     assert code == 2 and names in text and "Traceback" not in text, text[-2000:]
     assert not (tmp_path / "deep").exists()

@@ -391,7 +391,7 @@ def test_registry_and_hyper_validation():
     for overrides, key in (
         (["method.feedback=cos"], "method.feedback"),
         (["method.teacher_weak_no_grad=true", "method.pseudo_label_view=weak"], "method.teacher_weak_no_grad"),
-        (["student.lr=-1.0"], "[student] lr"),
+        (["student.lr=-1.0"], "student.lr must be >= 0, not -1."),
         (["student.wait_steps=-1"], "student.wait_steps"),
         (["teacher.warmup_steps=-1"], "teacher.warmup_steps"),
         (["method.uda_temperature=0"], "method.uda_temperature"),

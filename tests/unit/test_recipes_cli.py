@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mpltools import recipe_files
 from mpltools.commands import recipes
 from tests.e2e.helpers import REPO, ok
 
@@ -63,7 +64,7 @@ def test_cp_copies_and_never_overwrites_without_force(run_cli, tmp_path):
     folder.mkdir()
     assert run_cli("recipes", "cp", "twomoon", folder).stdout.strip() == str(folder / "twomoon.toml")
     ran = run_cli("recipes", "cp", "digts", tmp_path / "y.toml")
-    assert ran.exit_code == 2 and "no shipped recipe named 'digts'. Did you mean 'digits'?" in ran.stderr
+    assert ran.exit_code == 2 and "no shipped recipe named 'digts'. Did you mean 'digits'" in ran.stderr
     assert not (tmp_path / "y.toml").exists()
 
 
@@ -212,8 +213,8 @@ def test_recipes_shipped_inside_the_package_come_first(tmp_path, monkeypatch):
     (package / "_recipes" / "a.toml").write_text("# a.toml — from the package\n")
     (tmp_path / "recipes" / "a.toml").write_text("# a.toml — from the repository\n")
     (tmp_path / "recipes" / "b.toml").write_text("# b.toml — only in the repository\n")
-    monkeypatch.setattr(recipes, "_PACKAGE", package)
-    assert recipes.shipped() == {"a": package / "_recipes" / "a.toml", "b": tmp_path / "recipes" / "b.toml"}
+    monkeypatch.setattr(recipe_files, "_PACKAGE", package)
+    assert recipe_files.shipped() == {"a": package / "_recipes" / "a.toml", "b": tmp_path / "recipes" / "b.toml"}
     assert [r["title"] for r in recipes.list_recipes()] == ["from the package", "only in the repository"]
 
 
