@@ -116,9 +116,9 @@ def run_subprocess(*args, input: str | None = None, cwd: Path | None = None, tim
     return Ran(r.returncode, r.stdout, r.stderr)
 
 
-def python(*args, cwd: Path | None = None, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`python ARGS` (a `-c` snippet, a launcher, a script) as a child process."""
-    return run_process([sys.executable, *args], cwd=cwd, check=check, timeout=timeout)
+def python(*args, cwd: Path | None = None, check: bool = False, timeout: float = 60, **env_extra) -> subprocess.CompletedProcess:
+    """`python ARGS` (a `-c` snippet, a launcher, a script) as a child process (`env_extra` added to its environment)."""
+    return run_process([sys.executable, *args], cwd=cwd, check=check, timeout=timeout, **env_extra)
 
 
 def interrupted(*args, out: Path, sig: int, cwd: Path) -> subprocess.Popen:

@@ -27,17 +27,13 @@ def test_wheel_ships_recipes_and_license(tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     work = tmp_path / "work"
     work.mkdir()
-    site = env(PYTHONPATH=str(tmp_path / "site"))  # ahead of the editable install of the checkout
-    where = subprocess.run(
-        [sys.executable, "-c", "import mpltools; print(mpltools.__file__)"], cwd=work, env=site, capture_output=True, text=True
-    )
+    site = {"PYTHONPATH": str(tmp_path / "site")}  # ahead of the editable install of the checkout
+    where = python("-c", "import mpltools; print(mpltools.__file__)", cwd=work, **site)
     assert where.stdout.startswith(str(tmp_path / "site")), where
     for args, want in (
         (["train", "tiny/digits", "--print-config"], 'name = "small_cnn"'),
         (["recipes", "cp", "tiny/digits", "t.toml"], "t.toml"),
         (["recipes", "ls"], "tiny/twomoon"),
     ):
-        ran = subprocess.run(
-            [sys.executable, "-m", "mpltools", *args], cwd=work, env=site, capture_output=True, text=True, timeout=60
-        )
+        ran = python("-m", "mpltools", *args, cwd=work, timeout=60, **site)
         assert ran.returncode == 0 and want in ran.stdout, (args, ran.stdout, ran.stderr)
