@@ -95,7 +95,7 @@ def open_data(recipe: Recipe, need_unlabeled: bool) -> DataSetup:
         if spec.shape is None and not a.image_size:
             raise UsageError('the images have different sizes: set augment.image_size (and augment.kind = "imagenet").')
         size = a.image_size or spec.shape[0]
-        channels = spec.shape[2] if spec.shape else 3
+        channels = spec.shape[2] if spec.shape else (spec.channels or 3)
         augment = transforms.AugmentSpec(
             kind=a.kind,
             image_size=size,

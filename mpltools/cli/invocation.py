@@ -122,4 +122,4 @@ def emit(report: dict | None, as_json: bool, text: Callable[[dict], str]) -> Non
     if as_json:
         typer.echo(json.dumps(report, indent=1, sort_keys=True))
     elif shown := text(report):
-        typer.echo(shown)
+        typer.echo(os.fsencode(shown))  # a path that is not valid UTF-8 is printed as its own bytes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpltools.data.input_check import channels_of_mode, check_shape
+from mpltools.data.input_check import channels_of_mode, check_channels, check_shape
 from mpltools.data.tarindex import ShardError
 
 
@@ -23,14 +23,19 @@ class InputSpec:
     encoding: str  # "png", "jpg", "npy" or "mixed"
     shape: tuple[int, ...] | None  # (H, W, C) for images, (D,) for vectors; None if it varies
     dtype: str = "uint8"
+    channels: int | None = None  # images of varying size: the channels they all decode to, when they agree
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "encoding": self.encoding, "shape": list(self.shape) if self.shape else None, "dtype": self.dtype}
+        d = {"kind": self.kind, "encoding": self.encoding, "shape": list(self.shape) if self.shape else None, "dtype": self.dtype}
+        if self.shape is None and self.channels is not None:
+            d["channels"] = self.channels
+        return d
 
     @staticmethod
     def from_json(d: dict) -> "InputSpec":
         shape = d.get("shape")
-        return InputSpec(d["kind"], d["encoding"], tuple(shape) if shape else None, d.get("dtype", "uint8"))
+        channels = d.get("channels") if isinstance(d.get("channels"), int) else None
+        return InputSpec(d["kind"], d["encoding"], tuple(shape) if shape else None, d.get("dtype", "uint8"), channels)
 
 
 @dataclass
@@ -61,6 +66,7 @@ def decode_input(sample: Sample, where: Path | str = "", spec: InputSpec | None 
                          "corrupt: re-create the shard set from its source (`mpl data import`).") from None
     if spec is not None:
         check_shape(array, spec.shape, where, sample.key)
+        check_channels(array, spec.channels if spec.shape is None else None, where, sample.key)
     return array
 
 

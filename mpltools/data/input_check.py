@@ -6,6 +6,9 @@
 naming the shard and the sample key, instead of resizing it silently or failing later in the model
 with a bare RuntimeError. The check is a tuple comparison on an array already decoded: no extra work.
 
+A set of images of varying size (an ImageFolder tree of mixed sizes) has no input shape; what all its
+images share, their number of channels, is recorded instead and checked by `check_channels`.
+
 `channels_of_mode` is the one rule for how many channels a Pillow mode decodes to, shared by the
 decoder and the ImageFolder import that writes the manifest's shape, so the two cannot disagree.
 """
@@ -45,3 +48,14 @@ def check_shape(array: np.ndarray, expected: tuple[int, ...] | None, where: Path
         f"declares input shape {describe(expected)}. Every sample of a shard set must match its input spec: "
         "re-create the set from its source with `mpl data import` (and `mpl data split`) instead of adding "
         "or editing shards by hand.")
+
+
+def check_channels(array: np.ndarray, expected: int | None, where: Path | str, key: str) -> None:
+    """For a set of images of varying size (no input shape): raise ShardError if `array` does not have the
+    channels the manifest records."""
+    if expected is None or array.ndim != 3 or array.shape[2] == expected:
+        return
+    raise ShardError(
+        f"{where}: sample {key!r} decodes to {describe(array.shape)}, but the shard set's manifest.json declares "
+        f"{expected}-channel images ({'grey' if expected == 1 else 'RGB' if expected == 3 else 'other'}). Re-create the "
+        "set from its source with `mpl data import` instead of adding or editing shards by hand.")

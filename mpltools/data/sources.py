@@ -179,7 +179,13 @@ def _imagefolder(name, root: Path, o: SourceOptions) -> Source:
         except Exception as exc:  # noqa: BLE001
             raise MplError(f"{f} is not a readable image ({exc}); remove or replace it.") from None
     encodings = {_IMAGE_EXTS[f.suffix.lower()] for f, _ in files}
-    spec = InputSpec("image", encodings.pop() if len(encodings) == 1 else "mixed", shapes.pop() if len(shapes) == 1 else None)
+    channels = {shape[2] for shape in shapes}
+    spec = InputSpec(
+        "image",
+        encodings.pop() if len(encodings) == 1 else "mixed",
+        next(iter(shapes)) if len(shapes) == 1 else None,
+        channels=next(iter(channels)) if len(channels) == 1 else None,  # checked for every sample when sizes vary
+    )
     order = np.random.default_rng(o.seed).permutation(len(files))
 
     def samples() -> Iterator[Sample]:

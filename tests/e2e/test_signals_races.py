@@ -50,6 +50,7 @@ def start(*args, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        errors="surrogateescape",  # a path that is not UTF-8 comes back as it was
         start_new_session=True,
     )
 
@@ -189,3 +190,117 @@ def test_a_lock_left_by_a_killed_process_does_not_block(world, tmp_path):
     code, err = finish(start(*command, cwd=tmp_path))
     assert code == 0, err[-3000:]
     assert (out / "manifest.json").is_file() and leftovers(tmp_path) == []
+
+
+# --- limits and odd values: a memory limit, a run folder whose name is not UTF-8, an output that cannot be written --
+
+
+@pytest.mark.parametrize("megabytes", [300, 500, 575])
+def test_eval_under_a_memory_limit_says_memory_ran_out(world, tmp_path, megabytes):
+    """Whatever the point where memory runs out (mapping libtorch, torch's own initialisation, which aborts with
+    std::bad_alloc, or Python objects), the command ends with exit 1 and a message, never a traceback or an abort."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "mpltools", "eval", world["student"], "--data", world["root"] / "split/val"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert "ran out of memory" in r.stderr and "ulimit -v" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_run_folder_whose_name_is_not_utf8_resumes_and_its_student_evaluates(world, tmp_path):
+    run = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
+    train = [*world["train"], "--set", "schedule.steps=2", "--out", run]
+    ok(*train)
+    proc = start(*train, cwd=tmp_path)  # a finished run resumes from its last state
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resuming" in err, err[-3000:]
+    assert os.fsencode(out.strip()) == os.fsencode(f"{run}/student.safetensors"), "stdout does not carry the path's bytes"
+    code, err = finish(start("eval", f"{run}/student.safetensors", "--data", world["root"] / "split/val", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder this process cannot write into: read-only sysfs for root (who ignores permissions), else mode 0555."""
+    if os.geteuid() == 0:
+        if not os.path.isdir("/sys/kernel"):
+            pytest.skip("no read-only folder for root here")
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["data split", "train"])
+def test_an_unwritable_or_file_shaped_out_names_out_not_a_hidden_temporary(world, tmp_path, command):
+    (tmp_path / "a-file").write_text("not a folder")
+    for out in (_unwritable(tmp_path) / "out", tmp_path / "a-file"):
+        args = (
+            ["data", "split", world["root"] / "all", "--labeled-per-class", "5", "--force", "--out", out]
+            if command == "data split"
+            else [*world["train"], "--set", "schedule.steps=2", "--force", "--out", out]
+        )
+        if command == "data split" and out.name == "a-file":
+            args = ["data", "split", world["root"] / "all", "--labeled-per-class", "5", "--out", out / "under"]
+        code, err = finish(start(*args, cwd=tmp_path))
+        assert code == 1, (out, err[-3000:])
+        assert f"{out}" in err and ".tmp-" not in err and "Error:" not in err and "Traceback" not in err, err[-3000:]
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+# --- bad samples are not carried forward ----------------------------------------------------------------------
+
+
+def _set_with(folder: Path, bad: bytes | None, spec) -> None:
+    import numpy as np
+
+    from mpltools.data.codecs import Sample, encode_png
+    from mpltools.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(folder, input_spec=spec, classes=["a", "b"], labeled=True, provenance={}, max_per_shard=50)
+    for i in range(40):
+        shape = (8 + i % 3, 8, spec.channels or 1) if spec.shape is None else spec.shape
+        data = encode_png(rng.integers(0, 255, shape, dtype=np.uint8))
+        writer.write(Sample(f"s{i:04d}", "png", bad if (i == 17 and bad is not None) else data, i % 2))
+    writer.close()
+
+
+def test_data_split_decodes_what_it_copies(tmp_path):
+    from mpltools.data.codecs import InputSpec
+
+    _set_with(tmp_path / "all", b"\x89PNG\r\n\x1a\n but cut off", InputSpec("image", "png", (8, 8, 1)))
+    code, err = finish(
+        start("data", "split", tmp_path / "all", "--labeled-per-class", "5", "--out", tmp_path / "split", cwd=tmp_path)
+    )
+    assert code == 1 and "'s0017'" in err and "cannot be decoded" in err, err[-3000:]
+    assert not (tmp_path / "split").exists() and leftovers(tmp_path) == []
+
+
+def test_an_imagefolder_of_mixed_sizes_records_its_channels_and_they_are_checked(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mpltools.data.codecs import InputSpec, encode_png
+
+    for c, size in (("cat", 10), ("dog", 12)):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((size, size + i, 3), 40 * i, np.uint8)).save(tmp_path / "tree" / c / f"{i}.png")
+    ok("data", "import", "imagefolder", tmp_path / "tree", "--out", tmp_path / "set")
+    spec = json.loads((tmp_path / "set/manifest.json").read_text())["input"]
+    assert spec["shape"] is None and spec["channels"] == 3, spec
+    grey = encode_png(np.zeros((9, 9, 1), np.uint8))  # a grey image in a set of RGB images of varying size
+    _set_with(tmp_path / "mixed", grey, InputSpec("image", "png", None, channels=3))
+    proc = start("data", "info", "--verify", tmp_path / "mixed", cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "'s0017'" in out + err and "3-channel" in out + err, (out + err)[-3000:]
