@@ -18,6 +18,7 @@ stops its workers as it stops.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -84,14 +85,25 @@ def ignore_in_worker() -> None:
     otherwise a worker would die first and the main process would fail on the dead worker instead of saving its
     state and exiting 130. The main process's own SIGTERM (PyTorch and multiprocessing end workers that way)
     still ends the worker at once. The signals are blocked and taken by a thread that can see who sent them."""
-    if _WORKER.get("pid") == os.getpid():
-        return
+    if _WORKER.get("pid") == os.getpid() or multiprocessing.parent_process() is None:
+        return  # done already, or not a worker process at all
     _WORKER["pid"] = os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     threading.Thread(target=_worker_signals, name="mpl-worker-signals", daemon=True).start()
 
 
 _WORKER: dict = {}
+
+
+def child_defaults() -> None:
+    """`preexec_fn` of a subprocess started by a worker: the child gets SIGINT and SIGTERM unblocked (a blocked mask
+    is inherited across exec)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def in_worker() -> bool:
+    """Whether this process is a worker whose signals `ignore_in_worker` blocked."""
+    return _WORKER.get("pid") == os.getpid()
 
 
 def _worker_signals() -> None:

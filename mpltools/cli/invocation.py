@@ -122,4 +122,9 @@ def emit(report: dict | None, as_json: bool, text: Callable[[dict], str]) -> Non
     if as_json:
         typer.echo(json.dumps(report, indent=1, sort_keys=True))
     elif shown := text(report):
-        typer.echo(os.fsencode(shown))  # a path that is not valid UTF-8 is printed as its own bytes
+        try:
+            shown.encode("utf-8")
+        except UnicodeEncodeError:  # a path that is not valid UTF-8: printed as its own bytes
+            typer.echo(os.fsencode(shown))
+        else:
+            typer.echo(shown)

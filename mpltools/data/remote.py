@@ -238,7 +238,14 @@ def _download(ref: RemoteShard, dest: Path, stop: threading.Event | None = None)
 
 
 def _run_pipe(ref: RemoteShard, out: BinaryIO, dest: Path) -> int:
-    done = subprocess.run(ref.url[len("pipe:"):], shell=True, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        ref.url[len("pipe:") :],
+        shell=True,
+        stdout=out,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=signals.child_defaults if signals.in_worker() else None,
+    )
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
         raise ShardError(f"{ref.url}: the command exited with status {done.returncode} ({tail[0]}); check the command.")

@@ -40,3 +40,8 @@ def test_sigterm_is_ctrl_c_and_later_signals_wait_for_the_cleanup():
                 cleaned.append(True)
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_outside_a_dataloader_worker_process_nothing_is_blocked():
+    signals.ignore_in_worker()  # as when a test fakes a worker's context in the main process
+    assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
