@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mpltools import signals
 from mpltools.errors import MplError
 from mpltools.output_lock import locked, missing_folders, remove_empty
 
@@ -87,15 +88,16 @@ def _replace_dir(out: Path) -> Iterator[Path]:
             for name in files:
                 with open(os.path.join(root, name), "rb") as fh:
                     os.fsync(fh.fileno())
-        if out.exists():
-            # --force: move the old output aside first so the rename below cannot fail half-way.
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
+        with signals.deferred():  # between the two renames a signal would lose both the old and the new output
+            if out.exists():
+                # --force: move the old output aside first so the rename below cannot fail half-way.
+                trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-old-", dir=out.parent))
+                os.replace(out, trash / "old")
+                os.replace(tmp, out)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+            fsync_dir(out.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:

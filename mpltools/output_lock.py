@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mpltools import signals
 from mpltools.errors import MplError
 
 _holder = {"command": None}  # this process's command line, as `mpl ...` (set by the CLI)
@@ -59,13 +60,14 @@ def locked(out: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        _held.discard(key)
-        try:
-            path.unlink(missing_ok=True)  # before the unlock: a waiting process then finds the file gone and retries
-        except OSError:
-            pass
-        os.close(fd)
-        remove_empty(made)
+        with signals.deferred():  # a signal here would leave the lock file and the folders made for it
+            _held.discard(key)
+            try:
+                path.unlink(missing_ok=True)  # before the unlock: a process that opened it finds it gone and retries
+            except OSError:
+                pass
+            os.close(fd)
+            remove_empty(made)
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -46,12 +46,17 @@ class _State:
         self.interrupted = False  # a signal has interrupted the command: while it runs, later ones are deferred
         self.deferred: list[int] = []
         self.stop: Stop | None = None  # the training loop's stop request, while it runs
+        self.defer = False  # inside `deferred()`: a signal is kept in `pending` until the section ends
+        self.pending: int | None = None
 
 
 _STATE = _State()
 
 
 def _handle(signum, frame) -> None:
+    if _STATE.defer:
+        _STATE.pending = _STATE.pending or signum
+        return
     if _STATE.interrupted and _STATE.running:
         _STATE.deferred.append(signum)
         return
@@ -66,6 +71,20 @@ def interrupt_now(signum: int = signal.SIGINT) -> None:
     """Raise SignalInterrupt; from now on this process defers further signals (it is cleaning up)."""
     _STATE.interrupted = True
     raise SignalInterrupt(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A short section that a signal must not cut in two (committing an output with two renames, releasing a lock):
+    a signal that arrives inside it acts when the section ends."""
+    outer, _STATE.defer = _STATE.defer, True
+    try:
+        yield
+    finally:
+        _STATE.defer = outer
+        if not outer and _STATE.pending is not None:
+            signum, _STATE.pending = _STATE.pending, None
+            _handle(signum, None)
 
 
 def cleaning_up() -> None:

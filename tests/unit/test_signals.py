@@ -45,3 +45,12 @@ def test_sigterm_is_ctrl_c_and_later_signals_wait_for_the_cleanup():
 def test_outside_a_dataloader_worker_process_nothing_is_blocked():
     signals.ignore_in_worker()  # as when a test fakes a worker's context in the main process
     assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_signal_inside_a_deferred_section_acts_when_it_ends():
+    done = []
+    with signals.handled(restore=True), pytest.raises(KeyboardInterrupt):
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("the section ran to its end")
+    assert done == ["the section ran to its end"]
