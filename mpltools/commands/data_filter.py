@@ -247,13 +247,38 @@ def _write(
     command: str,
     world: int,
 ) -> dict:
+    """Write the chosen samples (with --balance's copies) as a new unlabelled set; the command's report."""
     k = meta.num_classes
     occurrences = (
         balance_occurrences(chosen["cls"], rule.top_k, rule.seed) if rule.balance else np.ones(len(chosen["cls"]), np.int64)
     )
     kept = np.bincount(chosen["cls"], minlength=k)
     written = np.bincount(chosen["cls"], weights=occurrences, minlength=k).astype(np.int64)
-    dropped = {
+    dropped = _dropped(stats, rule, exclude)
+    provenance = _provenance(shards, meta, checkpoint, stats, rule, dropped, kept, written, command)
+    manifest = _write_shards(out, shards, meta, chosen, occurrences, rule, provenance, max_per_shard, force)
+    total = int(occurrences.sum())
+    log.info(
+        f"kept {len(occurrences):,} of {stats['scored']:,} scored images ({total:,} with copies); "
+        f"dropped {stats['exact']:,} exact and {stats['near']:,} near duplicates"
+    )
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "kept": len(occurrences),
+        "scored": stats["scored"],
+        "per_class_kept": kept.tolist(),
+        "per_class_written": written.tolist(),
+        "duplicates_dropped": dropped,
+        "below_threshold": stats["below_threshold"],
+        "checkpoint_sha256": provenance["checkpoint_sha256"],
+        "world_size": world,
+    }
+
+
+def _dropped(stats: dict, rule: Rule, exclude: list[str]) -> dict:
+    """What the manifest and the report say about the duplicates dropped."""
+    return {
         "exact": stats["exact"],
         "near": stats["near"],
         "exclude": [str(e) for e in exclude],
@@ -261,7 +286,21 @@ def _write(
         "phash_distance": rule.phash_distance if rule.near_duplicates else None,
         "examples": sorted(stats["examples"], key=lambda e: e["key"]),
     }
-    provenance = {
+
+
+def _provenance(
+    shards: ShardSet,
+    meta: CheckpointMeta,
+    checkpoint: Path,
+    stats: dict,
+    rule: Rule,
+    dropped: dict,
+    kept: np.ndarray,
+    written: np.ndarray,
+    command: str,
+) -> dict:
+    """The new set's manifest provenance: source, checkpoint, rule and counts."""
+    return {
         "command": command,
         "source": str(shards.root),
         "source_manifest_sha256": shards.manifest_sha256,
@@ -284,6 +323,20 @@ def _write(
         "store_topk": rule.store_topk,
         "mpltools_version": __version__,
     }
+
+
+def _write_shards(
+    out: Path,
+    shards: ShardSet,
+    meta: CheckpointMeta,
+    chosen: dict,
+    occurrences: np.ndarray,
+    rule: Rule,
+    provenance: dict,
+    max_per_shard: int,
+    force: bool,
+) -> dict:
+    """Copy the chosen samples, shard by shard in the source's order, into `out` (atomically); its manifest."""
     extras = (predictions.TOPK,) if rule.store_topk else ()
     with atomic_dir(out, force=force) as tmp:
         writer = ShardWriter(
@@ -301,24 +354,7 @@ def _write(
                 rows = np.flatnonzero(shard_of == s)
                 _copy_shard(shards.shard_paths[int(s)], shards.num_classes, rows, chosen, occurrences, rule, writer)
                 bar.advance(int(occurrences[rows].sum()))
-        manifest = writer.close()
-    total = int(occurrences.sum())
-    log.info(
-        f"kept {len(occurrences):,} of {stats['scored']:,} scored images ({total:,} with copies); "
-        f"dropped {stats['exact']:,} exact and {stats['near']:,} near duplicates"
-    )
-    return {
-        "out": str(out),
-        "num_samples": manifest["num_samples"],
-        "kept": len(occurrences),
-        "scored": stats["scored"],
-        "per_class_kept": kept.tolist(),
-        "per_class_written": written.tolist(),
-        "duplicates_dropped": dropped,
-        "below_threshold": stats["below_threshold"],
-        "checkpoint_sha256": provenance["checkpoint_sha256"],
-        "world_size": world,
-    }
+        return writer.close()
 
 
 def _copy_shard(

@@ -31,6 +31,29 @@ class _Problems(list):
 
 def run(location: str, verify: bool) -> dict:
     shards = open_shard_set(location)
+    report = _manifest_report(location, shards)
+    if not verify and shards.manifest is not None:
+        return report
+    # A manifest-less pattern is counted by reading it; --verify checks everything, reporting every fault.
+    problems = _Problems()
+    report["counted_samples"], counts = _read_shards(shards, verify, problems)
+    if counts:
+        report["counted_class_counts"] = (
+            [counts[c] for c in range(max(counts) + 1)]
+            if shards.manifest is None
+            else [counts[c] for c in range(shards.num_classes)]
+        )
+        if shards.class_counts is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
+            problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
+    if verify:
+        report["verified"] = not problems
+        report["problems"] = list(problems)
+        report["problem_count"] = problems.total
+    return report
+
+
+def _manifest_report(location: str, shards) -> dict:
+    """What the manifest says (nothing is read from the shards)."""
     report: dict = {
         "path": str(location),
         "has_manifest": shards.manifest is not None and not shards.provenance.get("scanned"),  # else read by a scan
@@ -48,13 +71,15 @@ def run(location: str, verify: bool) -> dict:
             extras=shards.extras,
             provenance=shards.provenance,
         )
-    if not verify and shards.manifest is not None:
-        return report
-    # A manifest-less pattern is counted by reading it; --verify checks everything, reporting every fault.
-    problems = _Problems()
+    return report
+
+
+def _read_shards(shards, verify: bool, problems: _Problems) -> tuple[int, Counter]:
+    """Read every shard once: (samples counted, label -> count). With `verify`, checksums, labels, unique keys
+    and every sample's decoding are checked too; faults go to `problems`."""
     spec = shards.input_spec  # --verify decodes every sample and checks it against the manifest's shape
     counts: Counter = Counter()
-    total, label_seen = 0, False
+    total = 0
     first_seen: dict[str, object] = {}  # key -> shard, to find keys repeated across shards
     with log.progress("verify" if verify else "count", total=len(shards.shard_paths), unit="shards") as bar:
         for i, path in enumerate(shards.shard_paths):
@@ -67,24 +92,9 @@ def run(location: str, verify: bool) -> dict:
                 for sample in read_shard(path, num_classes=shards.num_classes):
                     in_shard += 1
                     if verify:
-                        if shards.manifest is not None and shards.labeled != (sample.label is not None):
-                            problems.append(
-                                f"{path}: sample {sample.key!r} "
-                                + (
-                                    "has no label in a labelled shard set"
-                                    if shards.labeled
-                                    else "has a label in an unlabelled shard set"
-                                )
-                            )
-                        if sample.key in first_seen:
-                            problems.append(
-                                f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique"
-                            )
-                        else:
-                            first_seen[sample.key] = path
+                        _check_sample(sample, path, shards, first_seen, problems)
                     if sample.label is not None:
                         counts[sample.label] += 1
-                        label_seen = True
                     if verify:
                         try:
                             decode_input(sample, path, spec)
@@ -96,20 +106,20 @@ def run(location: str, verify: bool) -> dict:
                 problems.append(f"{path}: holds {in_shard} samples but the manifest says {shards.shard_counts[i]}")
             total += in_shard
             bar.advance()
-    report["counted_samples"] = total
-    if label_seen:
-        report["counted_class_counts"] = (
-            [counts[c] for c in range(max(counts) + 1)]
-            if shards.manifest is None
-            else [counts[c] for c in range(shards.num_classes)]
+    return total, counts
+
+
+def _check_sample(sample, path, shards, first_seen: dict, problems: _Problems) -> None:
+    """--verify: a label where the set says there is one, and a key no earlier sample had."""
+    if shards.manifest is not None and shards.labeled != (sample.label is not None):
+        problems.append(
+            f"{path}: sample {sample.key!r} "
+            + ("has no label in a labelled shard set" if shards.labeled else "has a label in an unlabelled shard set")
         )
-        if shards.class_counts is not None and shards.labeled and report["counted_class_counts"] != shards.class_counts:
-            problems.append(f"{shards.root}: class counts in the shards differ from the manifest's")
-    if verify:
-        report["verified"] = not problems
-        report["problems"] = list(problems)
-        report["problem_count"] = problems.total
-    return report
+    if sample.key in first_seen:
+        problems.append(f"{path}: sample key {sample.key!r} also appears in {first_seen[sample.key]}; keys must be unique")
+    else:
+        first_seen[sample.key] = path
 
 
 def render(report: dict) -> str:

@@ -154,6 +154,32 @@ def run(
     check_can_write(out, force)  # before reading anything
     shards = open_shard_set(src)
     shards.require_labels("splitting")
+    indexes, keys, labels = _read_labels(shards)
+    _check_unique(keys, shards)
+    dest = choose(labels, shards.num_classes, sizes, seed, shards.classes)
+    provenance = {
+        "command": command,
+        "source_manifest_sha256": shards.manifest_sha256,
+        "source": str(src),
+        "seed": seed,
+        "preset": preset,
+        "sizes": {k: v for k, v in vars(sizes).items() if v not in (None, False)},
+        "include_labeled_in_unlabeled": sizes.include_labeled_in_unlabeled,
+        "mpltools_version": __version__,
+    }
+    hidden = labels if keep_hidden_labels else None
+    manifests = _write_parts(out, shards, indexes, keys, dest, provenance, max_per_shard, force, hidden)
+    report = {"out": str(out), "seed": seed}
+    for name, m in manifests.items():
+        report[name] = {"path": str(out / name), "num_samples": m["num_samples"], "class_counts": m["class_counts"]}
+    if keep_hidden_labels:
+        report["hidden_labels"] = str(out / HIDDEN_LABELS)
+    return report
+
+
+def _read_labels(shards) -> tuple[list[ShardIndex | None], list[str], np.ndarray]:
+    """The first pass: each shard's index (None: tar features beyond plain ustar), the keys and the labels
+    of the whole set, checked against the manifest's counts and classes."""
     manifest = shards.origin  # named in messages: a manifest.json, or a scan of manifest-less shards
     indexes: list[ShardIndex | None] = []
     keys: list[str] = []
@@ -185,18 +211,23 @@ def run(
             keys += shard_keys
             labels.append(shard_labels)
             bar.advance()
-    _check_unique(keys, shards)
-    dest = choose(np.concatenate(labels) if labels else np.zeros(0, np.int64), shards.num_classes, sizes, seed, shards.classes)
-    provenance = {
-        "command": command,
-        "source_manifest_sha256": shards.manifest_sha256,
-        "source": str(src),
-        "seed": seed,
-        "preset": preset,
-        "sizes": {k: v for k, v in vars(sizes).items() if v not in (None, False)},
-        "include_labeled_in_unlabeled": sizes.include_labeled_in_unlabeled,
-        "mpltools_version": __version__,
-    }
+    return indexes, keys, np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
+
+def _write_parts(
+    out: Path,
+    shards,
+    indexes: list[ShardIndex | None],
+    keys: list[str],
+    dest: np.ndarray,
+    provenance: dict,
+    max_per_shard: int,
+    force: bool,
+    hidden_labels: np.ndarray | None,
+) -> dict:
+    """The second pass: copy every sample to its parts (atomically, all three or nothing); the parts' manifests.
+    With `hidden_labels` (the source's labels) the unlabelled part's true labels are kept beside it."""
+    manifest = shards.origin
     common = dict(input_spec=shards.input_spec, classes=shards.classes, max_per_shard=max_per_shard)
     with atomic_dir(out, force=force) as tmp:
         writers = {
@@ -216,17 +247,9 @@ def run(
                         _copy_decoded(local, keys[first : first + count], flags, writers, *args)
                 first += count
                 bar.advance(count)
-        if keep_hidden_labels:
-            write_hidden_labels(
-                tmp, keys, np.concatenate(labels) if labels else np.zeros(0, np.int64), (dest & UNLABELED) != 0, shards.classes
-            )
-        manifests = {name: writers[flag].close() for name, flag in (("labeled", LABELED), ("unlabeled", UNLABELED), ("val", VAL))}
-    report = {"out": str(out), "seed": seed}
-    for name, m in manifests.items():
-        report[name] = {"path": str(out / name), "num_samples": m["num_samples"], "class_counts": m["class_counts"]}
-    if keep_hidden_labels:
-        report["hidden_labels"] = str(out / HIDDEN_LABELS)
-    return report
+        if hidden_labels is not None:
+            write_hidden_labels(tmp, keys, hidden_labels, (dest & UNLABELED) != 0, shards.classes)
+        return {name: writers[flag].close() for name, flag in (("labeled", LABELED), ("unlabeled", UNLABELED), ("val", VAL))}
 
 
 def _check_unique(keys: list[str], shards) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,24 @@ def _tint(colour: str, amount: float = 0.72) -> tuple[float, float, float]:
     return tuple(rgb + (1.0 - rgb) * amount)
 
 
+@dataclass
+class _Points:
+    x: np.ndarray  # --data's points, (n, 2)
+    y: np.ndarray | None  # their classes (None: an unlabelled set)
+    classes: list[str] | None  # --data's class names
+    lx: np.ndarray | None  # --labeled's points (None: not given)
+    ly: np.ndarray | None
+
+
+@dataclass
+class _Plane:
+    low: np.ndarray  # lower-left corner of the plotted area
+    high: np.ndarray  # upper-right corner
+    gx: np.ndarray  # the grid's x and y coordinates, (resolution, resolution) each
+    gy: np.ndarray
+    grid: np.ndarray  # the grid's points, (resolution**2, 2)
+
+
 def run_regions(
     checkpoints: list[Path],
     data: str,
@@ -252,15 +271,26 @@ def run_regions(
     lx, ly = (None, None)
     if labeled is not None:
         lx, ly, _ = _load_points(labeled, "--labeled")
-    everything = x if lx is None else np.concatenate([x, lx])
+    points = _Points(x, y, data_classes, lx, ly)
+    fig = _draw_regions(models, checkpoints, given_titles, points, _plane(points, resolution), dpi)
+    return [_save(fig, out, force)]
+
+
+def _plane(points: _Points, resolution: int) -> _Plane:
+    """A resolution x resolution grid over the bounding box of all points, padded by 8% on each side."""
+    everything = points.x if points.lx is None else np.concatenate([points.x, points.lx])
     low, high = everything.min(axis=0), everything.max(axis=0)
     pad = np.maximum((high - low) * 0.08, 1e-3)
     low, high = low - pad, high + pad
     gx, gy = np.meshgrid(np.linspace(low[0], high[0], resolution), np.linspace(low[1], high[1], resolution))
-    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    return _Plane(low, high, gx, gy, np.stack([gx.ravel(), gy.ravel()], axis=1))
 
+
+def _draw_regions(
+    models: list, checkpoints: list[Path], given_titles: list[str] | None, points: _Points, plane: _Plane, dpi: int
+):
+    """The figure: one panel per checkpoint, unused grid cells blank, the classes' legend below."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.lines import Line2D
 
     rows, cols = _grid(len(models), 3)
     w, h = PANEL_INCHES["regions"]
@@ -269,38 +299,55 @@ def run_regions(
     num_classes = max(meta.num_classes for _, meta in models)
     colours = [CLASS_COLOURS[c % len(CLASS_COLOURS)] for c in range(num_classes)]
     for i, (ax, (model, meta), path) in enumerate(zip(axes, models, checkpoints)):
-        k = meta.num_classes
-        probs = _predict(model, grid)
-        cls = probs.argmax(axis=1).reshape(gx.shape)
-        ax.imshow(
-            cls,
-            extent=(low[0], high[0], low[1], high[1]),
-            origin="lower",
-            interpolation="nearest",
-            cmap=ListedColormap([_tint(c) for c in colours[:k]]),
-            vmin=-0.5,
-            vmax=k - 0.5,
-            aspect="auto",
-        )
-        if k == 2:
-            ax.contour(gx, gy, probs[:, 1].reshape(gx.shape), levels=[0.5], colors="k", linewidths=0.8)
-        point_colours = [colours[c % k] for c in y] if y is not None else "0.3"
-        ax.scatter(x[:, 0], x[:, 1], s=5, c=point_colours, alpha=0.55, linewidths=0, zorder=2)
-        if lx is not None:
-            lab_colours = [colours[c % k] for c in ly] if ly is not None else "0.3"
-            ax.scatter(lx[:, 0], lx[:, 1], s=150, c=lab_colours, marker="o", edgecolors="black", linewidths=2.2, zorder=4)
         title = given_titles[i] if given_titles else f"{Path(path).parent.name}/{Path(path).stem}"
-        if y is not None and k == len(data_classes or []):
-            accuracy = float((_predict(model, x).argmax(axis=1) == y).mean())
-            title += f"\ntop-1 {accuracy:.3f} on {len(x):,} points"
-        ax.set_title(title, fontsize=10)
-        ax.set_xlim(low[0], high[0])
-        ax.set_ylim(low[1], high[1])
-        ax.set_aspect("equal", adjustable="box")
-        ax.tick_params(labelsize=8)
+        cmap = ListedColormap([_tint(c) for c in colours[: meta.num_classes]])
+        _region_panel(ax, model, meta.num_classes, title, cmap, colours, points, plane)
     for ax in axes[len(models) :]:
         ax.set_axis_off()
     names = models[0][1].classes or [str(c) for c in range(num_classes)]
+    handles = _legend_handles(names, colours, num_classes, points.lx)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
+    return fig
+
+
+def _region_panel(ax, model, k: int, title: str, cmap, colours: list[str], points: _Points, plane: _Plane) -> None:
+    """One checkpoint's panel: its predicted class over the grid (and the 0.5 contour of two classes), the data
+    points coloured by class, the labelled points large with a black edge; the title adds the top-1 on --data."""
+    low, high = plane.low, plane.high
+    probs = _predict(model, plane.grid)
+    cls = probs.argmax(axis=1).reshape(plane.gx.shape)
+    ax.imshow(
+        cls,
+        extent=(low[0], high[0], low[1], high[1]),
+        origin="lower",
+        interpolation="nearest",
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=k - 0.5,
+        aspect="auto",
+    )
+    if k == 2:
+        ax.contour(plane.gx, plane.gy, probs[:, 1].reshape(plane.gx.shape), levels=[0.5], colors="k", linewidths=0.8)
+    x, y, lx, ly = points.x, points.y, points.lx, points.ly
+    point_colours = [colours[c % k] for c in y] if y is not None else "0.3"
+    ax.scatter(x[:, 0], x[:, 1], s=5, c=point_colours, alpha=0.55, linewidths=0, zorder=2)
+    if lx is not None:
+        lab_colours = [colours[c % k] for c in ly] if ly is not None else "0.3"
+        ax.scatter(lx[:, 0], lx[:, 1], s=150, c=lab_colours, marker="o", edgecolors="black", linewidths=2.2, zorder=4)
+    if y is not None and k == len(points.classes or []):
+        accuracy = float((_predict(model, x).argmax(axis=1) == y).mean())
+        title += f"\ntop-1 {accuracy:.3f} on {len(x):,} points"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(low[0], high[0])
+    ax.set_ylim(low[1], high[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize=8)
+
+
+def _legend_handles(names: list[str], colours: list[str], num_classes: int, lx: np.ndarray | None) -> list:
+    """One square per class in its colours, and a large circle for the labelled points when they are drawn."""
+    from matplotlib.lines import Line2D
+
     handles = [
         Line2D(
             [],
@@ -328,5 +375,4 @@ def run_regions(
                 label=f"labelled ({len(lx)})",
             )
         )
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
-    return [_save(fig, out, force)]
+    return handles

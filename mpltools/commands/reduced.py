@@ -77,6 +77,30 @@ def predict(
         check_can_write(Path(out), force)
     model, meta = load_model(checkpoint, runtime.device)
     shards = open_shard_set(data)
+    _check_data(meta, shards, Path(checkpoint), data, topk, ignore_data_classes)
+    member = predictions.TOPK if topk else predictions.LOGITS
+    view = meta.eval_view()
+    provenance = _provenance(checkpoint, meta, shards, data, member, topk, dtype, command)
+    workers = rt.default_workers(runtime) if workers is None else workers
+    model.eval()
+    log.info(f"predicting {data} with {checkpoint} ({meta.architecture}); storing {member}")
+    settings = dict(view=view, topk=topk, dtype=dtype, batch_size=batch_size, workers=workers)
+    manifest = _predict_and_write(model, meta, shards, runtime, out, force, provenance, max_per_shard, settings)
+    runtime.finish()
+    if not runtime.is_main:
+        return {"world_size": runtime.world}
+    return {
+        "out": str(out),
+        "num_samples": manifest["num_samples"],
+        "member": member,
+        "teacher_sha256": provenance["teacher_sha256"],
+        "source_manifest_sha256": shards.manifest_sha256,
+        "world_size": runtime.world,
+    }
+
+
+def _check_data(meta, shards: ShardSet, checkpoint: Path, data: str, topk: int, ignore_data_classes: bool) -> None:
+    """The set has a manifest and fits the teacher (inputs, classes unless ignored); --topk fits its classes."""
     shards.require_manifest("reduced predict")
     if ignore_data_classes and shards.labeled:
         raise UsageError(f"--ignore-data-classes is for unlabelled sets whose class names mean nothing; {data} is labelled.")
@@ -84,16 +108,18 @@ def predict(
         meta,
         meta.num_classes if ignore_data_classes else shards.num_classes,
         shards.input_spec.to_json(),
-        Path(checkpoint),
+        checkpoint,
         str(data),
         classes=None if ignore_data_classes else shards.classes,
         hint=" For an unlabelled set whose class names mean nothing, pass --ignore-data-classes.",
     )
     if topk > meta.num_classes:
         raise UsageError(f"--topk {topk} is more than the teacher's {meta.num_classes} classes.")
-    member = predictions.TOPK if topk else predictions.LOGITS
-    aug, norm = meta.eval_view()
-    provenance = {
+
+
+def _provenance(checkpoint: Path, meta, shards: ShardSet, data: str, member: str, topk: int, dtype: str, command: str) -> dict:
+    """The prediction set's manifest provenance (`keys_sha256` is added once every key was read)."""
+    return {
         "command": command,
         "content": CONTENT,
         "prediction": {
@@ -112,10 +138,16 @@ def predict(
         "source_num_samples": shards.num_samples,
         "mpltools_version": __version__,
     }
-    workers = rt.default_workers(runtime) if workers is None else workers
-    model.eval()
+
+
+def _predict_and_write(
+    model, meta, shards: ShardSet, runtime, out: Path, force: bool, provenance: dict, max_per_shard: int | None, settings: dict
+) -> dict | None:
+    """Every process predicts its chunks of each shard in turn; the main process writes the shard with the
+    predictions (atomically) and returns the new set's manifest, the other processes None."""
+    member = provenance["prediction"]["member"]
     keys_digest = hashlib.sha256()
-    log.info(f"predicting {data} with {checkpoint} ({meta.architecture}); storing {member}")
+    manifest = None
     with (
         atomic_dir(out, force=force) if runtime.is_main else contextlib.nullcontext() as tmp,
         torch.no_grad(),
@@ -135,31 +167,28 @@ def predict(
         # A remote shard is fetched once (the next one meanwhile) and read by the workers and the writer alike.
         for i in fetching.ahead(shards.shard_paths, range(len(shards.shard_paths))):
             with fetching.fetched(path := shards.shard_paths[i]):
-                mine = []
-                for chunk in eval_chunks(
-                    shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers
-                ):
-                    with runtime.autocast():
-                        logits = model(to_model_input(chunk.x, norm, runtime.device)).float()
-                    mine.append((chunk.positions, _encode(logits, topk, dtype, path, chunk.keys)))
-                parts = runtime.gather_to_main(mine)
+                parts = runtime.gather_to_main(_predict_shard(model, shards, i, runtime, **settings))
                 if writer is not None:
                     _write_shard(writer, path, parts, shards, member, keys_digest)
                     bar.advance(shards.shard_counts[i])
         if writer is not None:
             provenance["keys_sha256"] = keys_digest.hexdigest()
             manifest = writer.close()
-    runtime.finish()
-    if not runtime.is_main:
-        return {"world_size": runtime.world}
-    return {
-        "out": str(out),
-        "num_samples": manifest["num_samples"],
-        "member": member,
-        "teacher_sha256": provenance["teacher_sha256"],
-        "source_manifest_sha256": shards.manifest_sha256,
-        "world_size": runtime.world,
-    }
+    return manifest
+
+
+def _predict_shard(
+    model, shards: ShardSet, i: int, runtime, *, view, topk: int, dtype: str, batch_size: int, workers: int
+) -> list:
+    """This process's chunks of shard i: (positions in the shard, encoded predictions) per chunk."""
+    aug, norm = view
+    path = shards.shard_paths[i]
+    mine = []
+    for chunk in eval_chunks(shards, aug, batch_size, runtime.rank, runtime.world, shard_indices=[i], workers=workers):
+        with runtime.autocast():
+            logits = model(to_model_input(chunk.x, norm, runtime.device)).float()
+        mine.append((chunk.positions, _encode(logits, topk, dtype, path, chunk.keys)))
+    return mine
 
 
 def _write_shard(writer: ShardWriter, path, parts: list, shards: ShardSet, member: str, keys_digest) -> None:
