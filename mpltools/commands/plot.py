@@ -290,11 +290,11 @@ def _draw_regions(
     models: list, checkpoints: list[Path], given_titles: list[str] | None, points: _Points, plane: _Plane, dpi: int
 ):
     """The figure: one panel per checkpoint, unused grid cells blank, the classes' legend below."""
-    from matplotlib.colors import ListedColormap
-
     rows, cols = _grid(len(models), 3)
     w, h = PANEL_INCHES["regions"]
-    fig = _figure(w * cols, h * rows + 0.5, dpi)
+    fig = _figure(w * cols, h * rows + 0.5, dpi)  # first: without matplotlib it says which extra to install
+    from matplotlib.colors import ListedColormap
+
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     num_classes = max(meta.num_classes for _, meta in models)
     colours = [CLASS_COLOURS[c % len(CLASS_COLOURS)] for c in range(num_classes)]

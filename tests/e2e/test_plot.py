@@ -196,6 +196,10 @@ def test_clear_error_without_matplotlib(work, run_cli, monkeypatch):
     r = run_cli("plot", "curves", "runs/tiny/twomoon", "--out", "nompl.png")
     assert r.exit_code == 1 and "meta-pseudo-labels[plot]" in r.stderr
     assert not (work / "nompl.png").exists()
+    ckpt, data = "runs/tiny/twomoon/student.safetensors", "data/tiny/twomoon/all"
+    r = run_cli("plot", "regions", ckpt, "--data", data, "--out", "nompl.png")
+    assert r.exit_code == 1 and "meta-pseudo-labels[plot]" in r.stderr, r.stderr
+    assert not (work / "nompl.png").exists()
 
 
 def test_plot_help_does_not_import_torch_or_matplotlib():
