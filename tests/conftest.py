@@ -5,6 +5,8 @@ Both return `Ran(exit_code, stdout, stderr)`, so a test can be written once and 
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.e2e import helpers
@@ -22,6 +24,21 @@ def run_subprocess():
     """run_subprocess(*args, input=None, cwd=None, timeout=120) -> Ran: `python -m mpltools ARGS` as a child process
     (stdin is /dev/null unless `input` is given)."""
     return helpers.run_subprocess
+
+
+@pytest.fixture(autouse=True)
+def _signal_state():
+    """Each test starts with the process's SIGINT/SIGTERM handlers and `mpltools.signals` state as they were. An
+    in-process `main()` keeps its handlers for the rest of the process (as the command line does), and one that
+    was interrupted ignores later signals: without this, the tests that run after it in the same worker see that."""
+    from mpltools import signals
+
+    handlers = {sig: signal.getsignal(sig) for sig in signals.SIGNALS}
+    state = dict(vars(signals._STATE))
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    vars(signals._STATE).update(state)
 
 
 def pytest_collection_modifyitems(items):

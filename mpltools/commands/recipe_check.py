@@ -80,12 +80,15 @@ def check(
     path = locate(path) if path is not None else None
     recipe, faults = collect(path, list(overrides), seed=seed)
     source = str(path) if path is not None else "defaults"
+    try:  # like `train`: an unknown tracker or a missing tracker package is named before any data is opened
+        check_trackers(recipe)
+    except MplError as exc:
+        faults.add("runtime.trackers", exc.message)
     data_report = _data_report(recipe, faults)  # independent of the faults above: all of them are reported
     faults.raise_if_any()
     method = recipe.method.name
     reduced = recipe.model.teacher_name == "reduced_teacher"
-    try:  # first, like `train`: a missing tracker package is named before any data is opened
-        check_trackers(recipe)
+    try:
         member = ""
         if reduced:  # `mpl reduced train`: both sets must be prediction sets of one large teacher
             from mpltools.commands import reduced as reduced_command

@@ -305,10 +305,10 @@ def test_fsspec_urls_through_the_memory_filesystem(sets, student):
 
 
 def _sigterm_when_downloading(args: list, tmp: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # torch keeps its compile cache under TMPDIR unless told otherwise: not ours to remove
         [sys.executable, "-m", "mpltools", *map(str, args)],
         cwd=REPO,
-        env=env(TMPDIR=str(tmp)),
+        env=env(TMPDIR=str(tmp), TORCHINDUCTOR_CACHE_DIR=str(tmp.parent / "torch-cache")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
