@@ -80,9 +80,11 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
 
 @contextmanager
 def _replace_dir(out: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
+    tmp = None
     try:
+        with signals.deferred():  # a signal right after the creation would leave the temporary folder behind
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual permissions
         yield tmp
         for root, _dirs, files in os.walk(tmp):
             for name in files:
@@ -99,7 +101,8 @@ def _replace_dir(out: Path) -> Iterator[Path]:
                 os.replace(tmp, out)
             fsync_dir(out.parent)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise
@@ -121,18 +124,21 @@ def atomic_file(out: Path, force: bool = True) -> Iterator[Path]:
 
 @contextmanager
 def _replace_file(out: Path) -> Iterator[Path]:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+    tmp = None
     try:
+        with signals.deferred():  # a signal right after the creation would leave the temporary file behind
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
         fsync_dir(out.parent)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise write_error(out, exc) from None
         raise

@@ -50,23 +50,21 @@ def locked(out: Path) -> Iterator[None]:
     if key in _held:
         yield
         return
-    made = missing_folders(path.parent)
+    made, fd = missing_folders(path.parent), None
     try:
-        fd = _acquire(path, out)
-    except BaseException:
-        remove_empty(made)
-        raise
-    _held.add(key)
-    try:
+        with signals.deferred():  # a signal between taking the lock and the `try` would leave the lock file
+            fd = _acquire(path, out)
+            _held.add(key)
         yield
     finally:
-        with signals.deferred():  # a signal here would leave the lock file and the folders made for it
-            _held.discard(key)
-            try:
-                path.unlink(missing_ok=True)  # before the unlock: a process that opened it finds it gone and retries
-            except OSError:
-                pass
-            os.close(fd)
+        with signals.deferred():  # nor may one cut the release short
+            if fd is not None:
+                _held.discard(key)
+                try:
+                    path.unlink(missing_ok=True)  # before the unlock: a process that opened it finds it gone and retries
+                except OSError:
+                    pass
+                os.close(fd)
             remove_empty(made)
 
 
