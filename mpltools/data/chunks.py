@@ -33,7 +33,7 @@ from mpltools.data.format import INPUT_EXTENSIONS
 from mpltools.data.shards import ShardError, ShardSet, index_shard, read_shard
 from mpltools.data.tarindex import BLOCK
 from mpltools.data.worker_errors import Carrying, unwrap
-from mpltools.data.worker_sockets import short_socket_dir
+from mpltools.data.worker_sockets import socket_dir
 
 
 @dataclass
@@ -165,7 +165,7 @@ def eval_chunks(shards: ShardSet, aug: transforms.AugmentSpec, batch_size: int, 
     if workers <= 0:
         yield from _ahead(iter(dataset))
         return
-    short_socket_dir()
+    socket_dir()
     for item in torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers, collate_fn=_as_is,
                                             persistent_workers=False, worker_init_fn=fetching.worker_init()):
         yield unwrap(item)  # a worker's MplError is raised here with its own message

@@ -34,7 +34,7 @@ from mpltools.data.slot_reader import SlotReader
 from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.shards import ShardError, ShardSet, read_shard
 from mpltools.data.worker_errors import Carrying, unwrap
-from mpltools.data.worker_sockets import short_socket_dir
+from mpltools.data.worker_sockets import socket_dir
 from mpltools.errors import MplError
 
 LABELED, UNLABELED = 0, 1  # stream ids, part of every seed
@@ -261,7 +261,7 @@ class Batches:
         dataset.start = position
         self.position, self.workers, self.prefetch = position, workers, prefetch if workers > 0 else 0
         if workers > 0:
-            short_socket_dir()
+            socket_dir()
             self._it = iter(torch.utils.data.DataLoader(Carrying(dataset), batch_size=None, num_workers=workers,
                                                         persistent_workers=False, prefetch_factor=max(1, prefetch),
                                                         worker_init_fn=fetching.worker_init()))

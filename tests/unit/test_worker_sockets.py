@@ -1,5 +1,6 @@
-"""DataLoader workers under a TMPDIR too long for a Unix socket's path (Python < 3.13): without
-`short_socket_dir()` the loader waits for a batch that never comes; with it every start method delivers."""
+"""The folder of DataLoader workers' sockets (`socket_dir`): made by the main process, so that a stopped worker
+leaves nothing under TMPDIR; under /tmp when TMPDIR is too long for a socket's path (Python < 3.13), where without
+it the loader waits for a batch that never comes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    from mpltools.data.worker_sockets import short_socket_dir
+    from mpltools.data.worker_sockets import socket_dir
 
     class Numbers(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -25,14 +26,14 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         fix, method = sys.argv[1] == "fix", sys.argv[2]
-        folder = short_socket_dir() if fix else None
+        folder = socket_dir() if fix else None
         loader = torch.utils.data.DataLoader(Numbers(), batch_size=None, num_workers=1, timeout=8,
                                              multiprocessing_context=method)
-        print([b.sum().item() for b in loader], folder is not None)
+        print([b.sum().item() for b in loader], folder is not None and folder.startswith("/tmp/pymp-"))
     """
 )
 
-pytestmark = pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 shortens these sockets itself")
+OLD_PYTHON = pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 shortens these sockets itself")
 
 
 @pytest.fixture
@@ -56,6 +57,7 @@ def _run(long_tmpdir, fix: str, method: str) -> subprocess.CompletedProcess:
     )
 
 
+@OLD_PYTHON
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_workers_deliver_under_a_long_tmpdir(long_tmpdir, method):
     r = _run(long_tmpdir, "fix", method)
@@ -64,18 +66,59 @@ def test_workers_deliver_under_a_long_tmpdir(long_tmpdir, method):
     assert list(long_tmpdir.iterdir()) == []  # nothing of multiprocessing's left under TMPDIR
 
 
+@OLD_PYTHON
 def test_without_it_the_worker_cannot_hand_over_a_tensor(long_tmpdir):
     r = _run(long_tmpdir, "none", "fork")
     assert r.returncode != 0 and "AF_UNIX path too long" in r.stderr, r.stderr[-2000:]
 
 
-def test_a_short_tmpdir_is_left_alone(tmp_path):
+WORKER_FOLDER = textwrap.dedent(
+    """
+    import multiprocessing, os, sys
+    from multiprocessing import util
+    from mpltools.data.worker_sockets import socket_dir
+
+    def report(conn):
+        conn.send(util.get_temp_dir())
+        os._exit(0)  # as a worker the main process stops: no exit handlers run
+
+    if __name__ == "__main__":
+        folder = socket_dir()
+        ctx = multiprocessing.get_context(sys.argv[1])
+        here, there = ctx.Pipe()
+        worker = ctx.Process(target=report, args=(there,))
+        worker.start()
+        print(folder == here.recv(), os.path.dirname(folder) == os.environ["TMPDIR"])
+        worker.join()
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_use_the_main_process_s_folder_and_nothing_is_left(tmp_path, method):
+    (tmp_path / "script.py").write_text(WORKER_FOLDER)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     r = subprocess.run(
-        [sys.executable, "-c", "from mpltools.data.worker_sockets import short_socket_dir; print(short_socket_dir())"],
+        [sys.executable, str(tmp_path / "script.py"), method],
+        cwd=REPO,
+        env=env(TMPDIR=str(tmp), PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.split() == ["True", "True"], r.stderr[-2000:]
+    assert list(tmp.iterdir()) == []  # the main process removed it at exit; the worker made none of its own
+
+
+def test_under_a_short_tmpdir_the_folder_is_multiprocessing_s_own(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", "from mpltools.data.worker_sockets import socket_dir; print(socket_dir())"],
         cwd=REPO,
         env=env(TMPDIR=str(tmp_path)),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert r.returncode == 0 and r.stdout.strip() == "None", r.stderr
+    assert r.returncode == 0 and r.stdout.strip().startswith(str(tmp_path / "pymp-")), r.stderr
+    assert list(tmp_path.iterdir()) == []
