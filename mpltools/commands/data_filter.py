@@ -41,6 +41,7 @@ from mpltools.data import predictions
 from mpltools.data.chunks import eval_chunks, shard_samples
 from mpltools.data.codecs import Sample, decode_input
 from mpltools.data.filtering import NearDuplicateIndex, TopKPerClass, balance_occurrences, dhash, pixel_digest
+from mpltools.data.format import Manifest
 from mpltools.data.loaders import to_model_input
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardSet, ShardWriter
@@ -264,7 +265,7 @@ def _write(
     )
     return {
         "out": str(out),
-        "num_samples": manifest["num_samples"],
+        "num_samples": Manifest(manifest).num_samples,
         "kept": len(occurrences),
         "scored": stats["scored"],
         "per_class_kept": kept.tolist(),

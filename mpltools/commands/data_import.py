@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
+from mpltools.data.format import Manifest
 from mpltools.data.shards import ShardWriter
 from mpltools.data.sources import SourceOptions, load_source
 
@@ -32,11 +33,11 @@ def run(
             for sample in src.samples():
                 writer.write(sample)
                 bar.advance()
-        manifest = writer.close()
+        manifest = Manifest(writer.close())
     return {
         "out": str(out),
-        "num_samples": manifest["num_samples"],
-        "classes": manifest["classes"],
-        "class_counts": manifest["class_counts"],
-        "shards": len(manifest["shards"]),
+        "num_samples": manifest.num_samples,
+        "classes": manifest.classes,
+        "class_counts": manifest.class_counts,
+        "shards": manifest.num_shards,
     }

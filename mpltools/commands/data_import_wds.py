@@ -20,6 +20,7 @@ import numpy as np
 from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.data.codecs import Sample, encode_png
+from mpltools.data.format import Manifest
 from mpltools.data.locations import resolve
 from mpltools.data.shards import ShardWriter, read_shard
 from mpltools.data.tarindex import ShardError
@@ -87,16 +88,16 @@ def run(pattern: str | None, out: Path, *, classes: str | None, max_per_shard: i
                         )
                     )
                     bar.advance()
-        manifest = writer.close()
+        manifest = Manifest(writer.close())
     if dropped:
         log.warn(f"members not carried into {out}: " + ", ".join(f".{e} ({n}×)" for e, n in sorted(dropped.items())))
     return {
         "out": str(out),
-        "num_samples": manifest["num_samples"],
-        "labeled": manifest["labeled"],
-        "classes": manifest["classes"],
-        "class_counts": manifest["class_counts"],
-        "shards": len(manifest["shards"]),
+        "num_samples": manifest.num_samples,
+        "labeled": manifest.labeled,
+        "classes": manifest.classes,
+        "class_counts": manifest.class_counts,
+        "shards": manifest.num_shards,
     }
 
 

@@ -56,7 +56,7 @@ def _manifest_report(location: str, shards) -> dict:
     """What the manifest says (nothing is read from the shards)."""
     report: dict = {
         "path": str(location),
-        "has_manifest": shards.manifest is not None and not shards.provenance.get("scanned"),  # else read by a scan
+        "has_manifest": shards.manifest is not None and not shards.scanned,  # else read by a scan
         "shards": len(shards.shard_paths),
         "metadata": shards.origin,
         "checksums": shards.manifest is not None and None not in shards.shard_checksums,

@@ -23,7 +23,7 @@ from mpltools import __version__, log
 from mpltools.atomic import atomic_dir, check_can_write
 from mpltools.data.codecs import InputSpec, Sample, decode_input
 from mpltools.data.fetching import fetched
-from mpltools.data.format import INPUT_EXTENSIONS
+from mpltools.data.format import INPUT_EXTENSIONS, Manifest
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardError, ShardIndex, ShardWriter, index_shard, read_keys_and_labels, read_shard, sha256_file
 from mpltools.data.tarindex import BLOCK
@@ -171,7 +171,8 @@ def run(
     manifests = _write_parts(out, shards, indexes, keys, dest, provenance, max_per_shard, force, hidden)
     report = {"out": str(out), "seed": seed}
     for name, m in manifests.items():
-        report[name] = {"path": str(out / name), "num_samples": m["num_samples"], "class_counts": m["class_counts"]}
+        fields = Manifest(m)
+        report[name] = {"path": str(out / name), "num_samples": fields.num_samples, "class_counts": fields.class_counts}
     if keep_hidden_labels:
         report["hidden_labels"] = str(out / HIDDEN_LABELS)
     return report

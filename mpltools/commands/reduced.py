@@ -41,6 +41,7 @@ from mpltools.config import Recipe
 from mpltools.data import fetching, predictions
 from mpltools.data.chunks import eval_chunks, shard_samples
 from mpltools.data.codecs import Sample
+from mpltools.data.format import Manifest
 from mpltools.data.loaders import to_model_input
 from mpltools.data.opening import open_shard_set
 from mpltools.data.shards import ShardSet, ShardWriter
@@ -91,7 +92,7 @@ def predict(
         return {"world_size": runtime.world}
     return {
         "out": str(out),
-        "num_samples": manifest["num_samples"],
+        "num_samples": Manifest(manifest).num_samples,
         "member": member,
         "teacher_sha256": provenance["teacher_sha256"],
         "source_manifest_sha256": shards.manifest_sha256,

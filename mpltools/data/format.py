@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from mpltools.data.codecs import InputSpec
 from mpltools.data.tarindex import ShardError
@@ -24,6 +25,15 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
 INPUT_EXTENSIONS = ("png", "jpg", "jpeg", "npy")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ShardEntry(NamedTuple):
+    """One shard's line in the manifest, read by name (`bytes` is absent from manifests written before it existed)."""
+
+    name: str
+    count: int
+    sha256: str | None
+    bytes: int | None
 
 
 def shard_entry(name: str, count: int, sha256: str | None, size: int) -> dict:
@@ -37,6 +47,16 @@ def build_manifest(*, num_samples: int, labeled: bool, classes: list[str], class
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "num_samples": num_samples, "labeled": labeled,
             "classes": classes, "class_counts": class_counts, "input": input_spec, "extras": extras, "shards": shards,
             "provenance": provenance, **more}
+
+
+def scanned_manifest(source: str, names: list[str], counts: list[int], *, labeled: bool, classes: list[str],
+                     class_counts: list[int] | None, input_spec: dict) -> dict:
+    """What a scan of manifest-less shards found, as the manifest a reader stands in for it (never written): no
+    checksums; provenance says it was scanned; an unlabelled scan knows no class names."""
+    return build_manifest(num_samples=sum(counts), labeled=labeled, classes=classes, class_counts=class_counts,
+                          input_spec=input_spec, extras=[],
+                          shards=[{"name": n, "count": c, "sha256": None} for n, c in zip(names, counts)],
+                          provenance={"source": source, "scanned": True}, classes_unknown=not labeled)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -143,8 +163,7 @@ class ManifestFields:
         scanned without a manifest (its "names" are the label numbers found). It fits any label set of its size."""
         if not self.manifest:
             return False
-        scanned = bool((self.manifest.get("provenance") or {}).get("scanned"))
-        return scanned or bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes)
+        return self.scanned or bool(self.manifest.get("classes_unknown")) or not (self.labeled or self.classes)
 
     @property
     def num_classes(self) -> int | None:
@@ -172,4 +191,26 @@ class ManifestFields:
 
     @property
     def provenance(self) -> dict:
-        return self.manifest.get("provenance", {}) if self.manifest else {}
+        return (self.manifest.get("provenance") or {}) if self.manifest else {}
+
+    @property
+    def scanned(self) -> bool:
+        """The manifest stands in for a scan of manifest-less shards (it was not read from a manifest.json)."""
+        return bool(self.provenance.get("scanned"))
+
+    @property
+    def num_shards(self) -> int | None:
+        return len(self.manifest["shards"]) if self.manifest else None
+
+    @property
+    def shard_entries(self) -> list[ShardEntry] | None:
+        if not self.manifest:
+            return None
+        return [ShardEntry(s["name"], s["count"], s["sha256"], s.get("bytes")) for s in self.manifest["shards"]]
+
+
+class Manifest(ManifestFields):
+    """A manifest dict read through its fields' names (`Manifest(writer.close()).num_samples`)."""
+
+    def __init__(self, manifest: dict):
+        self.manifest = manifest

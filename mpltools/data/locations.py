@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mpltools import log
 from mpltools.data import pipes, remote, verify
-from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_names, sub_manifest
+from mpltools.data.format import MANIFEST, Manifest, check_manifest, scanned_manifest, shard_names, sub_manifest
 from mpltools.data.remote import RemoteShard
 from mpltools.data.shards import ShardSet
 from mpltools.data.tarindex import ShardError
@@ -149,9 +149,10 @@ def _open_folder_url(text: str) -> ShardSet:
         raise ShardError(f"{text}: there is no {where}; name the shards themselves (e.g. {folder}/shard-{{000000..000009}}.tar) "
                          "or give the folder URL of a shard set.")
     manifest = _manifest_at(where, raw)
-    if not manifest["shards"]:
+    entries = Manifest(manifest).shard_entries
+    if not entries:
         raise ShardError(f"{text}: {where} lists no shards; nothing to read.")
-    refs = [RemoteShard(f"{folder}/{s['name']}", s["sha256"], s.get("bytes"), where) for s in manifest["shards"]]
+    refs = [RemoteShard(f"{folder}/{s.name}", s.sha256, s.bytes, where) for s in entries]
     return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest(),
                     origin=where)
 
@@ -165,10 +166,11 @@ def open_location(text: str) -> ShardSet:
     found = _neighbour_manifest(urls, [_kind(u) for u in urls])
     manifest = _select(found[0], found[1], urls) if found else None
     if manifest is not None:
-        local = [(r, s["sha256"], n) for r, s, n in zip(refs, manifest["shards"], names) if not isinstance(r, RemoteShard)]
+        entries = Manifest(manifest).shard_entries
+        local = [(r, s.sha256, n) for r, s, n in zip(refs, entries, names) if not isinstance(r, RemoteShard)]
         verify.register([r for r, _, _ in local], [c for _, c, _ in local], [n for _, _, n in local])
-        refs = [r if not isinstance(r, RemoteShard) else RemoteShard(r.url, s["sha256"], s.get("bytes"), found[1])
-                for r, s in zip(refs, manifest["shards"])]
+        refs = [r if not isinstance(r, RemoteShard) else RemoteShard(r.url, s.sha256, s.bytes, found[1])
+                for r, s in zip(refs, entries)]
         return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=hashlib.sha256(found[2]).hexdigest(),
                         origin=found[1])
     from mpltools.data.wdscan import scan_shards
@@ -176,9 +178,7 @@ def open_location(text: str) -> ShardSet:
     log.info(f"{text}: no manifest.json beside the shards; scanning them for counts, classes and input shape"
              + (" (each remote shard is downloaded once for this, one at a time)" if any(isinstance(r, RemoteShard) for r in refs) else ""))
     scan = scan_shards(refs, names, adopt=False)
-    manifest = build_manifest(num_samples=sum(scan.counts), labeled=scan.labeled, classes=scan.classes,
-                              class_counts=scan.class_counts, input_spec=scan.input_spec.to_json(), extras=[],
-                              shards=[{"name": n, "count": c, "sha256": None} for n, c in zip(names, scan.counts)],
-                              provenance={"source": text, "scanned": True}, classes_unknown=not scan.labeled)
+    manifest = scanned_manifest(text, names, scan.counts, labeled=scan.labeled, classes=scan.classes,
+                                class_counts=scan.class_counts, input_spec=scan.input_spec.to_json())
     return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=None, origin=NO_CHECKSUMS)
 

@@ -26,7 +26,7 @@ IMPORT_HINT = "run `mpl data import webdataset PATTERN --out DIR` to adopt the s
 
 def classes_hint(*sets) -> str:
     """What to add to a class-mismatch message when a set's classes were only inferred by a scan."""
-    scanned = [s.root for s in sets if s.provenance.get("scanned")]
+    scanned = [s.root for s in sets if s.scanned]
     if not scanned:
         return ""
     return (f" {scanned[0]} has no manifest.json, so its classes are just its label numbers: adopt it with "
