@@ -4,9 +4,12 @@ it the loader waits for a batch that never comes."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +37,15 @@ SCRIPT = textwrap.dedent(
 )
 
 OLD_PYTHON = pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 shortens these sockets itself")
+
+
+@pytest.fixture
+def short_tmpdir():
+    """A TMPDIR short enough for multiprocessing's sockets (pytest's own folders may not be, under xdist)."""
+    folder = Path(tempfile.mkdtemp(prefix="ws-", dir="/tmp"))
+    assert fits(str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -95,10 +107,9 @@ WORKER_FOLDER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_workers_use_the_main_process_s_folder_and_nothing_is_left(tmp_path, method):
+def test_workers_use_the_main_process_s_folder_and_nothing_is_left(tmp_path, short_tmpdir, method):
     (tmp_path / "script.py").write_text(WORKER_FOLDER)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmpdir
     r = subprocess.run(
         [sys.executable, str(tmp_path / "script.py"), method],
         cwd=REPO,
@@ -111,7 +122,8 @@ def test_workers_use_the_main_process_s_folder_and_nothing_is_left(tmp_path, met
     assert list(tmp.iterdir()) == []  # the main process removed it at exit; the worker made none of its own
 
 
-def test_under_a_short_tmpdir_the_folder_is_multiprocessing_s_own(tmp_path):
+def test_under_a_short_tmpdir_the_folder_is_multiprocessing_s_own(short_tmpdir):
+    tmp_path = short_tmpdir
     r = subprocess.run(
         [sys.executable, "-c", "from mpltools.data.worker_sockets import socket_dir; print(socket_dir())"],
         cwd=REPO,
