@@ -33,15 +33,21 @@ _RESUMABLE_DIFFERENCES = {
 }
 
 
-def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool) -> Path | None:
-    """Create or re-open a run folder; return the state to resume from (None = fresh start)."""
+def prepare_run_folder(out: Path, recipe: Recipe, force: bool, is_main: bool, barrier=lambda: None) -> Path | None:
+    """Create or re-open a run folder; return the state to resume from (None = fresh start).
+
+    Every process decides from the folder as it was, then `barrier()` (the processes' barrier), then the main process
+    alone empties (--force) and writes it: a process that looked while the main process was writing would find a
+    folder half made (no recipe.toml yet) and refuse it, or refuse a folder --force is about to empty."""
     out = Path(out)
     _refuse_a_file(out)
-    if out.exists() and force and is_main:
+    action = "restart" if force and out.exists() else check_run_folder(out, recipe)
+    barrier()
+    if is_main and action == "restart":
         import shutil
 
         shutil.rmtree(out)
-    if check_run_folder(out, recipe) == "resume":
+    if action == "resume":
         return latest_state(out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

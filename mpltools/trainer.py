@@ -57,7 +57,7 @@ def fit(
     if warm is not None:
         warm_start.check(warm, recipe, data)
     with RunFolderGuard(out, force, runtime.is_main) as guard:  # a new run that fails before its first state leaves nothing
-        resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main))
+        resume_from = guard.prepared(prepare_run_folder(out, recipe, force, runtime.is_main, runtime.barrier))
         if warm is not None and resume_from is not None:
             warm = warm_start.resuming(out, warm)  # the same command after an interruption, else refused
         runtime.barrier()
