@@ -1,7 +1,7 @@
 """The folder of DataLoader workers' sockets: made by the main process, short enough, removed at its exit.
 
 A worker hands each tensor to the main process through a file descriptor, which multiprocessing passes over
-a Unix socket it creates in a `pymp-XXXXXXXX/` folder under TMPDIR. Two things go wrong when each worker makes
+a Unix socket it creates in a `pymp-<8 random characters>/` folder under TMPDIR. Two things go wrong when each worker makes
 that folder for itself:
 
 - a worker that is stopped (Ctrl-C, SIGTERM: the main process ends its workers) never removes its folder, so
@@ -30,7 +30,7 @@ _LISTENER = "listener-xxxxxxxx"  # the longest name multiprocessing gives a sock
 
 def fits(folder: str, made: bool = False) -> bool:
     """Whether multiprocessing's socket names fit a socket's path: in `folder` itself (`made`) or in the
-    `pymp-XXXXXXXX` folder it would make under `folder` (TMPDIR)."""
+    `pymp-<8 random characters>` folder it would make under `folder` (TMPDIR)."""
     inside = folder if made else os.path.join(folder, "pymp-xxxxxxxx")
     return len(os.fsencode(os.path.join(inside, _LISTENER))) <= SUN_PATH_MAX
 
