@@ -185,6 +185,35 @@ def data_info(
     command.check_verified(report)
 
 
+@app.command("manifest")
+def data_manifest(
+    ctx: typer.Context,
+    pattern: str = typer.Argument(..., help="The shards: a brace pattern, a .tar file or their URLs (http(s)://, s3://, ...)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Write the manifest to this file (atomically); default: print it on stdout."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class names in index order, a file with one per line or a,b,c (default: 0..N-1, marked unknown)."
+    ),
+    force: bool = options.force(),
+    as_json: bool = options.as_json("Print a JSON report (shards, samples, bytes, where to put the manifest)."),
+) -> None:
+    """Write the manifest.json that lets remote shards stream: counts, classes, input shape, sizes, sha256.
+
+    Reads every shard once, one at a time (at most two on disk). Put the result beside the shards;
+    remote shards without one are refused, since counting them would download the whole set first.
+
+    \b
+    Example:
+      mpl data manifest 'https://host/set/shard-{000000..000199}.tar' --out manifest.json
+      aws s3 cp manifest.json s3://bucket/set/manifest.json   # then: mpl train ... with data at the URL
+    """
+    from mpltools.commands import data_manifest as command
+
+    report = command.run(pattern, out, classes=classes, force=force, command=command_line(ctx))
+    emit(report, as_json, command.render)
+
+
 @app.command("filter-unlabeled")
 def data_filter_unlabeled(
     ctx: typer.Context,

@@ -12,9 +12,11 @@ string until it is known to be local (`Path` would turn `https://h/x` into `http
   (never from a recipe, a manifest or any other file).
 - A remote URL that names neither a `.tar` nor a brace pattern is a folder: its `manifest.json` lists the shards.
 - The metadata a reader needs (classes, input spec, counts) comes from a `manifest.json` beside the
-  shards (same folder, same URL prefix) when there is one that lists them, with its sha256 checksums;
-  otherwise from one scan of the shards (data/wdscan.py; for remote shards one download of each, one at
-  a time), and then there are no checksums to verify.
+  shards (same folder, same URL prefix) that lists them, with its sha256 checksums. Remote shards
+  without one are refused (exit 2, naming `mpl data manifest`, which writes it): the counts of a
+  manifest-less set are known only after reading every shard, and a stream must not wait for that.
+  Local shards and `pipe:` output without one are scanned once (data/wdscan.py), and then there are no
+  checksums to verify.
 """
 
 from __future__ import annotations
@@ -104,14 +106,13 @@ def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, b
     return _manifest_at(where, raw), where, raw
 
 
-def _select(manifest: dict, where: str, urls: list[str]) -> dict | None:
-    """The manifest restricted to the shards the pattern names; None if it does not list them all."""
+def _select(manifest: dict, urls: list[str]) -> tuple[dict | None, str | None]:
+    """The manifest restricted to the shards the pattern names, or (None, the first shard it does not list)."""
     names = [posixpath.basename(urllib.parse.urlparse(u).path) if "://" in u else Path(u).name for u in urls]
     missing = [n for n in names if n not in shard_names(manifest)]
     if missing:
-        log.warn(f"{where} does not list {missing[0]}; reading the shards' metadata by scanning them instead.")
-        return None
-    return sub_manifest(manifest, names)
+        return None, missing[0]
+    return sub_manifest(manifest, names), None
 
 
 def resolve(text: str) -> tuple[list, list[str]]:
@@ -157,6 +158,23 @@ def _open_folder_url(text: str) -> ShardSet:
                     origin=where)
 
 
+def _refuse_unlisted_remote(text: str, refs: list, manifest_at: str | None, unlisted: str | None) -> None:
+    """Remote shards (not `pipe:`) without a manifest.json listing them are refused: their counts are known only
+    after every shard has been downloaded, so the first step would wait for the whole set (issue: streaming)."""
+    urls = [r.url for r in refs if isinstance(r, RemoteShard) and not r.url.startswith("pipe:")]
+    if not urls:
+        return
+    prefixes = {u.rsplit("/", 1)[0] for u in urls}
+    beside = f"{prefixes.pop()}/{MANIFEST}" if len(prefixes) == 1 else None
+    why = (f"{manifest_at} does not list {unlisted}" if manifest_at else
+           f"there is no {beside}" if beside else "they are not in one folder, so no manifest.json lists them")
+    place = (f"upload it as {beside}" if beside else "put the shards in one folder with it")
+    raise UsageError(f"{text}: {why}. mpltools streams remote shards one by one and needs their sample counts and "
+                     "checksums before the first step; without a manifest it would have to download the whole set "
+                     f"first. Write one with `mpl data manifest '{text}' --out manifest.json` (it reads each shard once) "
+                     f"and {place}; or copy the set with `mpl data import webdataset`.")
+
+
 def open_location(text: str) -> ShardSet:
     """A ShardSet for a pattern, a shard file or a URL (see the module docstring)."""
     if _is_folder_url(text):
@@ -164,7 +182,7 @@ def open_location(text: str) -> ShardSet:
     refs, names = resolve(text)
     urls = _expand(text)
     found = _neighbour_manifest(urls, [_kind(u) for u in urls])
-    manifest = _select(found[0], found[1], urls) if found else None
+    manifest, unlisted = _select(found[0], urls) if found else (None, None)
     if manifest is not None:
         entries = Manifest(manifest).shard_entries
         local = [(r, s.sha256, n) for r, s, n in zip(refs, entries, names) if not isinstance(r, RemoteShard)]
@@ -173,10 +191,13 @@ def open_location(text: str) -> ShardSet:
                 for r, s in zip(refs, entries)]
         return ShardSet(root=text, shard_paths=refs, manifest=manifest, manifest_sha256=hashlib.sha256(found[2]).hexdigest(),
                         origin=found[1])
+    _refuse_unlisted_remote(text, refs, found[1] if found else None, unlisted)
+    if unlisted:
+        log.warn(f"{found[1]} does not list {unlisted}; reading the shards' metadata by scanning them instead.")
     from mpltools.data.wdscan import scan_shards
 
     log.info(f"{text}: no manifest.json beside the shards; scanning them for counts, classes and input shape"
-             + (" (each remote shard is downloaded once for this, one at a time)" if any(isinstance(r, RemoteShard) for r in refs) else ""))
+             + (" (each `pipe:` shard is read once for this, one at a time)" if any(isinstance(r, RemoteShard) for r in refs) else ""))
     scan = scan_shards(refs, names, adopt=False)
     manifest = scanned_manifest(text, names, scan.counts, labeled=scan.labeled, classes=scan.classes,
                                 class_counts=scan.class_counts, input_spec=scan.input_spec.to_json())

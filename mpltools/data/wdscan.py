@@ -1,7 +1,8 @@
 """One pass over plain WebDataset shards (no manifest): counts, labels, classes and the input spec.
 
 `mpl data import webdataset` uses it to adopt shards written by `webdataset.TarWriter` or `tar`,
-and `open_shard_set` uses it (strict mode) for a brace pattern or URL with no manifest.json beside it.
+`mpl data manifest` uses it (strict mode) to write the manifest.json that remote shards need, and
+`open_shard_set` for a local brace pattern (or `pipe:`) with no manifest.json beside it.
 A sample's input is one `png`/`jpg`/`jpeg`/`npy` member. Its label is `cls` (an integer); adopting
 also reads `label.txt`/`label` (an integer or a class name) and `json` (an integer, a name, or an
 object with "label", "cls" or "class"). Images are sized from their headers; nothing is unpickled.
@@ -41,6 +42,7 @@ class Scan:
     class_counts: list[int] | None
     input_spec: InputSpec
     label_index: dict = field(default_factory=dict)  # raw label value (int or name) -> class index
+    extras: list[str] = field(default_factory=list)  # extra members (not labels) that every sample carries
 
 
 def raw_label(sample: Sample, where: str, adopt: bool) -> int | str | None:
@@ -88,54 +90,82 @@ def input_shape(sample: Sample, where: str) -> tuple[str, tuple[int, ...]]:
         raise ShardError(f"{where}: sample {sample.key!r} cannot be read as {sample.ext} ({exc}); the file is corrupt.") from None
 
 
-def scan_shards(paths: list[Path], names: list[str], *, adopt: bool, classes: list[str] | None = None) -> Scan:
-    """Read every shard once. `names` are what messages call the shards (a URL, not its local copy)."""
-    counts: list[int] = []
-    labels: list[int | str] = []
-    unlabeled_at: tuple[str, str] | None = None
-    labeled_at: tuple[str, str] | None = None
-    first: tuple[str, str, tuple] | None = None  # shard, key, (kind, shape) of the first sample
-    encodings: set[str] = set()
-    for path, name in zip(paths, names):
+class Scanner:
+    """One pass over shards, a shard at a time (`add`), then what was found (`finish`). `names` in messages are
+    what the user calls the shards (a URL, not its local copy)."""
+
+    def __init__(self, *, adopt: bool, classes: list[str] | None = None):
+        self.adopt, self.classes = adopt, classes
+        self.counts: list[int] = []
+        self.names: list[str] = []
+        self.labels: list[int | str] = []
+        self.unlabeled_at: tuple[str, str] | None = None
+        self.labeled_at: tuple[str, str] | None = None
+        self.first: tuple[str, str, tuple] | None = None  # shard, key, (kind, shape) of the first sample
+        self.encodings: set[str] = set()
+        self.extras: set[str] | None = None  # the extra members every sample has
+
+    def add(self, path: Path, name: str) -> int:
+        """Read one shard; returns its number of samples."""
         n = 0
         for sample in read_shard(path):
             n += 1
-            label = raw_label(sample, name, adopt)
-            if label is None:
-                unlabeled_at = unlabeled_at or (name, sample.key)
-            else:
-                labeled_at = labeled_at or (name, sample.key)
-                labels.append(label)
-            if labeled_at and unlabeled_at:
-                raise ShardError(f"{unlabeled_at[0]}: sample {unlabeled_at[1]!r} has no label but {labeled_at[0]}: sample "
-                                 f"{labeled_at[1]!r} has one; a shard set is all labelled or all unlabelled (missing labels?).")
-            shape = input_shape(sample, name)
-            encodings.add("jpg" if sample.ext == "jpeg" else sample.ext)
-            if first is None:
-                first = (name, sample.key, shape)
-            elif shape != first[2]:
-                raise ShardError(f"{name}: sample {sample.key!r} has an input of shape {shape[1]} but {first[0]}: "
-                                 f"sample {first[1]!r} has {first[2][1]}; a shard set holds one input shape (resize the inputs first).")
-        counts.append(n)
-    if first is None:
-        raise ShardError(f"{names[0] if len(names) == 1 else f'{names[0]} .. {names[-1]}'} holds no samples; nothing to read.")
-    kind, shape = first[2]
-    if kind == "image" and "npy" in encodings:
-        if not adopt or len(shape) not in (2, 3):
-            raise ShardError(f"{first[0]}: sample {first[1]!r} is a {len(shape)}-D .npy array; mpltools reads .npy inputs as "
-                             f"1-D vectors and images as png/jpg: {IMPORT_HINT} (it converts uint8 arrays to png).")
-        shape = shape if len(shape) == 3 else (*shape, 1)
-        encodings = {"png"}
-    if "npy" in encodings and len(encodings) > 1:
-        raise ShardError(f"{first[0]}: the shards mix .npy vectors and images; a shard set holds one kind of input.")
-    spec = InputSpec(kind, encodings.pop() if len(encodings) == 1 else "mixed", shape, "float32" if kind == "vector" else "uint8")
-    index = _class_index(labels, classes, names)
-    class_counts = None
-    if labels:
-        class_counts = [0] * len(index["classes"])
-        for label in labels:
-            class_counts[index["map"][label]] += 1
-    return Scan(counts, bool(labels), index["classes"], class_counts, spec, index["map"])
+            self._sample(sample, name)
+        self.counts.append(n)
+        self.names.append(name)
+        return n
+
+    def _sample(self, sample: Sample, name: str) -> None:
+        label = raw_label(sample, name, self.adopt)
+        if label is None:
+            self.unlabeled_at = self.unlabeled_at or (name, sample.key)
+        else:
+            self.labeled_at = self.labeled_at or (name, sample.key)
+            self.labels.append(label)
+        if self.labeled_at and self.unlabeled_at:
+            raise ShardError(f"{self.unlabeled_at[0]}: sample {self.unlabeled_at[1]!r} has no label but {self.labeled_at[0]}: "
+                             f"sample {self.labeled_at[1]!r} has one; a shard set is all labelled or all unlabelled (missing labels?).")
+        shape = input_shape(sample, name)
+        self.encodings.add("jpg" if sample.ext == "jpeg" else sample.ext)
+        members = set(sample.extras) - set(LABEL_MEMBERS)
+        self.extras = members if self.extras is None else self.extras & members
+        if self.first is None:
+            self.first = (name, sample.key, shape)
+        elif shape != self.first[2]:
+            raise ShardError(f"{name}: sample {sample.key!r} has an input of shape {shape[1]} but {self.first[0]}: "
+                             f"sample {self.first[1]!r} has {self.first[2][1]}; a shard set holds one input shape (resize the inputs first).")
+
+    def finish(self) -> Scan:
+        names, adopt, encodings = self.names, self.adopt, set(self.encodings)
+        if self.first is None:
+            raise ShardError(f"{names[0] if len(names) == 1 else f'{names[0]} .. {names[-1]}'} holds no samples; nothing to read.")
+        kind, shape = self.first[2]
+        if kind == "image" and "npy" in encodings:
+            if not adopt or len(shape) not in (2, 3):
+                raise ShardError(f"{self.first[0]}: sample {self.first[1]!r} is a {len(shape)}-D .npy array; mpltools reads .npy "
+                                 f"inputs as 1-D vectors and images as png/jpg: {IMPORT_HINT} (it converts uint8 arrays to png).")
+            shape = shape if len(shape) == 3 else (*shape, 1)
+            encodings = {"png"}
+        if "npy" in encodings and len(encodings) > 1:
+            raise ShardError(f"{self.first[0]}: the shards mix .npy vectors and images; a shard set holds one kind of input.")
+        spec = InputSpec(kind, encodings.pop() if len(encodings) == 1 else "mixed", shape,
+                         "float32" if kind == "vector" else "uint8")
+        index = _class_index(self.labels, self.classes, names)
+        class_counts = None
+        if self.labels:
+            class_counts = [0] * len(index["classes"])
+            for label in self.labels:
+                class_counts[index["map"][label]] += 1
+        return Scan(self.counts, bool(self.labels), index["classes"], class_counts, spec, index["map"],
+                    sorted(self.extras or ()))
+
+
+def scan_shards(paths: list[Path], names: list[str], *, adopt: bool, classes: list[str] | None = None) -> Scan:
+    """Read every shard once. `names` are what messages call the shards (a URL, not its local copy)."""
+    scanner = Scanner(adopt=adopt, classes=classes)
+    for path, name in zip(paths, names):
+        scanner.add(path, name)
+    return scanner.finish()
 
 
 def _class_index(labels: list[int | str], classes: list[str] | None, names: list[str]) -> dict:

@@ -207,18 +207,25 @@ def served(moons):
 def test_http_urls_for_eval_and_train(run_cli, moons, student, served, tmp_path):
     folder = _eval(run_cli, student, str(moons / "all"))
     assert _eval(run_cli, student, f"{served}/all/{THREE}") == folder  # manifest.json fetched from beside the shards
-    assert _eval(run_cli, student, f"{served}/plain/all/{THREE}") == folder  # no manifest there: scanned
     code, _, err = run_cli(
         *_train_args(
             f"{served}/split/labeled/shard-000000.tar",
-            f"{served}/plain/split/unlabeled/{THREE}",
+            f"{served}/split/unlabeled/{THREE}",
             f"{served}/split/val/shard-000000.tar",
             tmp_path / "run",
         )
     )
     assert code == 0, err
-    code, _, err = run_cli("eval", student, "--data", f"{served}/all/shard-000009.tar")
-    assert code == 1 and f"{served}/all/shard-000009.tar: download failed (HTTP 404" in err
+    # Remote shards without a manifest.json are refused before anything is written: counting them would mean
+    # downloading the whole set before step 1. The message names the command that writes the manifest.
+    code, _, err = run_cli(
+        *_train_args(str(moons / "split/labeled"), f"{served}/plain/split/unlabeled/{THREE}", str(moons / "split/val"),
+                     tmp_path / "refused")
+    )
+    assert code == 2 and f"there is no {served}/plain/split/unlabeled/manifest.json" in err, err
+    assert f"mpl data manifest '{served}/plain/split/unlabeled/{THREE}'" in err and not (tmp_path / "refused").exists()
+    code, _, err = run_cli("eval", student, "--data", f"{served}/all/shard-000009.tar")  # not in the manifest beside it
+    assert code == 2 and f"{served}/all/manifest.json does not list shard-000009.tar" in err, err
     code, out, err = run_cli(
         "data",
         "import",
@@ -463,3 +470,77 @@ def test_bad_webdataset_inputs_name_the_shard(run_cli, tmp_path):
     )
     assert code == 2 and "--classes" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_data_manifest_lets_remote_shards_stream(run_cli, moons, student, served, tmp_path):
+    """`mpl data manifest` writes the manifest.json of plain remote shards (what `mpl data import` writes of the
+    same samples, with these shards' checksums); uploaded beside them, the set streams with checksums."""
+    shutil.copytree(moons / "plain/all", moons / "listed/all")
+    url = f"{served}/listed/all/{THREE}"
+    code, _, err = run_cli("eval", student, "--data", url)
+    assert code == 2 and f"there is no {served}/listed/all/manifest.json" in err and "mpl data manifest" in err
+    # Written where the server serves it ("uploaded"); stdout names the file.
+    target = moons / "listed/all/manifest.json"
+    code, out, err = run_cli("data", "manifest", url, "--classes", "upper,lower", "--out", target)
+    assert code == 0, err
+    assert out.strip() == str(target) and f"put it at {served}/listed/all/manifest.json" in err
+    written, imported = (json.loads(p.read_text()) for p in (target, moons / "all/manifest.json"))
+    # The same description as `mpl data import`'s manifest of the original shards (the plain copies are other bytes).
+    assert {k: v for k, v in written.items() if k not in ("provenance", "shards")} == {
+        k: v for k, v in imported.items() if k not in ("provenance", "shards")
+    }
+    assert [(s["name"], s["count"]) for s in written["shards"]] == [(s["name"], s["count"]) for s in imported["shards"]]
+    assert written["provenance"]["source_pattern"] == url
+    assert [(s["sha256"], s["bytes"]) for s in written["shards"]] == [
+        (sha256_file(p), p.stat().st_size) for p in sorted((moons / "listed/all").glob("shard-*.tar"))
+    ]
+    folder = _eval(run_cli, student, str(moons / "all"))
+    assert _eval(run_cli, student, url) == folder
+    assert _eval(run_cli, student, f"{served}/listed/all/") == folder  # the folder URL reads the manifest's list
+    code, out, err = run_cli("data", "info", url, "--json")
+    assert code == 0 and json.loads(out)["checksums"] is True and json.loads(out)["metadata"].endswith("/listed/all/manifest.json")
+    # The checksums it wrote are checked: a shard changed afterwards is refused, named by its URL.
+    data = bytearray((moons / "listed/all/shard-000002.tar").read_bytes())
+    data[700] ^= 0x01
+    (moons / "listed/all/shard-000002.tar").write_bytes(bytes(data))
+    code, _, err = run_cli("eval", student, "--data", url)
+    assert code == 1 and f"{served}/listed/all/shard-000002.tar: sha256" in err, err
+
+
+def test_data_manifest_on_stdout_and_its_faults(run_cli, moons, served, tmp_path):
+    local = f"{moons}/plain/all/{THREE}"
+    code, out, err = run_cli("data", "manifest", local)
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["classes"] == ["0", "1"] and printed["classes_unknown"] is True  # integer labels, no --classes
+    assert printed["class_counts"] == json.loads((moons / "all/manifest.json").read_text())["class_counts"]
+    assert printed["num_samples"] == 120 and [s["name"] for s in printed["shards"]] == [f"shard-00000{i}.tar" for i in range(3)]
+    code, out, _ = run_cli("data", "manifest", local, "--json")
+    report = json.loads(out)
+    assert report["manifest"].pop("provenance")["command"].endswith("--json")
+    assert report["manifest"] == {k: v for k, v in printed.items() if k != "provenance"} and report["place_at"] == f"{moons}/plain/all/manifest.json"
+    assert report["bytes"] == sum(p.stat().st_size for p in (moons / "plain/all").glob("shard-*.tar"))
+    # Faults: exit codes and messages; nothing is written.
+    out_file = tmp_path / "m.json"
+    cases = [
+        ((f"{served}/plain/all/",), 2, "name the shards themselves"),
+        ((f"pipe:cat {local}", "--allow-pipe"), 2, "`pipe:` output has none"),
+        ((f"{served}/plain/all/shard-{{000000..000003}}.tar",), 1, f"{served}/plain/all/shard-000003.tar: download failed (HTTP 404"),
+        ((f"{moons}/plain/{{all,split/val}}/shard-000000.tar",), 2, "the shards are in 2 folders"),
+        ((local, "--classes", "a"), 2, "--classes names 1 class(es)"),
+    ]
+    for args, want_code, want in cases:
+        code, _, err = run_cli("data", "manifest", *args, "--out", out_file)
+        assert code == want_code and want in err, (args, err)
+        assert not out_file.exists() and not list(tmp_path.iterdir()), args
+    out_file.write_text("keep")
+    code, _, err = run_cli("data", "manifest", local, "--out", out_file)
+    assert code == 1 and "already exists; pass --force" in err and out_file.read_text() == "keep"
+    # Labels kept outside `cls` are not what mpltools reads in place: the message points to the import that rewrites them.
+    import webdataset as wds
+
+    (tmp_path / "json").mkdir()
+    with wds.TarWriter(str(tmp_path / "json/shard-000000.tar")) as sink:
+        sink.write({"__key__": "a", "npy": np.zeros(2, np.float32), "json": {"label": 1}})
+    code, _, err = run_cli("data", "manifest", str(tmp_path / "json/shard-000000.tar"), "--out", tmp_path / "json/manifest.json")
+    assert code == 1 and "mpl data import webdataset" in err and not (tmp_path / "json/manifest.json").exists()

@@ -1,0 +1,104 @@
+"""`mpl data manifest PATTERN [--out FILE]`: the manifest.json that lets plain shards be streamed where they are.
+
+Remote shards (`http(s)://`, `s3://`, ...) are read one by one, each checked against the manifest.json
+beside them: its per-shard sample counts lay out the epoch and make resume exact before a single shard
+is downloaded, and its sha256 and sizes catch a changed or cut-off shard (data/locations.py, data/remote.py).
+A remote set without one is refused, since counting its samples would mean downloading all of it
+before the first step. This command writes that manifest once: it reads every shard once, in order, a
+remote one streamed into the private folder while the next downloads, and deleted as soon as it is read
+(at most two shards on disk, whatever the size of the set). Upload the result beside the shards.
+
+The shards are described as they are, not rewritten: labels in `cls` members, inputs as png/jpg/jpeg or
+1-D .npy vectors, one input shape. Shards in other conventions (labels in `json`, 2-D arrays) need a
+copy, which `mpl data import webdataset` makes. Without --classes, integer labels are named "0".."N-1"
+and the manifest says the class names are unknown, as for a scan.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import urllib.parse
+from pathlib import Path
+
+from mpltools import __version__, log
+from mpltools.atomic import atomic_file, check_can_write
+from mpltools.commands.data_import_wds import parse_classes
+from mpltools.data import fetching
+from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_entry
+from mpltools.data.locations import resolve
+from mpltools.data.shards import sha256_file
+from mpltools.data.wdscan import Scanner
+from mpltools.errors import UsageError
+
+
+def run(pattern: str, out: str | None, *, classes: str | None, force: bool, command: str) -> dict:
+    # 1. Everything the command needs is checked before the first shard is read: the shards' one folder, the output.
+    if "://" in pattern and "{" not in pattern and not pattern.endswith(".tar") and not pattern.startswith("pipe:"):
+        raise UsageError(f"{pattern}: name the shards themselves, e.g. {pattern.rstrip('/')}/shard-{{000000..000009}}.tar "
+                         "(a folder URL is read through the manifest.json this command writes).")
+    if pattern.startswith("pipe:"):
+        raise UsageError(f"{pattern}: a manifest lists shards by their file names beside it; `pipe:` output has none. "
+                         "Name the shards' URLs or files instead.")
+    class_names = parse_classes(classes)
+    to_file = out not in (None, "-")
+    if to_file:
+        check_can_write(Path(out), force)
+    refs, names = resolve(pattern)
+    folder, files = _one_folder(pattern, names)
+
+    # 2. Every shard once, in order: its checksum and size, then its samples (Scanner checks labels and shapes).
+    scanner = Scanner(adopt=False, classes=class_names)
+    shards, total_bytes = [], 0
+    log.info(f"reading {len(refs)} shard(s) of {pattern} once, one at a time")
+    with log.progress("manifest", total=len(refs), unit="shards") as bar:
+        for i in fetching.ahead(refs, range(len(refs))):
+            with fetching.fetched(refs[i]) as local:
+                digest, size = sha256_file(local), Path(local).stat().st_size
+                count = scanner.add(local, names[i])
+            shards.append(shard_entry(files[i], count, digest, size))
+            total_bytes += size
+            bar.advance()
+    scan = scanner.finish()
+
+    # 3. The manifest, checked as every reader will check it, written atomically (or printed).
+    manifest = build_manifest(
+        num_samples=sum(scan.counts), labeled=scan.labeled, classes=scan.classes, class_counts=scan.class_counts,
+        input_spec=scan.input_spec.to_json(), extras=scan.extras, shards=shards,
+        provenance={"command": command, "source": "webdataset", "source_pattern": pattern, "mpltools_version": __version__},
+        **({"classes_unknown": True} if class_names is None else {}))
+    check_manifest(manifest, "the manifest written")
+    place = f"{folder}/{MANIFEST}"
+    if to_file:
+        with atomic_file(Path(out), force=force) as tmp:
+            tmp.write_text(render_manifest(manifest), encoding="utf-8")
+        log.info(f"wrote {out}; put it at {place} (beside the shards) and name the set by its pattern or {folder}/")
+    return {"out": out if to_file else "-", "manifest": None if to_file else manifest, "place_at": place,
+            "shards": len(shards), "num_samples": sum(scan.counts), "bytes": total_bytes,
+            "labeled": scan.labeled, "classes": scan.classes, "input": scan.input_spec.to_json()}
+
+
+def render_manifest(manifest: dict) -> str:
+    """The manifest.json text, as the shard writer writes it."""
+    return json.dumps(manifest, indent=1) + "\n"
+
+
+def render(report: dict) -> str:
+    """Without --json: the manifest itself when it goes to stdout, else the file written."""
+    return render_manifest(report["manifest"]).rstrip("\n") if report["manifest"] is not None else report["out"]
+
+
+def _one_folder(pattern: str, names: list[str]) -> tuple[str, list[str]]:
+    """The folder (URL prefix) all the shards share and their file names; a manifest lists shards by name beside them."""
+    if all("://" in n for n in names):
+        folders = {n.rsplit("/", 1)[0] for n in names}
+        files = [posixpath.basename(urllib.parse.urlparse(n).path) for n in names]
+    else:
+        folders = {str(Path(n).parent) for n in names}
+        files = [Path(n).name for n in names]
+    if len(folders) != 1:
+        raise UsageError(f"{pattern}: the shards are in {len(folders)} folders; a manifest.json describes the shards "
+                         "of one folder beside it. Run the command once per folder.")
+    if len(set(files)) != len(files):
+        raise UsageError(f"{pattern}: names a shard twice; name each shard once.")
+    return folders.pop(), files
