@@ -262,6 +262,52 @@ def test_a_bad_shard_stops_the_command_naming_its_url(sets, server, student, fau
     assert _private_files() == []
 
 
+def test_data_manifest_streams_each_shard_once_with_two_on_disk(sets, server, tmp_path):
+    """A remote set without a manifest: refused before any shard is requested; `mpl data manifest` reads each shard once
+    (a reset one again), holds at most two on disk, and writes what the importer wrote; uploaded, the set streams."""
+    plain = sets / "p200"
+    plain.mkdir(exist_ok=True)
+    for shard in (sets / "u200").glob("*.tar"):
+        shutil.copyfile(shard, plain / shard.name)
+    location = f"{server.url}/p200/shard-{{000000..000199}}.tar"
+    code, _, err = _cli("data", "info", location)
+    assert code == 2 and "mpl data manifest" in err and server.requests() == []
+    server.rate, server.faults = 4e6, {"/p200/shard-000007.tar": ["reset"]}
+    shard = max(p.stat().st_size for p in plain.glob("*.tar"))
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            size = 0
+            for path in _private_files():
+                try:
+                    size += path.stat().st_size
+                except FileNotFoundError:
+                    pass
+            peak[0] = max(peak[0], size)
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    code, out, err = _cli("data", "manifest", location, "--classes", "upper,lower", "--out", plain / "manifest.json")
+    done.set()
+    poller.join()
+    assert code == 0, err[-3000:]
+    requested = server.requests()
+    assert sorted(set(requested)) == [f"/p200/shard-{i:06d}.tar" for i in range(200)]
+    assert len(requested) == 201 and requested.count("/p200/shard-000007.tar") == 2  # once each, the reset one again
+    assert 0 < peak[0] <= 2 * shard, (peak[0], shard)  # the shard being read + the one downloading ahead
+    assert _private_files() == []
+    written, imported = (json.loads((d / "manifest.json").read_text()) for d in (plain, sets / "u200"))
+    assert {k: v for k, v in written.items() if k != "provenance"} == {
+        k: v for k, v in imported.items() if k != "provenance"
+    }  # the same shards: the same counts, sizes and checksums
+    server.rate = 0
+    server.clear()
+    report = json.loads(_ok("data", "info", location, "--json"))
+    assert report["num_samples"] == 4000 and report["checksums"] and server.requests() == []
+
+
 def test_split_and_an_empty_set_name_the_url(sets, server, tmp_path):
     server.faults = {"/s10/all/shard-000001.tar": ["wrong"]}
     location = f"{server.url}/s10/all/{LABELLED}"
