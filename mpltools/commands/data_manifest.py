@@ -6,7 +6,8 @@ is downloaded, and its sha256 and sizes catch a changed or cut-off shard (data/l
 A remote set without one is refused, since counting its samples would mean downloading all of it
 before the first step. This command writes that manifest once: it reads every shard once, in order, a
 remote one streamed into the private folder while the next downloads, and deleted as soon as it is read
-(at most two shards on disk, whatever the size of the set). Upload the result beside the shards.
+(at most two shards on disk, whatever the size of the set). Upload the result beside the shards (for
+`pipe:CMD` shards: where CMD prints it when it names manifest.json instead of the shard).
 
 The shards are described as they are, not rewritten: labels in `cls` members, inputs as png/jpg/jpeg or
 1-D .npy vectors, one input shape. Shards in other conventions (labels in `json`, 2-D arrays) need a
@@ -17,8 +18,6 @@ and the manifest says the class names are unknown, as for a scan.
 from __future__ import annotations
 
 import json
-import posixpath
-import urllib.parse
 from pathlib import Path
 
 from mpltools import __version__, log
@@ -26,7 +25,7 @@ from mpltools.atomic import atomic_file, check_can_write
 from mpltools.commands.data_import_wds import parse_classes
 from mpltools.data import fetching
 from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_entry
-from mpltools.data.locations import resolve
+from mpltools.data.locations import pipe_manifest_command, resolve, shard_file_name
 from mpltools.data.shards import sha256_file
 from mpltools.data.wdscan import Scanner
 from mpltools.errors import UsageError
@@ -37,15 +36,12 @@ def run(pattern: str, out: str | None, *, classes: str | None, force: bool, comm
     if "://" in pattern and "{" not in pattern and not pattern.endswith(".tar") and not pattern.startswith("pipe:"):
         raise UsageError(f"{pattern}: name the shards themselves, e.g. {pattern.rstrip('/')}/shard-{{000000..000009}}.tar "
                          "(a folder URL is read through the manifest.json this command writes).")
-    if pattern.startswith("pipe:"):
-        raise UsageError(f"{pattern}: a manifest lists shards by their file names beside it; `pipe:` output has none. "
-                         "Name the shards' URLs or files instead.")
     class_names = parse_classes(classes)
     to_file = out not in (None, "-")
     if to_file:
         check_can_write(Path(out), force)
     refs, names = resolve(pattern)
-    folder, files = _one_folder(pattern, names)
+    place, files = _beside(pattern, names)
 
     # 2. Every shard once, in order: its checksum and size, then its samples (Scanner checks labels and shapes).
     scanner = Scanner(adopt=False, classes=class_names)
@@ -68,11 +64,11 @@ def run(pattern: str, out: str | None, *, classes: str | None, force: bool, comm
         provenance={"command": command, "source": "webdataset", "source_pattern": pattern, "mpltools_version": __version__},
         **({"classes_unknown": True} if class_names is None else {}))
     check_manifest(manifest, "the manifest written")
-    place = f"{folder}/{MANIFEST}"
     if to_file:
         with atomic_file(Path(out), force=force) as tmp:
             tmp.write_text(render_manifest(manifest), encoding="utf-8")
-        log.info(f"wrote {out}; put it at {place} (beside the shards) and name the set by its pattern or {folder}/")
+        where = f"where `{place[len('pipe:'):]}` prints it" if place.startswith("pipe:") else f"at {place} (beside the shards)"
+        log.info(f"wrote {out}; put it {where}")
     return {"out": out if to_file else "-", "manifest": None if to_file else manifest, "place_at": place,
             "shards": len(shards), "num_samples": sum(scan.counts), "bytes": total_bytes,
             "labeled": scan.labeled, "classes": scan.classes, "input": scan.input_spec.to_json()}
@@ -88,17 +84,22 @@ def render(report: dict) -> str:
     return render_manifest(report["manifest"]).rstrip("\n") if report["manifest"] is not None else report["out"]
 
 
-def _one_folder(pattern: str, names: list[str]) -> tuple[str, list[str]]:
-    """The folder (URL prefix) all the shards share and their file names; a manifest lists shards by name beside them."""
-    if all("://" in n for n in names):
-        folders = {n.rsplit("/", 1)[0] for n in names}
-        files = [posixpath.basename(urllib.parse.urlparse(n).path) for n in names]
+def _beside(pattern: str, names: list[str]) -> tuple[str, list[str]]:
+    """Where readers look for the manifest (the shards' one folder or URL prefix; for `pipe:` shards the command that
+    names manifest.json instead of the shard) and the shards' file names, which the manifest lists."""
+    files = [shard_file_name(n) for n in names]
+    if all(n.startswith("pipe:") for n in names):
+        place = pipe_manifest_command(names)
+        if place is None:
+            raise UsageError(f"{pattern}: readers find the manifest of `pipe:` shards by running their command with the "
+                             "shard's file name (its last NAME.tar, named once) replaced by manifest.json, so the commands "
+                             "must differ only in that name.")
     else:
-        folders = {str(Path(n).parent) for n in names}
-        files = [Path(n).name for n in names]
-    if len(folders) != 1:
-        raise UsageError(f"{pattern}: the shards are in {len(folders)} folders; a manifest.json describes the shards "
-                         "of one folder beside it. Run the command once per folder.")
+        folders = {n.rsplit("/", 1)[0] if "://" in n else str(Path(n).parent) for n in names}
+        if len(folders) != 1:
+            raise UsageError(f"{pattern}: the shards are in {len(folders)} folders; a manifest.json describes the shards "
+                             "of one folder beside it. Run the command once per folder.")
+        place = f"{folders.pop()}/{MANIFEST}"
     if len(set(files)) != len(files):
         raise UsageError(f"{pattern}: names a shard twice; name each shard once.")
-    return folders.pop(), files
+    return place, files

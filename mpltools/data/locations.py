@@ -15,6 +15,8 @@ string until it is known to be local (`Path` would turn `https://h/x` into `http
   shards (same folder, same URL prefix) that lists them, with its sha256 checksums. Remote shards
   without one are refused (exit 2, naming `mpl data manifest`, which writes it): the counts of a
   manifest-less set are known only after reading every shard, and a stream must not wait for that.
+  `pipe:` shards' manifest is what the same command prints with the shard's file name replaced by
+  manifest.json (`pipe:curl -s https://h/set/manifest.json` for `pipe:curl -s https://h/set/shard-000000.tar`).
   Local shards and `pipe:` output without one are scanned once (data/wdscan.py), and then there are no
   checksums to verify.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -85,10 +88,52 @@ def _manifest_at(where: str, raw: bytes) -> dict:
     return manifest
 
 
-def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, bytes] | None:
-    """The manifest.json in the same folder / under the same URL prefix as all the shards, if there is one."""
-    if "pipe" in kinds:
+_TAR_NAME = re.compile(r"[^\s/'\"=:]+\.tar")
+
+
+def shard_file_name(url: str) -> str | None:
+    """The file name of a shard: the last path component of a URL or path; for `pipe:CMD` the last `NAME.tar` in CMD."""
+    if url.startswith("pipe:"):
+        found = _TAR_NAME.findall(url)
+        return found[-1] if found else None
+    return posixpath.basename(urllib.parse.urlparse(url).path) if "://" in url else Path(url).name
+
+
+def pipe_manifest_command(urls: list[str]) -> str | None:
+    """The `pipe:` command that prints the manifest of `pipe:` shards: their command with the shard's file name (its
+    last `NAME.tar`) replaced by manifest.json, when the commands differ only in that name; else None."""
+    commands = set()
+    for url in urls:
+        found = list(_TAR_NAME.finditer(url))
+        if not found or url.count(found[-1].group()) != 1:
+            return None
+        commands.add(url[: found[-1].start()] + MANIFEST + url[found[-1].end():])
+    return commands.pop() if len(commands) == 1 else None
+
+
+def _pipe_manifest(urls: list[str]) -> tuple[dict, str, bytes] | None:
+    """`pipe:` shards' manifest, printed by the same command naming manifest.json instead of the shard (the user typed
+    that command with --allow-pipe; only the file name differs); None when there is no such command or it fails."""
+    where = pipe_manifest_command(urls)
+    if where is None:
         return None
+    try:
+        raw = remote.read_bytes(where)
+    except ShardError as exc:
+        log.info(f"no manifest from {where} ({exc.message})")
+        return None
+    try:
+        return _manifest_at(where, raw), where, raw
+    except ShardError as exc:
+        log.warn(f"ignoring what {where} printed: {exc.message}")
+        return None
+
+
+def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, bytes] | None:
+    """The manifest.json in the same folder / under the same URL prefix as all the shards, if there is one (for
+    `pipe:` shards: what their command prints for manifest.json instead of the shard's name)."""
+    if "pipe" in kinds:
+        return _pipe_manifest(urls) if all(k == "pipe" for k in kinds) else None
     if all(k in ("local", "file") for k in kinds):
         folders = {_local_path(u).parent for u in urls}
         if len(folders) != 1 or not (folders.pop() / MANIFEST).is_file():
@@ -108,7 +153,7 @@ def _neighbour_manifest(urls: list[str], kinds: list[str]) -> tuple[dict, str, b
 
 def _select(manifest: dict, urls: list[str]) -> tuple[dict | None, str | None]:
     """The manifest restricted to the shards the pattern names, or (None, the first shard it does not list)."""
-    names = [posixpath.basename(urllib.parse.urlparse(u).path) if "://" in u else Path(u).name for u in urls]
+    names = [shard_file_name(u) for u in urls]
     missing = [n for n in names if n not in shard_names(manifest)]
     if missing:
         return None, missing[0]

@@ -267,7 +267,8 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
     assert code == 2 and "--allow-pipe" in err
     code, out, err = run_cli("data", "info", pipe, "--allow-pipe", "--json")
     assert code == 0, err
-    assert json.loads(out)["num_samples"] == 120  # pipes have no neighbour manifest: scanned
+    report = json.loads(out)  # the manifest is what `cat .../all/manifest.json` prints
+    assert report["num_samples"] == 120 and report["checksums"] and report["metadata"] == f"pipe:cat {moons}/all/manifest.json"
     piped = json.loads(run_cli("--allow-pipe", "eval", student, "--data", pipe, "--json").stdout)
     assert piped.pop("data") == pipe and piped == _eval(run_cli, student, str(moons / "all"))
     # Typed with --set and the flag: accepted. From a recipe file: refused even with the flag.
@@ -277,7 +278,7 @@ def test_pipe_only_with_allow_pipe_on_the_command_line(run_cli, moons, student, 
     )
     assert code == 0, err
     # A scanned labelled set knows only label numbers; the mismatch with named classes says how to name them.
-    labeled = f"pipe:cat {moons}/split/labeled/shard-000000.tar"
+    labeled = f"pipe:cat {moons}/plain/split/labeled/shard-000000.tar"  # no manifest.json there: scanned
     code, _, err = run_cli(
         "--allow-pipe", *_train_args(labeled, str(moons / "split/unlabeled"), str(moons / "split/val"), tmp_path / "c")
     )
@@ -524,7 +525,7 @@ def test_data_manifest_on_stdout_and_its_faults(run_cli, moons, served, tmp_path
     out_file = tmp_path / "m.json"
     cases = [
         ((f"{served}/plain/all/",), 2, "name the shards themselves"),
-        ((f"pipe:cat {local}", "--allow-pipe"), 2, "`pipe:` output has none"),
+        ((f"pipe:cat {local} {moons}/plain/all/shard-000000.tar", "--allow-pipe"), 2, "must differ only in that name"),
         ((f"{served}/plain/all/shard-{{000000..000003}}.tar",), 1, f"{served}/plain/all/shard-000003.tar: download failed (HTTP 404"),
         ((f"{moons}/plain/{{all,split/val}}/shard-000000.tar",), 2, "the shards are in 2 folders"),
         ((local, "--classes", "a"), 2, "--classes names 1 class(es)"),
@@ -544,3 +545,34 @@ def test_data_manifest_on_stdout_and_its_faults(run_cli, moons, served, tmp_path
         sink.write({"__key__": "a", "npy": np.zeros(2, np.float32), "json": {"label": 1}})
     code, _, err = run_cli("data", "manifest", str(tmp_path / "json/shard-000000.tar"), "--out", tmp_path / "json/manifest.json")
     assert code == 1 and "mpl data import webdataset" in err and not (tmp_path / "json/manifest.json").exists()
+
+
+def test_pipe_shards_find_their_manifest_through_the_same_command(run_cli, moons, student, tmp_path):
+    """`pipe:CMD` shards: the manifest is what CMD prints with the shard's file name replaced by manifest.json; without
+    one they are scanned (no checksums); `mpl data manifest` writes it for them too; its checksums are then checked."""
+    plain = f"pipe:cat {moons}/plain/all/{THREE}"
+    code, out, err = run_cli("--allow-pipe", "data", "info", plain, "--json")
+    assert code == 0 and json.loads(out)["checksums"] is False and json.loads(out)["num_samples"] == 120, err
+    shutil.copytree(moons / "plain/all", tmp_path / "piped")
+    piped = f"pipe:cat {tmp_path}/piped/{THREE}"
+    code, _, err = run_cli("--allow-pipe", "data", "manifest", piped, "--classes", "upper,lower", "--out", tmp_path / "piped/manifest.json")
+    assert code == 0 and f"where `cat {tmp_path}/piped/manifest.json` prints it" in err, err
+    code, out, err = run_cli("--allow-pipe", "data", "info", piped, "--json")
+    report = json.loads(out)
+    assert report["checksums"] and report["metadata"] == f"pipe:cat {tmp_path}/piped/manifest.json" and report["classes"] == ["upper", "lower"]
+    evaluated = json.loads(run_cli("--allow-pipe", "eval", student, "--data", piped, "--json").stdout)
+    assert evaluated.pop("data") == piped and evaluated == _eval(run_cli, student, str(moons / "all"))
+    data = bytearray((tmp_path / "piped/shard-000001.tar").read_bytes())
+    data[700] ^= 0x01
+    (tmp_path / "piped/shard-000001.tar").write_bytes(bytes(data))
+    code, _, err = run_cli("--allow-pipe", "eval", student, "--data", piped)
+    assert code == 1 and f"pipe:cat {tmp_path}/piped/shard-000001.tar: sha256" in err, err
+    # The command is derived only where it is unambiguous: here the shard's name is not the last NAME.tar.
+    from mpltools.data.locations import pipe_manifest_command
+
+    assert pipe_manifest_command(["pipe:cat a/s-0.tar", "pipe:cat a/s-1.tar"]) == "pipe:cat a/manifest.json"
+    assert pipe_manifest_command(["pipe:curl -s https://h/s/x-0.tar | head", "pipe:curl -s https://h/s/x-1.tar | head"]) == (
+        "pipe:curl -s https://h/s/manifest.json | head"
+    )
+    assert pipe_manifest_command(["pipe:cat s-0.tar b.tar", "pipe:cat s-1.tar b.tar"]) is None
+    assert pipe_manifest_command(["pipe:cat s-0.tar s-0.tar"]) is None and pipe_manifest_command(["pipe:cat x"]) is None
