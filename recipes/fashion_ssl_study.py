@@ -30,6 +30,11 @@ After every unit OUT/results.md (tables, mean ± std over seeds) and the PNGs ar
 (`fashion_ssl_report.py`). Progress and an ETA go to stderr; each command's own log to OUT/logs/.
 Do not change `GRID`, the budgets or the recipes while a study folder is in use: `mpl train` refuses to
 resume a run whose recipe changed.
+
+Two processes (two cores or machines): copy OUT/results.json into a second folder OUT2 and start the study
+there on units the first one will not reach soon (`--labels 250 --seeds 1 2` once 250 is tuned); later
+`--out OUT --merge-from OUT2` adds OUT2's finished units to OUT/results.json (same budgets and grid, or it
+refuses) before it goes on, so OUT skips them; their run folders stay in OUT2.
 """
 
 from __future__ import annotations
@@ -250,6 +255,28 @@ def _done(units: dict, unit: tuple, tune_seed: int) -> bool:
     return setting is not None and unit_key(n, seed, phase, method, setting) in units
 
 
+MERGE_SAME = ("tune_seed", "grid", "steps", "tune_steps", "val_per_class", "extra_sets")
+
+
+def merge(report: dict, folders: list[Path]) -> int:
+    """Add the units of other study folders' results.json that `report` lacks; their settings must be the same
+    (a unit already in `report` is kept). Returns the number added; exits 2 naming a differing setting."""
+    added = 0
+    for folder in folders:
+        other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        for key in MERGE_SAME:
+            if key in report and key in other and report[key] != other[key]:
+                sys.exit(
+                    f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study "
+                    f"{report[key]!r}; only studies with the same settings merge."
+                )
+        for key, unit in other["units"].items():
+            if key not in report["units"]:
+                report["units"][key] = unit
+                added += 1
+    return added
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -278,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process", action="store_true", help="run the mpl commands in this process (CI replay)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and PNGs from OUT")
     p.add_argument("--report-to", type=Path, default=None, help="folder for results.md and the PNGs (default OUT)")
+    p.add_argument("--merge-from", type=Path, nargs="+", default=[], help="add the finished units of these study folders")
     args = p.parse_args(argv)
     args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if set(args.methods) - set(METHODS):
@@ -291,8 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {"units": {}}
     report_to = (args.report_to or args.out).resolve()
     args.tune_seed = report.setdefault("tune_seed", args.seeds[0])
+    if args.merge_from:
+        added = merge(report, args.merge_from)
+        write_json(results, report)
+        print(f"[study] merged {added} unit(s) from {', '.join(map(str, args.merge_from))}", file=sys.stderr, flush=True)
     if args.report_only:
         print(write_report(report, args.out, report_to, GRID))
+        if args.merge_from:
+            write_json(results, report)  # with the summary of the merged units
         return 0
     if not (args.idx / "train-images-idx3-ubyte.gz").exists() and not (args.idx / "train-images-idx3-ubyte").exists():
         p.error(f"{args.idx}: no Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or pass --idx FOLDER)")

@@ -34,8 +34,10 @@ from mpltools.errors import UsageError
 def run(pattern: str, out: str | None, *, classes: str | None, force: bool, command: str) -> dict:
     # 1. Everything the command needs is checked before the first shard is read: the shards' one folder, the output.
     if "://" in pattern and "{" not in pattern and not pattern.endswith(".tar") and not pattern.startswith("pipe:"):
-        raise UsageError(f"{pattern}: name the shards themselves, e.g. {pattern.rstrip('/')}/shard-{{000000..000009}}.tar "
-                         "(a folder URL is read through the manifest.json this command writes).")
+        raise UsageError(
+            f"{pattern}: name the shards themselves, e.g. {pattern.rstrip('/')}/shard-{{000000..000009}}.tar "
+            "(a folder URL is read through the manifest.json this command writes)."
+        )
     class_names = parse_classes(classes)
     to_file = out not in (None, "-")
     if to_file:
@@ -59,19 +61,33 @@ def run(pattern: str, out: str | None, *, classes: str | None, force: bool, comm
 
     # 3. The manifest, checked as every reader will check it, written atomically (or printed).
     manifest = build_manifest(
-        num_samples=sum(scan.counts), labeled=scan.labeled, classes=scan.classes, class_counts=scan.class_counts,
-        input_spec=scan.input_spec.to_json(), extras=scan.extras, shards=shards,
+        num_samples=sum(scan.counts),
+        labeled=scan.labeled,
+        classes=scan.classes,
+        class_counts=scan.class_counts,
+        input_spec=scan.input_spec.to_json(),
+        extras=scan.extras,
+        shards=shards,
         provenance={"command": command, "source": "webdataset", "source_pattern": pattern, "mpltools_version": __version__},
-        **({"classes_unknown": True} if class_names is None else {}))
+        **({"classes_unknown": True} if class_names is None else {}),
+    )
     check_manifest(manifest, "the manifest written")
     if to_file:
         with atomic_file(Path(out), force=force) as tmp:
             tmp.write_text(render_manifest(manifest), encoding="utf-8")
-        where = f"where `{place[len('pipe:'):]}` prints it" if place.startswith("pipe:") else f"at {place} (beside the shards)"
+        where = f"where `{place[len('pipe:') :]}` prints it" if place.startswith("pipe:") else f"at {place} (beside the shards)"
         log.info(f"wrote {out}; put it {where}")
-    return {"out": out if to_file else "-", "manifest": None if to_file else manifest, "place_at": place,
-            "shards": len(shards), "num_samples": sum(scan.counts), "bytes": total_bytes,
-            "labeled": scan.labeled, "classes": scan.classes, "input": scan.input_spec.to_json()}
+    return {
+        "out": out if to_file else "-",
+        "manifest": None if to_file else manifest,
+        "place_at": place,
+        "shards": len(shards),
+        "num_samples": sum(scan.counts),
+        "bytes": total_bytes,
+        "labeled": scan.labeled,
+        "classes": scan.classes,
+        "input": scan.input_spec.to_json(),
+    }
 
 
 def render_manifest(manifest: dict) -> str:
@@ -91,14 +107,18 @@ def _beside(pattern: str, names: list[str]) -> tuple[str, list[str]]:
     if all(n.startswith("pipe:") for n in names):
         place = pipe_manifest_command(names)
         if place is None:
-            raise UsageError(f"{pattern}: readers find the manifest of `pipe:` shards by running their command with the "
-                             "shard's file name (its last NAME.tar, named once) replaced by manifest.json, so the commands "
-                             "must differ only in that name.")
+            raise UsageError(
+                f"{pattern}: readers find the manifest of `pipe:` shards by running their command with the "
+                "shard's file name (its last NAME.tar, named once) replaced by manifest.json, so the commands "
+                "must differ only in that name."
+            )
     else:
         folders = {n.rsplit("/", 1)[0] if "://" in n else str(Path(n).parent) for n in names}
         if len(folders) != 1:
-            raise UsageError(f"{pattern}: the shards are in {len(folders)} folders; a manifest.json describes the shards "
-                             "of one folder beside it. Run the command once per folder.")
+            raise UsageError(
+                f"{pattern}: the shards are in {len(folders)} folders; a manifest.json describes the shards "
+                "of one folder beside it. Run the command once per folder."
+            )
         place = f"{folders.pop()}/{MANIFEST}"
     if len(set(files)) != len(files):
         raise UsageError(f"{pattern}: names a shard twice; name each shard once.")

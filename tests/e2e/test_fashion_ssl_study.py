@@ -96,3 +96,25 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     r = study("--out", out, "--report-only", "--report-to", elsewhere)
     assert (elsewhere / "results.md").read_text() == (out / "results.md").read_text()
     assert (elsewhere / "curves_40.png").is_file()
+
+    # A second folder started from a copy of results.json runs other seeds; --merge-from adds its units, which the
+    # first folder then skips. A folder with other budgets is refused.
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "results.json").write_text((out / "results.json").read_text())
+    study(*ARGS, "--seeds", "1", "--idx", tmp_path / "idx", "--out", second)
+    theirs = json.loads((second / "results.json").read_text())["units"]
+    new_keys = {k for k in theirs if k.startswith("40/seed1/final/")}
+    assert len(new_keys) == 2 and all(theirs[k]["run"].startswith(str(second)) for k in new_keys)
+    mine = set(json.loads((out / "results.json").read_text())["units"])
+    r = study("--out", out, "--merge-from", second, "--report-only")
+    assert "merged 2 unit(s)" in r.stderr
+    merged = json.loads((out / "results.json").read_text())
+    assert set(merged["units"]) == mine | new_keys
+    assert len(merged["summary"]["40"]["fixmatch"]["test_top1"]["values"]) == 2
+    again = study(*ARGS[:2], "--seeds", "0", "1", *ARGS[4:], "--idx", tmp_path / "idx", "--out", out)
+    assert "[study] 40/" not in again.stderr
+    other = json.loads((second / "results.json").read_text())
+    (second / "results.json").write_text(json.dumps({**other, "steps": 7}))
+    r = study("--out", out, "--merge-from", second, "--report-only", check=False)
+    assert r.returncode != 0 and "steps=7" in r.stderr and "only studies with the same settings merge" in r.stderr

@@ -219,8 +219,12 @@ def test_http_urls_for_eval_and_train(run_cli, moons, student, served, tmp_path)
     # Remote shards without a manifest.json are refused before anything is written: counting them would mean
     # downloading the whole set before step 1. The message names the command that writes the manifest.
     code, _, err = run_cli(
-        *_train_args(str(moons / "split/labeled"), f"{served}/plain/split/unlabeled/{THREE}", str(moons / "split/val"),
-                     tmp_path / "refused")
+        *_train_args(
+            str(moons / "split/labeled"),
+            f"{served}/plain/split/unlabeled/{THREE}",
+            str(moons / "split/val"),
+            tmp_path / "refused",
+        )
     )
     assert code == 2 and f"there is no {served}/plain/split/unlabeled/manifest.json" in err, err
     assert f"mpl data manifest '{served}/plain/split/unlabeled/{THREE}'" in err and not (tmp_path / "refused").exists()
@@ -499,7 +503,9 @@ def test_data_manifest_lets_remote_shards_stream(run_cli, moons, student, served
     assert _eval(run_cli, student, url) == folder
     assert _eval(run_cli, student, f"{served}/listed/all/") == folder  # the folder URL reads the manifest's list
     code, out, err = run_cli("data", "info", url, "--json")
-    assert code == 0 and json.loads(out)["checksums"] is True and json.loads(out)["metadata"].endswith("/listed/all/manifest.json")
+    assert (
+        code == 0 and json.loads(out)["checksums"] is True and json.loads(out)["metadata"].endswith("/listed/all/manifest.json")
+    )
     # The checksums it wrote are checked: a shard changed afterwards is refused, named by its URL.
     data = bytearray((moons / "listed/all/shard-000002.tar").read_bytes())
     data[700] ^= 0x01
@@ -519,14 +525,21 @@ def test_data_manifest_on_stdout_and_its_faults(run_cli, moons, served, tmp_path
     code, out, _ = run_cli("data", "manifest", local, "--json")
     report = json.loads(out)
     assert report["manifest"].pop("provenance")["command"].endswith("--json")
-    assert report["manifest"] == {k: v for k, v in printed.items() if k != "provenance"} and report["place_at"] == f"{moons}/plain/all/manifest.json"
+    assert (
+        report["manifest"] == {k: v for k, v in printed.items() if k != "provenance"}
+        and report["place_at"] == f"{moons}/plain/all/manifest.json"
+    )
     assert report["bytes"] == sum(p.stat().st_size for p in (moons / "plain/all").glob("shard-*.tar"))
     # Faults: exit codes and messages; nothing is written.
     out_file = tmp_path / "m.json"
     cases = [
         ((f"{served}/plain/all/",), 2, "name the shards themselves"),
         ((f"pipe:cat {local} {moons}/plain/all/shard-000000.tar", "--allow-pipe"), 2, "must differ only in that name"),
-        ((f"{served}/plain/all/shard-{{000000..000003}}.tar",), 1, f"{served}/plain/all/shard-000003.tar: download failed (HTTP 404"),
+        (
+            (f"{served}/plain/all/shard-{{000000..000003}}.tar",),
+            1,
+            f"{served}/plain/all/shard-000003.tar: download failed (HTTP 404",
+        ),
         ((f"{moons}/plain/{{all,split/val}}/shard-000000.tar",), 2, "the shards are in 2 folders"),
         ((local, "--classes", "a"), 2, "--classes names 1 class(es)"),
     ]
@@ -555,11 +568,17 @@ def test_pipe_shards_find_their_manifest_through_the_same_command(run_cli, moons
     assert code == 0 and json.loads(out)["checksums"] is False and json.loads(out)["num_samples"] == 120, err
     shutil.copytree(moons / "plain/all", tmp_path / "piped")
     piped = f"pipe:cat {tmp_path}/piped/{THREE}"
-    code, _, err = run_cli("--allow-pipe", "data", "manifest", piped, "--classes", "upper,lower", "--out", tmp_path / "piped/manifest.json")
+    code, _, err = run_cli(
+        "--allow-pipe", "data", "manifest", piped, "--classes", "upper,lower", "--out", tmp_path / "piped/manifest.json"
+    )
     assert code == 0 and f"where `cat {tmp_path}/piped/manifest.json` prints it" in err, err
     code, out, err = run_cli("--allow-pipe", "data", "info", piped, "--json")
     report = json.loads(out)
-    assert report["checksums"] and report["metadata"] == f"pipe:cat {tmp_path}/piped/manifest.json" and report["classes"] == ["upper", "lower"]
+    assert (
+        report["checksums"]
+        and report["metadata"] == f"pipe:cat {tmp_path}/piped/manifest.json"
+        and report["classes"] == ["upper", "lower"]
+    )
     evaluated = json.loads(run_cli("--allow-pipe", "eval", student, "--data", piped, "--json").stdout)
     assert evaluated.pop("data") == piped and evaluated == _eval(run_cli, student, str(moons / "all"))
     data = bytearray((tmp_path / "piped/shard-000001.tar").read_bytes())
