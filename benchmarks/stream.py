@@ -7,7 +7,8 @@ benchmarks/out/), serves it with `python -m http.server` on 127.0.0.1 (another p
 not the bottleneck), and reads one epoch of unlabelled batches (weak + strong view, CIFAR augmentation,
 the training path: `loaders.make_stream` with DataLoader workers) once from the folder and once from
 `http://127.0.0.1:PORT/set/`, in interleaved repeats. Prints samples/s of both, their ratio (target
->= 0.9), MB/s fetched, and the peak size of the private temporary folder against one shard.
+>= 0.9), MB/s fetched, the server's share of the machine's CPU time meanwhile (on a small machine the
+server competes with the decoding workers), and the peak size of the private temporary folder against one shard.
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def epoch(location: str, workers: int, size: int) -> tuple[float, int]:
     return seconds, batches * BATCH
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_of(folder_of, stop: threading.Event, peak: list) -> None:
     while not stop.is_set():
         folder = folder_of()
@@ -133,10 +143,22 @@ def main() -> None:
     try:
         for _ in range(args.repeats):
             for name, location in (("local", str(folder)), ("http", url)):
-                before = remote.counters()[1]
+                before, server_before = remote.counters()[1], cpu_seconds(proc.pid)
                 seconds, n = epoch(location, args.workers, args.image_size)
-                results[name].append({"samples_per_s": n / seconds, "MB_per_s": (remote.counters()[1] - before) / 1e6 / seconds})
-                print(f"{name:5} {n / seconds:8.0f} samples/s  {results[name][-1]['MB_per_s']:6.1f} MB/s fetched", flush=True)
+                # The server's share of the machine's CPU time meanwhile: what it takes from the decoding workers.
+                share = (cpu_seconds(proc.pid) - server_before) / (seconds * (os.cpu_count() or 1))
+                results[name].append(
+                    {
+                        "samples_per_s": n / seconds,
+                        "MB_per_s": (remote.counters()[1] - before) / 1e6 / seconds,
+                        "server_cpu_share": share,
+                    }
+                )
+                print(
+                    f"{name:5} {n / seconds:8.0f} samples/s  {results[name][-1]['MB_per_s']:6.1f} MB/s fetched  "
+                    f"server {share:5.1%} of the CPUs",
+                    flush=True,
+                )
     finally:
         stop.set()
         proc.terminate()

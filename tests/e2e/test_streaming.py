@@ -345,6 +345,18 @@ def test_fsspec_urls_through_the_memory_filesystem(sets, student):
     code, _, err = _eval(f"memory://mplset/{LABELLED}", student)
     assert code == 1 and "memory://mplset/shard-000006.tar: cannot be read (FileNotFoundError" in err, err[-2000:]
     assert _private_files() == []
+    # Without its manifest.json the set is refused; `mpl data manifest` writes one through the same filesystem.
+    memory.pipe("/mplset/shard-000006.tar", (sets / "s10/all/shard-000006.tar").read_bytes())
+    memory.rm("/mplset/manifest.json")
+    code, _, err = _eval(f"memory://mplset/{LABELLED}", student)
+    assert code == 2 and "there is no memory://mplset/manifest.json" in err, err[-2000:]
+    written = json.loads(_ok("data", "manifest", f"memory://mplset/{LABELLED}", "--classes", "upper,lower"))
+    original = json.loads((sets / "s10/all/manifest.json").read_text())
+    assert {k: v for k, v in written.items() if k != "provenance"} == {k: v for k, v in original.items() if k != "provenance"}
+    memory.pipe("/mplset/manifest.json", json.dumps(written).encode())
+    report = json.loads(_ok("eval", student, "--data", f"memory://mplset/{LABELLED}", "--json"))
+    assert report.pop("data") == f"memory://mplset/{LABELLED}" and report == {k: v for k, v in reference.items() if k != "data"}
+    assert _private_files() == []
 
 
 # --- SIGTERM, resume, two processes -------------------------------------------------------------------------
