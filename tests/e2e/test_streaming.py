@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,31 @@ def _private_files() -> list[Path]:
     return sorted(folder.iterdir()) if folder and folder.exists() else []
 
 
+@contextmanager
+def _peak_private_disk() -> Iterator[list[int]]:
+    """[the largest total size of the private folder's files], polled every 2 ms while the block runs."""
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            size = 0
+            for path in _private_files():
+                try:
+                    size += path.stat().st_size
+                except FileNotFoundError:
+                    pass
+            peak[0] = max(peak[0], size)
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        poller.join()
+
+
 # --- what is read, and when ------------------------------------------------------------------------------
 
 
@@ -182,25 +209,11 @@ def test_time_to_first_step_does_not_grow_with_the_number_of_shards(sets, server
 def test_peak_temporary_disk_is_a_few_shards_with_two_workers(sets, server, tmp_path):
     server.rate = 4e6
     shard = max(p.stat().st_size for p in (sets / "u200").glob("*.tar"))
-    peak, done = [0], threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            size = 0
-            for path in _private_files():
-                try:
-                    size += path.stat().st_size
-                except FileNotFoundError:
-                    pass
-            peak[0] = max(peak[0], size)
-            time.sleep(0.002)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     location = f"{server.url}/u200/shard-{{000000..000199}}.tar"
-    code, _, err = _cli(*_train_args(sets, location, tmp_path / "run", "--set", "schedule.steps=4", "--set", "data.workers=2"))
-    done.set()
-    poller.join()
+    with _peak_private_disk() as peak:
+        code, _, err = _cli(
+            *_train_args(sets, location, tmp_path / "run", "--set", "schedule.steps=4", "--set", "data.workers=2")
+        )
     assert code == 0, err[-3000:]
     requested = server.requests()
     assert len(requested) >= 40 and len(set(requested)) == len(requested)  # 4 steps of 15 shards, none fetched twice
@@ -274,24 +287,8 @@ def test_data_manifest_streams_each_shard_once_with_two_on_disk(sets, server, tm
     assert code == 2 and "mpl data manifest" in err and server.requests() == []
     server.rate, server.faults = 4e6, {"/p200/shard-000007.tar": ["reset"]}
     shard = max(p.stat().st_size for p in plain.glob("*.tar"))
-    peak, done = [0], threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            size = 0
-            for path in _private_files():
-                try:
-                    size += path.stat().st_size
-                except FileNotFoundError:
-                    pass
-            peak[0] = max(peak[0], size)
-            time.sleep(0.002)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    code, out, err = _cli("data", "manifest", location, "--classes", "upper,lower", "--out", plain / "manifest.json")
-    done.set()
-    poller.join()
+    with _peak_private_disk() as peak:
+        code, out, err = _cli("data", "manifest", location, "--classes", "upper,lower", "--out", plain / "manifest.json")
     assert code == 0, err[-3000:]
     requested = server.requests()
     assert sorted(set(requested)) == [f"/p200/shard-{i:06d}.tar" for i in range(200)]
