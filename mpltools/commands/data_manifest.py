@@ -25,7 +25,7 @@ from mpltools.atomic import atomic_file, check_can_write
 from mpltools.commands.data_import_wds import parse_classes
 from mpltools.data import fetching
 from mpltools.data.format import MANIFEST, build_manifest, check_manifest, shard_entry
-from mpltools.data.locations import pipe_manifest_command, resolve, shard_file_name
+from mpltools.data.locations import is_folder_url, pipe_manifest_command, resolve, shard_file_name
 from mpltools.data.shards import sha256_file
 from mpltools.data.wdscan import Scanner
 from mpltools.errors import UsageError
@@ -33,10 +33,12 @@ from mpltools.errors import UsageError
 
 def run(pattern: str, out: str | None, *, classes: str | None, force: bool, command: str) -> dict:
     # 1. Everything the command needs is checked before the first shard is read: the shards' one folder, the output.
-    if "://" in pattern and "{" not in pattern and not pattern.endswith(".tar") and not pattern.startswith("pipe:"):
+    if is_folder_url(pattern) or Path(pattern).is_dir():
+        tars = sorted(p.name for p in Path(pattern).glob("*.tar")) if Path(pattern).is_dir() else []
+        held = f" (it holds {len(tars)} .tar file(s), {tars[0]} .. {tars[-1]})" if tars else ""
         raise UsageError(
-            f"{pattern}: name the shards themselves, e.g. {pattern.rstrip('/')}/shard-{{000000..000009}}.tar "
-            "(a folder URL is read through the manifest.json this command writes)."
+            f"{pattern} is a folder{held}: name its shards with a brace pattern, e.g. "
+            f"'{pattern.rstrip('/')}/shard-{{000000..000009}}.tar' (a folder is read through the manifest.json this writes)."
         )
     class_names = parse_classes(classes)
     to_file = out not in (None, "-")

@@ -74,7 +74,7 @@ def _local_path(url: str) -> Path:
     return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file://") else Path(url)
 
 
-def _is_folder_url(text: str) -> bool:
+def is_folder_url(text: str) -> bool:
     """A URL that names neither a .tar file nor a pattern: a folder with a manifest.json (`http://host/set/`)."""
     return "://" in text and not text.startswith(("pipe:", "file://")) and "{" not in text and not text.endswith(".tar")
 
@@ -222,7 +222,7 @@ def _refuse_unlisted_remote(text: str, refs: list, manifest_at: str | None, unli
 
 def open_location(text: str) -> ShardSet:
     """A ShardSet for a pattern, a shard file or a URL (see the module docstring)."""
-    if _is_folder_url(text):
+    if is_folder_url(text):
         return _open_folder_url(text)
     refs, names = resolve(text)
     urls = _expand(text)

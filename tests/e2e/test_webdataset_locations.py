@@ -533,7 +533,8 @@ def test_data_manifest_on_stdout_and_its_faults(run_cli, moons, served, tmp_path
     # Faults: exit codes and messages; nothing is written.
     out_file = tmp_path / "m.json"
     cases = [
-        ((f"{served}/plain/all/",), 2, "name the shards themselves"),
+        ((f"{served}/plain/all/",), 2, "is a folder: name its shards with a brace pattern"),
+        ((str(moons / "plain/all"),), 2, "is a folder (it holds 3 .tar file(s), shard-000000.tar .. shard-000002.tar)"),
         ((f"pipe:cat {local} {moons}/plain/all/shard-000000.tar", "--allow-pipe"), 2, "must differ only in that name"),
         (
             (f"{served}/plain/all/shard-{{000000..000003}}.tar",),
