@@ -188,7 +188,9 @@ def data_info(
 @app.command("manifest")
 def data_manifest(
     ctx: typer.Context,
-    pattern: str = typer.Argument(..., help="The shards: a brace pattern, a .tar file or their URLs (http(s)://, s3://, ...)."),
+    pattern: str = options.input_path(
+        "The shards: a brace pattern, a .tar file or their URLs (http(s)://, s3://, ...), or - to read it from stdin."
+    ),
     out: str | None = typer.Option(
         None, "--out", "-o", help="Write the manifest to this file (atomically); default: print it on stdout."
     ),

@@ -123,3 +123,12 @@ def test_dash_with_empty_stdin_is_a_usage_error_before_any_work(work):
     assert result.exit_code == 2 and result.stdout == ""
     assert "expected a path on stdin (because '-' was given), but stdin was empty." in result.stderr
     assert not (work / "never").exists()
+
+
+def test_data_manifest_pattern(work):
+    pattern = f"{work}/all/shard-000000.tar"
+    given = json.loads(_ok("data", "manifest", pattern))
+    read = json.loads(_ok("data", "manifest", "-", input=f"{pattern}\n"))
+    assert read["provenance"]["source_pattern"] == pattern
+    assert {k: v for k, v in read.items() if k != "provenance"} == {k: v for k, v in given.items() if k != "provenance"}
+    assert given["num_samples"] == 120
