@@ -50,6 +50,7 @@ from mpltools.methods.common import (
     frozen_bn_stats,
     trainable,
 )
+from mpltools.methods.diagnostics import pseudo_label_health
 from mpltools.methods.precision import apply_update, scaled
 from mpltools.methods.teacher import auxiliary_losses, begin_step, teacher_forward
 from mpltools.reducer import LOCAL, Reducer
@@ -67,12 +68,14 @@ def released_step(
     """One step of the authors' released code; same signature and metrics as `mpl_step`.
 
     `feedback/h` is the code's ``d = CE_new - CE_old`` and `feedback/h_centered` is ``d - b``.
-    `generator` is unused (soft labels need no sampling), and so is `diagnose`. The code ran in
+    `generator` is unused (soft labels need no sampling). On `diagnose` steps the pseudo labels' health is
+    added (`diagnostics.pseudo_label_health` of the argmax of the soft targets, as for MPL's soft labels:
+    with hidden labels ``diag/pl_accuracy``, the curve to set against MPL's); it changes nothing trained. The code ran in
     bf16 on TPUs: CE_old and CE_new are both measured in the step's (autocast) precision here too,
     at the weights they name (the trainer's autocast region caches no weights). Under fp16 an
     overflowing update is skipped and d is then 0.
     """
-    del generator, diagnose
+    del generator
     t_scaler, s_scaler = nets.teacher_scaler, nets.student_scaler
     teacher, student = nets.teacher, nets.student
     t_params, s_params = trainable(teacher), trainable(student)
@@ -115,7 +118,11 @@ def released_step(
     apply_update(nets.teacher_opt, t_scaler, t_norm)
     b.copy_(new_b)
 
+    diag = {}
+    if diagnose:
+        diag = pseudo_label_health(p_teacher.argmax(dim=-1), s_strong, p_teacher.shape[-1], reducer, batch.unlabeled_y)
     return {
+        **diag,
         "teacher/sup": m[0],
         "teacher/uda": m[1],
         "teacher/uda_weight": torch.tensor(w_uda),

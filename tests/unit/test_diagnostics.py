@@ -140,3 +140,40 @@ def test_diagnosing_changes_no_weight_statistic_or_rng(pseudo_labels, feedback):
     assert float(waiting["student/ce_old"]) == float(waiting["student/ce_new"])
     assert float(waiting["diag/t_grad_norm_mpl"]) == 0.0
     assert "diag/pl_entropy" not in out_a[-1]
+
+
+def test_released_diagnoses_its_pseudo_labels_without_changing_what_it_trains():
+    """`released` on diagnose steps: the health of its soft targets' argmax (the curve set against MPL's), by hand;
+    the weights, statistics and metrics are bitwise those of an undiagnosed run."""
+    from mpltools.methods import released_step
+
+    hp = _hp()
+    runs = []
+    for diagnose, hidden in ((False, False), (True, True)):
+        nets = _nets(hp)
+        torch.manual_seed(11)
+        outs = [released_step(nets, _batch(s, hidden), s, hp, diagnose=diagnose) for s in range(4)]
+        runs.append((nets, outs))
+    (a, out_a), (b, out_b) = runs
+    for x, y in ((a.teacher, b.teacher), (a.student, b.student)):
+        sx, sy = x.state_dict(), y.state_dict()
+        assert all(torch.equal(sx[k], sy[k]) for k in sx)
+    for plain, diagnosed in zip(out_a, out_b):
+        assert all(torch.equal(plain[k], diagnosed[k]) for k in plain)
+        assert not any(k.startswith(("diag/", "hist/")) for k in plain)
+    # By hand, at the last step: the teacher's strong-view argmax before its update, against the hidden labels.
+    nets = _nets(hp)
+    torch.manual_seed(11)
+    for s in range(3):
+        released_step(nets, _batch(s, True), s, hp)
+    batch = _batch(3, True)
+    with torch.no_grad():
+        nets.teacher.train()
+        rng = torch.get_rng_state()
+        teacher_strong = nets.teacher(torch.cat([batch.labeled_x, batch.unlabeled_weak, batch.unlabeled_strong]))[-16:]
+        torch.set_rng_state(rng)
+    out = released_step(nets, batch, 3, hp, diagnose=True)
+    pseudo = teacher_strong.argmax(dim=-1)
+    assert float(out["diag/pl_accuracy"]) == pytest.approx(float((pseudo == batch.unlabeled_y).float().mean()))
+    assert float(out["hist/pseudo_labels"].sum()) == 16
+    assert out["hist/pseudo_labels"].tolist() == torch.bincount(pseudo, minlength=3).float().tolist()
