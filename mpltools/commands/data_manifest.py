@@ -18,6 +18,7 @@ and the manifest says the class names are unknown, as for a scan.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from mpltools import __version__, log
@@ -51,6 +52,7 @@ def run(pattern: str, out: str | None, *, classes: str | None, force: bool, comm
     scanner = Scanner(adopt=False, classes=class_names)
     shards, total_bytes = [], 0
     log.info(f"reading {len(refs)} shard(s) of {pattern} once, one at a time")
+    start = time.perf_counter()
     with log.progress("manifest", total=len(refs), unit="shards") as bar:
         for i in fetching.ahead(refs, range(len(refs))):
             with fetching.fetched(refs[i]) as local:
@@ -58,7 +60,7 @@ def run(pattern: str, out: str | None, *, classes: str | None, force: bool, comm
                 count = scanner.add(local, names[i])
             shards.append(shard_entry(files[i], count, digest, size))
             total_bytes += size
-            bar.advance()
+            bar.advance(extra=f"{total_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s")
     scan = scanner.finish()
 
     # 3. The manifest, checked as every reader will check it, written atomically (or printed).
