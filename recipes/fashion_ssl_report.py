@@ -129,12 +129,20 @@ def _g(v) -> str:
     return "–" if v is None else f"{v:.3g}"
 
 
-def feedback_table(out: Path, n: int) -> str:
+def final_runs(out: Path, units: dict, n: int, method: str) -> list[Path]:
+    """The final run folders of `method` at `n` labels: those under OUT/runs (also still training) and those the
+    finished units name (a unit merged from another study folder keeps its run there)."""
+    runs = set((out / "runs" / f"labels{n}").glob(f"seed*/final/{method}-*"))
+    runs |= {Path(u["run"]) for u in units.values() if u["phase"] == "final" and u["labels"] == n and u["method"] == method}
+    return sorted((r for r in runs if r.is_dir()), key=lambda r: (r.parent.parent.name, r.name, str(r)))
+
+
+def feedback_table(out: Path, units: dict, n: int) -> str:
     lines = [
         "| run | logged steps | mean h | std h | \\|mean\\|/std | h > 0 | median ‖g_mpl‖ | median ‖g_aux‖ | median ‖g_mpl‖/‖g_aux‖ | median cos(g_mpl, g_aux) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in sorted((out / "runs" / f"labels{n}").glob("seed*/final/mpl-*")):
+    for run in [r for m in ("mpl-hard", "mpl-soft") for r in final_runs(out, units, n, m)]:
         f = feedback_figures(run)
         if f:
             lines.append(
@@ -142,6 +150,22 @@ def feedback_table(out: Path, n: int) -> str:
                 f"{f['h_positive']:.2f} | {_g(f['t_grad_norm_mpl'])} | {_g(f['t_grad_norm_aux'])} | {_g(f['mpl_share'])} | "
                 f"{_g(f['cos_mpl_aux'])} |"
             )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def pl_table(out: Path, units: dict, n: int) -> str:
+    """Per final run: the pseudo labels' accuracy on the hidden labels and the student's agreement with them, mean
+    of the logging steps in the last third of the run (what the student learnt from, once the curves settled)."""
+    lines = ["| run | logged steps | pseudo-label accuracy | student agrees |", "|---|---:|---:|---:|"]
+    for m in PL_METHODS:
+        for run in final_runs(out, units, n, m):
+            rows = [r for r in records(run) if "diag/pl_accuracy" in r and not r.get("final")]
+            if not rows:
+                continue
+            late = [r for r in rows if r["step"] > 2 * rows[-1]["step"] / 3] or rows
+            acc = statistics.fmean(r["diag/pl_accuracy"] for r in late)
+            agree = statistics.fmean(r["diag/pl_agreement"] for r in late)
+            lines.append(f"| {run.parent.parent.name}/{run.name} | {len(late)} | {acc:.3f} | {agree:.3f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -159,14 +183,13 @@ def _smooth(values: list[float], k: int = 5) -> list[float]:
     return [statistics.fmean(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
 
 
-def plot(out: Path, folder: Path, n: int, methods) -> list[str]:
+def plot(out: Path, units: dict, folder: Path, n: int, methods) -> list[str]:
     """curves_N.png and pl_accuracy_N.png from the final runs' metrics; returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base = out / "runs" / f"labels{n}"
     written = []
     for name, key, which, title in (
         (f"curves_{n}.png", "val/student_top1", methods, "validation top-1 (1,000 carved training images), student"),
@@ -180,7 +203,7 @@ def plot(out: Path, folder: Path, n: int, methods) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         drawn = 0
         for m in which:
-            runs = sorted(base.glob(f"seed*/final/{m}-*"))
+            runs = final_runs(out, units, n, m)
             series = _series(runs, key)
             if not series:
                 continue
@@ -223,11 +246,14 @@ def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
         tuning = tuning_table(units, n, grid)
         if tuning:
             parts += ["", "Tuning (first seed, validation split):", "", tuning]
-        fb = feedback_table(out, n)
+        fb = feedback_table(out, units, n)
         if fb:
             parts += ["", "Feedback in the final MPL runs (logging steps with h ≠ 0):", "", fb]
+        pl = pl_table(out, units, n)
+        if pl:
+            parts += ["", "Pseudo labels in the final runs, last third (hidden labels, diagnostics only):", "", pl]
         try:
-            pictures = plot(out, folder, n, list(grid))
+            pictures = plot(out, units, folder, n, list(grid))
         except ImportError:
             pictures = []
             parts += ["", "(matplotlib is not installed: no pictures)"]

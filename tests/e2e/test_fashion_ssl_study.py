@@ -112,6 +112,9 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     merged = json.loads((out / "results.json").read_text())
     assert set(merged["units"]) == mine | new_keys
     assert len(merged["summary"]["40"]["fixmatch"]["test_top1"]["values"]) == 2
+    md = (out / "results.md").read_text()  # the merged runs' folders stay in the second folder; the tables read them there
+    assert md.count("| seed1/mpl-hard-") == 2 and md.count("| seed1/fixmatch-") == 1  # feedback + pseudo-label tables
+    assert "Pseudo labels in the final runs" in md
     again = study(*ARGS[:2], "--seeds", "0", "1", *ARGS[4:], "--idx", tmp_path / "idx", "--out", out)
     assert "[study] 40/" not in again.stderr
     other = json.loads((second / "results.json").read_text())
