@@ -142,9 +142,13 @@ def test_diagnosing_changes_no_weight_statistic_or_rng(pseudo_labels, feedback):
     assert "diag/pl_entropy" not in out_a[-1]
 
 
-def test_released_diagnoses_its_pseudo_labels_without_changing_what_it_trains():
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_released_diagnoses_its_pseudo_labels_without_changing_what_it_trains(bf16):
     """`released` on diagnose steps: the health of its soft targets' argmax (the curve set against MPL's), by hand;
-    the weights, statistics and metrics are bitwise those of an undiagnosed run."""
+    the weights, statistics and metrics are bitwise those of an undiagnosed run, also under bf16 autocast (the
+    recipes' "auto" precision on a GPU; CPU autocast runs the same code)."""
+    import contextlib
+
     from mpltools.methods import released_step
 
     hp = _hp()
@@ -152,8 +156,11 @@ def test_released_diagnoses_its_pseudo_labels_without_changing_what_it_trains():
     for diagnose, hidden in ((False, False), (True, True)):
         nets = _nets(hp)
         torch.manual_seed(11)
-        outs = [released_step(nets, _batch(s, hidden), s, hp, diagnose=diagnose) for s in range(4)]
+        region = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with region:
+            outs = [released_step(nets, _batch(s, hidden), s, hp, diagnose=diagnose) for s in range(4)]
         runs.append((nets, outs))
+    assert all(math.isfinite(float(runs[1][1][-1][k])) for k in ("diag/pl_accuracy", "diag/pl_agreement", "diag/pl_entropy"))
     (a, out_a), (b, out_b) = runs
     for x, y in ((a.teacher, b.teacher), (a.student, b.student)):
         sx, sy = x.state_dict(), y.state_dict()
