@@ -63,6 +63,7 @@ class MethodConfig:
     name: Literal["mpl", "released", "supervised", "uda", "pseudo-label", "fixmatch"] = "mpl"
     pseudo_labels: Literal["sample", "argmax", "soft"] = "sample"
     pseudo_label_view: Literal["strong", "weak"] = "strong"
+    student_view: Literal["strong", "weak"] = "strong"  # the unlabelled view the student learns the pseudo labels on
     feedback: Literal["taylor", "dot", "cosine"] = "taylor"
     feedback_bn: Literal["batch", "eval"] = "batch"
     baseline: bool = True

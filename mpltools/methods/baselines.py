@@ -84,17 +84,16 @@ def pseudo_label_step(
 
     The teacher predicts in eval mode without gradient on `pseudo_label_view` and is never
     updated (its running statistics included); the student learns its sampled, argmax or soft
-    labels on the strong view with label smoothing.
+    labels on `student_view` (the strong view by default) with label smoothing.
     """
     del diagnose
     lr = begin_update(nets, step, hp)
     teacher = nets.teacher
     teacher.eval()
-    view = batch.unlabeled_strong if hp.pseudo_label_view == "strong" else batch.unlabeled_weak
     with torch.no_grad():
-        logits = teacher(view)
+        logits = teacher(batch.unlabeled(hp.pseudo_label_view))
     target = draw_pseudo_labels(logits, hp.pseudo_labels, generator)
-    loss = smoothed_cross_entropy(nets.student(batch.unlabeled_strong), target, hp.label_smoothing)
+    loss = smoothed_cross_entropy(nets.student(batch.unlabeled(hp.student_view)), target, hp.label_smoothing)
     confidence = torch.softmax(logits, dim=-1).max(dim=-1).values.mean()
     values, norm = student_update(nets, loss, {"confidence": confidence}, step, hp, reducer)
     return {

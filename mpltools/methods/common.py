@@ -215,6 +215,7 @@ class MPLHyper:
     teacher_supervised_weight: float = _M.teacher_supervised_weight
     pseudo_labels: str = _M.pseudo_labels  # "sample" (paper) | "argmax" | "soft" (exact meta-gradient)
     pseudo_label_view: str = _M.pseudo_label_view  # teacher view whose prediction labels the student
+    student_view: str = _M.student_view  # unlabelled view the student learns on ("strong": the paper's)
     feedback: str = _M.feedback  # h = "taylor" CE_old - CE_new | "dot" eta <g_l', g_u> | "cosine" cos(g_l', g_u)
     baseline: bool = _M.baseline  # subtract a moving average of h (REINFORCE baseline)
     baseline_decay: float = _M.baseline_decay
@@ -253,6 +254,7 @@ def hyper_from(recipe: Recipe) -> MPLHyper:
         teacher_supervised_weight=m.teacher_supervised_weight,
         pseudo_labels=m.pseudo_labels,
         pseudo_label_view=m.pseudo_label_view,
+        student_view=m.student_view,
         feedback=m.feedback,
         baseline=m.baseline,
         baseline_decay=m.baseline_decay,
@@ -310,6 +312,10 @@ class Batch:
     teacher_labeled: Tensor | None = None
     teacher_unlabeled: Tensor | None = None
     unlabeled_y: Tensor | None = None  # hidden true labels of the unlabelled images: diagnostics only, never trained on
+
+    def unlabeled(self, view: str) -> Tensor:
+        """The unlabelled images of `view` ("strong" or "weak")."""
+        return self.unlabeled_strong if view == "strong" else self.unlabeled_weak
 
     def for_teacher(self) -> Batch:
         """The batch as the teacher sees it: its own inputs in place of the images, if it has any."""

@@ -13,7 +13,8 @@ other references are to that file's §1.
    the images (`Batch.for_teacher`).
 2. **Pseudo labels** (Alg. 2) from the teacher's logits of `pseudo_label_view`: sampled (the paper;
    unbiased for REINFORCE), argmax, or the soft distribution itself.
-3. **Student update with CE_old and CE_new** (Alg. 3). Student forward on ``x_u_strong``, backward
+3. **Student update with CE_old and CE_new** (Alg. 3). Student forward on ``x_u_strong`` (the
+   paper; ``x_u_weak`` with `student_view` "weak", a study option), backward
    of the label-smoothed CE against the pseudo labels, cross-process gradient mean, g_u kept (for
    dot/cosine feedback), coupled weight decay, clipping, finiteness check; then CE_old, the
    optimiser step (+ EMA), CE_new. Both CEs are the student's *unsmoothed* labelled loss measured
@@ -133,7 +134,7 @@ def mpl_step(
 
     # 3. Student update on CE(y_hat, S(x_u_strong)): backward, reduce, keep g_u, decay, clip, check;
     #    CE_old, step (+ EMA), CE_new (+ grad L_l(theta') for the meta-gradient and dot/cosine).
-    s_loss, s_logits, g_u_graph, p_leaf = _student_backward(student, batch.unlabeled_strong, target, hp, s_scaler, meta)
+    s_loss, s_logits, g_u_graph, p_leaf = _student_backward(student, batch.unlabeled(hp.student_view), target, hp, s_scaler, meta)
     reduce_gradients(s_params, reducer, s_scaler)
     g_u = flatten(p.grad for p in s_params) if grad_feedback else None  # the pseudo-label gradient alone
     s_norm = apply_weight_decay_and_clip(nets.student_opt, hp.max_grad_norm)

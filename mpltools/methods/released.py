@@ -29,7 +29,8 @@ different BN batches and dropout masks, d is non-zero noise even when the studen
 move.
 
 Hyper-parameters read: the schedules, optimiser settings, label_smoothing, the UDA settings,
-baseline_decay, teacher_supervised_weight and mpl_weight (both 1 in the code). Ignored:
+baseline_decay, teacher_supervised_weight and mpl_weight (both 1 in the code), and student_view (the
+student's images; "strong" in the code, "weak" a study option that keeps the teacher's strong-view targets). Ignored:
 pseudo_labels, pseudo_label_view, feedback, feedback_bn, baseline (always on) and
 teacher_weak_no_grad.
 """
@@ -80,7 +81,7 @@ def released_step(
     teacher, student = nets.teacher, nets.student
     t_params, s_params = trainable(teacher), trainable(student)
     t_lr, s_lr = begin_step(nets, step, hp)
-    x_l, y_l, x_s = batch.labeled_x, batch.labeled_y, batch.unlabeled_strong
+    x_l, y_l, x_s = batch.labeled_x, batch.labeled_y, batch.unlabeled(hp.student_view)
 
     with frozen_bn_stats(teacher):
         t_l, t_weak, t_strong = teacher_forward(teacher, batch, weak_no_grad=False)

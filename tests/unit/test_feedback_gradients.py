@@ -89,10 +89,11 @@ def _teacher_strong_logits(teacher, phi, batch):
     return functional_call(teacher, phi, (x,))[-batch.unlabeled_strong.shape[0] :]
 
 
-def _independent_quantities(teacher, student, batch, y_hat, eta):
+def _independent_quantities(teacher, student, batch, y_hat, eta, student_view="strong"):
     """g_u, theta', g_l' = grad L_l(theta') and the CE at theta and theta', by torch.func."""
     theta = _params(student)
-    x_l, y_l, x_s = batch.labeled_x, batch.labeled_y, batch.unlabeled_strong
+    x_l, y_l = batch.labeled_x, batch.labeled_y
+    x_s = batch.unlabeled_strong if student_view == "strong" else batch.unlabeled_weak
 
     def l_u(p):
         return smoothed_cross_entropy(functional_call(student, p, (x_s,)), y_hat, LS)
@@ -175,17 +176,18 @@ def test_cosine_feedback_matches_independent_cosine_similarity():
     _assert_teacher_grad(nets.teacher, expected)
 
 
-def _exact_soft_meta_gradient(teacher, student, batch, update):
+def _exact_soft_meta_gradient(teacher, student, batch, update, student_view="strong"):
     """d/dphi L_l(theta'(phi)) through a functional one-step update of the student.
 
     `update(theta, g_u)` returns theta'; the pseudo labels are softmax(T(x_u_strong; phi)),
-    label-smoothed like the student's target.
+    label-smoothed like the student's target; the student reads the unlabelled images of `student_view`.
     """
     theta, phi = _params(student), _params(teacher)
+    x_u = batch.unlabeled_strong if student_view == "strong" else batch.unlabeled_weak
 
     def meta(phi_):
         p = torch.softmax(_teacher_strong_logits(teacher, phi_, batch), -1)
-        g_u = grad(lambda th: smoothed_cross_entropy(functional_call(student, th, (batch.unlabeled_strong,)), p, LS))(theta)
+        g_u = grad(lambda th: smoothed_cross_entropy(functional_call(student, th, (x_u,)), p, LS))(theta)
         theta_new = update(theta, g_u)
         return F.cross_entropy(functional_call(student, theta_new, (batch.labeled_x,)), batch.labeled_y)
 
@@ -197,6 +199,37 @@ def test_soft_labels_teacher_gradient_is_the_exact_meta_gradient_plain_sgd():
     _, nets, (teacher0, student0), _ = _run(_hp(pseudo_labels="soft", student_lr=eta), batch)
     expected = _exact_soft_meta_gradient(teacher0, student0, batch, lambda th, g: {n: th[n] - eta * g[n] for n in th})
     _assert_teacher_grad(nets.teacher, expected, rtol=1e-8)
+
+
+def test_student_view_weak_soft_meta_gradient_is_exact_through_the_weak_images():
+    # The teacher still labels the strong view; the student learns those labels on the weak view of the same images.
+    batch, eta = _batch(seed=7), 0.3
+    _, nets, (teacher0, student0), _ = _run(_hp(pseudo_labels="soft", student_lr=eta, student_view="weak"), batch)
+
+    def sgd(th, g):
+        return {n: th[n] - eta * g[n] for n in th}
+
+    expected = _exact_soft_meta_gradient(teacher0, student0, batch, sgd, student_view="weak")
+    _assert_teacher_grad(nets.teacher, expected, rtol=1e-8)
+    on_strong = _exact_soft_meta_gradient(teacher0, student0, batch, sgd)
+    assert max(float((expected[n] - on_strong[n]).abs().max()) for n in expected) > 1e-4  # the view matters
+
+
+@pytest.mark.parametrize("feedback", ["dot", "taylor"])
+def test_student_view_weak_feedback_and_student_update_use_the_weak_images(feedback):
+    batch, eta = _batch(seed=8), 0.1
+    out, nets, (teacher0, student0), _ = _run(_hp(feedback=feedback, student_view="weak"), batch)
+    y_hat = _teacher_strong_logits(teacher0, _params(teacher0), batch).argmax(-1)  # labels from the strong view
+    g_u, g_l_new, ce_old, ce_new = _independent_quantities(teacher0, student0, batch, y_hat, eta, student_view="weak")
+    theta = _params(student0)
+    for n, p in nets.student.named_parameters():  # plain SGD: the student moved by -eta * g_u of the weak images
+        assert torch.allclose(p.detach(), theta[n] - eta * g_u[n], rtol=1e-10, atol=1e-12), n
+    h = eta * _dot(g_l_new, g_u).item() if feedback == "dot" else ce_old - ce_new
+    assert out["feedback/h"].item() == pytest.approx(h, rel=1e-9)
+    expected = {n: out["feedback/h"] * g for n, g in _reinforce_grad(teacher0, batch, y_hat).items()}
+    _assert_teacher_grad(nets.teacher, expected)
+    strong_h = _independent_quantities(teacher0, student0, batch, y_hat, eta)
+    assert abs((eta * _dot(strong_h[1], strong_h[0]).item() if feedback == "dot" else strong_h[2] - strong_h[3]) - h) > 1e-6
 
 
 def test_soft_labels_exact_with_nesterov_momentum_and_weight_decay():

@@ -378,6 +378,40 @@ def test_pseudo_label_student_learns_from_a_fixed_teacher_without_labels(pseudo_
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
 
 
+@pytest.mark.parametrize("method", ["released", "pseudo-label"])
+def test_student_view_weak_trains_the_student_on_the_weak_images_against_strong_view_targets(method):
+    # Plain SGD, no decay: the student's one update is -lr * grad of its label-smoothed CE on the chosen view,
+    # against the teacher's soft strong-view prediction (rows independent: MLPs, no BN or dropout).
+    from mpltools.losses import smoothed_cross_entropy
+
+    lr, batch = 0.5, make_batch(seed=3)
+    teacher, student = mlp(0), mlp(1)
+    hp = dict(student_lr=lr, teacher_lr=0.0, momentum=0.0, student_weight_decay=0.0, teacher_weight_decay=0.0)
+    hp.update(label_smoothing=0.1, pseudo_labels="soft")
+    with torch.no_grad():
+        target = torch.softmax(teacher(batch.unlabeled_strong), dim=-1)
+
+    def after_sgd(x):
+        s = copy.deepcopy(student)
+        loss = smoothed_cross_entropy(s(x), target, 0.1)
+        grads = torch.autograd.grad(loss, list(s.parameters()))
+        return [(p - lr * g).detach() for p, g in zip(s.parameters(), grads)]
+
+    results = {}
+    for view in ("weak", "strong"):
+        nets = make_nets(copy.deepcopy(teacher), copy.deepcopy(student), hp_(**hp))
+        if method == "released":
+            released_step(nets, batch, 0, hp_(**hp, student_view=view))
+        else:
+            nets.teacher_opt = None
+            pseudo_label_step(nets, batch, 0, hp_(**hp, student_view=view))
+        results[view] = params_of(nets.student)
+    for view, x in (("weak", batch.unlabeled_weak), ("strong", batch.unlabeled_strong)):
+        for got, want in zip(results[view], after_sgd(x)):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), view
+    assert not same(results["weak"], results["strong"])
+
+
 # ----------------------------------------------------------------------------- registry, hyper
 
 

@@ -124,6 +124,20 @@ def test_feedback_and_teacher_gradient_match_fp32(precision, bn, pseudo_labels, 
         assert float(flat_cosine(g, g32)) >= 0.99, lr
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("pseudo_labels", ["argmax", "soft"])
+def test_student_view_weak_feedback_and_teacher_gradient_match_fp32(precision, pseudo_labels):
+    for lr in LRS:
+        hp = _hp(lr, "taylor", pseudo_labels, student_view="weak")
+        h32, g32 = _one_step("no", hp, True)
+        h, g = _one_step(precision, hp, True)
+        assert abs(h32) > 1e-7, (lr, h32)
+        assert (h > 0) == (h32 > 0), (lr, h, h32)
+        assert abs(h - h32) <= REL_TOL * abs(h32), (lr, h, h32)
+        assert float(flat_cosine(g, g32)) >= 0.99, lr
+        assert h32 != _one_step("no", _hp(lr, "taylor", pseudo_labels), True)[0]  # the student's view changes h
+
+
 def test_measurements_run_in_fp32_inside_a_low_precision_region(monkeypatch):
     """CE_old and CE_new are measured with autocast off: the labelled forward sees fp32 activations."""
     seen = []
