@@ -86,17 +86,36 @@ def tuning_table(units: dict, n: int, grid: dict) -> str:
     tuned = [u for u in units.values() if u["labels"] == n and u["phase"] == "tune"]
     if not tuned:
         return ""
-    lines = ["| method | setting | steps | val top-1 | val + finetune | chosen |", "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| method | setting | steps | val top-1 | val + finetune | pseudo-label accuracy | chosen |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for m in grid:
         rows = sorted((u for u in tuned if u["method"] == m), key=lambda u: u["setting"])
         scores = [u["val_top1_finetuned"] for u in rows]
         best = rows[scores.index(max(scores))]["setting"] if len(rows) == len(grid[m]) else None  # the first on a tie
         for u in rows:
             mark = "**yes**" if u["setting"] == best else ""
+            pl = late_pseudo_labels(Path(u["run"])) if m in PL_METHODS and u.get("run") else None
             lines.append(
-                f"| {m} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} | {mark} |"
+                f"| {m} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} "
+                f"| {'–' if pl is None else f'{pl[1]:.3f}'} | {mark} |"
             )
     return "\n".join(lines)
+
+
+def late_pseudo_labels(run: Path) -> tuple[int, float, float] | None:
+    """(logging steps, pseudo-label accuracy, student agreement): means over the logging steps in the last third of
+    the run (what the student learnt from once the curves settled); None without hidden-label diagnostics."""
+    rows = [r for r in records(run) if "diag/pl_accuracy" in r and not r.get("final")] if run.is_dir() else []
+    if not rows:
+        return None
+    late = [r for r in rows if r["step"] > 2 * rows[-1]["step"] / 3] or rows
+    return (
+        len(late),
+        statistics.fmean(r["diag/pl_accuracy"] for r in late),
+        statistics.fmean(r["diag/pl_agreement"] for r in late),
+    )
 
 
 def feedback_figures(run: Path) -> dict | None:
@@ -159,13 +178,9 @@ def pl_table(out: Path, units: dict, n: int) -> str:
     lines = ["| run | logged steps | pseudo-label accuracy | student agrees |", "|---|---:|---:|---:|"]
     for m in PL_METHODS:
         for run in final_runs(out, units, n, m):
-            rows = [r for r in records(run) if "diag/pl_accuracy" in r and not r.get("final")]
-            if not rows:
-                continue
-            late = [r for r in rows if r["step"] > 2 * rows[-1]["step"] / 3] or rows
-            acc = statistics.fmean(r["diag/pl_accuracy"] for r in late)
-            agree = statistics.fmean(r["diag/pl_agreement"] for r in late)
-            lines.append(f"| {run.parent.parent.name}/{run.name} | {len(late)} | {acc:.3f} | {agree:.3f} |")
+            pl = late_pseudo_labels(run)
+            if pl is not None:
+                lines.append(f"| {run.parent.parent.name}/{run.name} | {pl[0]} | {pl[1]:.3f} | {pl[2]:.3f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,13 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
         and "No final run" not in md
         and "Feedback in the final MPL runs" in md
     )
+    for key in tune_keys:  # the tuning table's pseudo-label accuracy: the run's own diagnostics, last third
+        u = units[key]
+        logged = [json.loads(line) for line in (Path(u["run"]) / "metrics.jsonl").read_text().splitlines()]
+        pl = [r for r in logged if "diag/pl_accuracy" in r and not r.get("final")]
+        late = [r["diag/pl_accuracy"] for r in pl if r["step"] > 2 * pl[-1]["step"] / 3]
+        row = f"| {u['method']} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} "
+        assert f"{row}| {sum(late) / len(late):.3f} |" in md
     assert (out / "curves_40.png").stat().st_size > 1000 and (out / "pl_accuracy_40.png").stat().st_size > 1000
     assert report["summary"]["40"]["fixmatch"]["test_top1"]["values"] == [
         units[k]["test_top1"] for k in units if "final/fixmatch" in k
