@@ -72,12 +72,14 @@ def check_run_folder(out: Path, recipe: Recipe) -> str:
                     "restore it, or pass --force to start the run over."
                 ) from None
             return "new"  # killed before the first state: nothing to lose, start afresh (recipe.toml is rewritten)
-        new = recipe.to_dict()
+        new, defaults = recipe.to_dict(), type(recipe)().to_dict()
         diffs = [
             f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
             for s, values in new.items()
             for k, v in values.items()
-            if old.get(s, {}).get(k) != v and (s, k) not in _RESUMABLE_DIFFERENCES
+            if old.get(s, {}).get(k) != v
+            and (s, k) not in _RESUMABLE_DIFFERENCES
+            and not (k not in old.get(s, {}) and v == defaults[s][k])  # a key newer than the run, at its default
         ]
         if diffs:
             raise UsageError(

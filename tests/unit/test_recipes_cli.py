@@ -223,6 +223,26 @@ def test_validate_a_reduced_recipe_needs_prediction_sets(run_cli, moons):
     assert ran.exit_code == 2 and f"{moons} (data.labeled) holds no stored teacher predictions" in ran.stderr, ran.stderr
 
 
+def test_a_run_from_before_a_new_key_resumes_when_the_key_is_at_its_default(run_cli, moons, tmp_path):
+    """A run written by a version without `method.student_view` (its recipe.toml lacks the key) resumes, since the
+    key's default is the old behaviour; the key set to anything else is a different recipe."""
+    base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''"]
+    sets = [a for s in base for a in ("--set", s)]
+    from mpltools.config import load_recipe, to_toml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = to_toml(load_recipe(REPO / "recipes" / "twomoon.toml", base))
+    assert 'student_view = "strong"' in saved
+    (run / "recipe.toml").write_text(saved.replace('student_view = "strong"\n', ""))
+    older = run_cli("recipes", "validate", "twomoon", *sets, "--out", run, "--json")
+    assert older.exit_code == 0 and json.loads(older.stdout)["run_folder"]["action"] == "resume"
+    other = run_cli("recipes", "validate", "twomoon", *sets, "--set", "method.student_view=weak", "--out", run)
+    assert other.exit_code == 2 and "different recipe (method.student_view: None -> 'weak')" in other.stderr
+    changed = run_cli("recipes", "validate", "twomoon", *sets, "--set", "schedule.steps=7", "--out", run)
+    assert changed.exit_code == 2 and "(schedule.steps: 5000 -> 7)" in changed.stderr  # old keys are still compared
+
+
 def test_validate_checks_the_run_folder_like_train(run_cli, moons, tmp_path):
     base = [f"data.labeled={moons}", f"data.unlabeled={moons}", "data.val=''"]
     sets = [a for s in base for a in ("--set", s)]
