@@ -132,7 +132,7 @@ def mpl_step(
     # 2. Pseudo labels y_hat.
     target = draw_pseudo_labels(t_view, hp.pseudo_labels, generator)
 
-    # 3. Student update on CE(y_hat, S(x_u_strong)): backward, reduce, keep g_u, decay, clip, check;
+    # 3. Student update on CE(y_hat, S(x_u of student_view)): backward, reduce, keep g_u, decay, clip, check;
     #    CE_old, step (+ EMA), CE_new (+ grad L_l(theta') for the meta-gradient and dot/cosine).
     s_loss, s_logits, g_u_graph, p_leaf = _student_backward(student, batch.unlabeled(hp.student_view), target, hp, s_scaler, meta)
     reduce_gradients(s_params, reducer, s_scaler)

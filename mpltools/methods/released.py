@@ -9,7 +9,7 @@ What it computes, line by line like the code:
 * teacher: one train-mode forward on ``[x_l; x_u_weak; x_u_strong]``; supervised CE (smoothed)
   and UDA (§1.3). The code never runs the teacher's BN update ops (§1.6), so the teacher's
   running statistics are frozen here too;
-* student: one train-mode forward on ``[x_u_strong; x_l]``; loss = CE against the teacher's
+* student: one train-mode forward on ``[x_u_strong; x_l]`` (``x_u_weak`` with `student_view` "weak"); loss = CE against the teacher's
   *soft* strong-view prediction, label-smoothed (§1.4); CE_old = unsmoothed CE of the labelled
   rows of that same mixed batch (BN statistics over strong + labelled, the update's dropout
   mask);
