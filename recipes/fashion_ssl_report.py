@@ -253,6 +253,8 @@ def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
         f"Command: `{report.get('command', '')}`. Test top-1 on the 10,000 test images, mean ± std over the seeds "
         "that finished; tuning on 1,000 images carved from the training set (never the test set).",
     ]
+    if report.get("merged_commands"):
+        parts += ["", "Units merged from the folders of:", "", *(f"- `{c}`" for c in report["merged_commands"])]
     report["summary"] = {}
     for n in labels:
         table, summary = results_table(units, n, grid)

@@ -32,9 +32,10 @@ Do not change `GRID`, the budgets or the recipes while a study folder is in use:
 resume a run whose recipe changed.
 
 Two processes (two cores or machines): copy OUT/results.json into a second folder OUT2 and start the study
-there on units the first one will not reach soon (`--labels 250 --seeds 1 2` once 250 is tuned); later
-`--out OUT --merge-from OUT2` adds OUT2's finished units to OUT/results.json (same budgets and grid, or it
-refuses) before it goes on, so OUT skips them; their run folders stay in OUT2.
+there on units the first one will not reach soon (`--labels 250 --seeds 1 2` once 250 is tuned, or a `--methods`
+subset); later `--out OUT --merge-from OUT2` adds OUT2's finished units to OUT/results.json (same budgets, and
+the same grid for the methods both ran, or it refuses), so OUT skips them; their run folders stay in OUT2. With
+`--report-only` it then only rewrites the tables; without, OUT goes on to run its own units.
 """
 
 from __future__ import annotations
@@ -265,11 +266,20 @@ def merge(report: dict, folders: list[Path]) -> int:
     for folder in folders:
         other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         for key in MERGE_SAME:
-            if key in report and key in other and report[key] != other[key]:
+            mine, theirs = report.get(key), other.get(key)
+            if key == "grid" and mine is not None and theirs is not None:  # a --methods subset records its methods only
+                mine, theirs = ({m: g[m] for m in set(mine) & set(theirs)} for g in (mine, theirs))
+            if key in report and key in other and mine != theirs:
                 sys.exit(
-                    f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study "
-                    f"{report[key]!r}; only studies with the same settings merge."
+                    f"fashion_ssl_study.py: {folder}/results.json has {key}={theirs!r}, this study "
+                    f"{mine!r}; only studies with the same settings merge."
                 )
+        if "grid" in other:
+            report["grid"] = {**other["grid"], **report.get("grid", {})}
+        commands = report.setdefault("merged_commands", [])
+        for command in [other.get("command"), *other.get("merged_commands", [])]:
+            if command and command != report.get("command") and command not in commands:
+                commands.append(command)
         for key, unit in other["units"].items():
             if key not in report["units"]:
                 report["units"][key] = unit
@@ -305,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process", action="store_true", help="run the mpl commands in this process (CI replay)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and PNGs from OUT")
     p.add_argument("--report-to", type=Path, default=None, help="folder for results.md and the PNGs (default OUT)")
-    p.add_argument("--merge-from", type=Path, nargs="+", default=[], help="add the finished units of these study folders")
+    p.add_argument(
+        "--merge-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the finished units of these study folders (then run OUT's units, unless --report-only)",
+    )
     args = p.parse_args(argv)
     args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if set(args.methods) - set(METHODS):
@@ -332,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.idx}: no Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or pass --idx FOLDER)")
     run = Runner(args.out, args.in_process)
     report.update(command="python recipes/fashion_ssl_study.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-                  grid={m: [list(s) for s in GRID[m]] for m in args.methods}, steps=args.steps,
+                  grid={**report.get("grid", {}), **{m: [list(s) for s in GRID[m]] for m in args.methods}}, steps=args.steps,
                   tune_steps=args.tune_steps, val_per_class=args.val_per_class, extra_sets=args.sets)  # fmt: skip
     data = import_data(run, args.out, args.idx.resolve())
     units, todo = report["units"], plan(args)

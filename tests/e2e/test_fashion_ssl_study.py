@@ -114,12 +114,27 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     theirs = json.loads((second / "results.json").read_text())["units"]
     new_keys = {k for k in theirs if k.startswith("40/seed1/final/")}
     assert len(new_keys) == 2 and all(theirs[k]["run"].startswith(str(second)) for k in new_keys)
+    # A third folder runs seed 2 of one method only (`--methods` subset): it keeps the grid of the others, and
+    # merges although its own command named one method.
+    third = tmp_path / "third"
+    third.mkdir()
+    (third / "results.json").write_text((out / "results.json").read_text())
+    study(*ARGS[:-5], "--methods", "fixmatch", *ARGS[-3:], "--seeds", "2", "--idx", tmp_path / "idx", "--out", third)
+    third_report = json.loads((third / "results.json").read_text())
+    assert set(third_report["grid"]) == {"fixmatch", "mpl-hard"}
+    third_keys = {k for k in third_report["units"] if k.startswith("40/seed2/")}
+    assert len(third_keys) == 1 and next(iter(third_keys)).startswith("40/seed2/final/fixmatch/")
+    third_report["grid"] = {"fixmatch": third_report["grid"]["fixmatch"]}  # as an older start recorded it
+    (third / "results.json").write_text(json.dumps(third_report))
     mine = set(json.loads((out / "results.json").read_text())["units"])
-    r = study("--out", out, "--merge-from", second, "--report-only")
-    assert "merged 2 unit(s)" in r.stderr
+    r = study("--out", out, "--merge-from", second, third, "--report-only")
+    assert "merged 3 unit(s)" in r.stderr
     merged = json.loads((out / "results.json").read_text())
-    assert set(merged["units"]) == mine | new_keys
-    assert len(merged["summary"]["40"]["fixmatch"]["test_top1"]["values"]) == 2
+    assert set(merged["units"]) == mine | new_keys | third_keys
+    assert set(merged["grid"]) == {"fixmatch", "mpl-hard"}
+    assert "Units merged from the folders of:" in (out / "results.md").read_text()
+    assert f"--out {third}`" in (out / "results.md").read_text()
+    assert len(merged["summary"]["40"]["fixmatch"]["test_top1"]["values"]) == 3
     md = (out / "results.md").read_text()  # the merged runs' folders stay in the second folder; the tables read them there
     assert md.count("| seed1/mpl-hard-") == 2 and md.count("| seed1/fixmatch-") == 1  # feedback + pseudo-label tables
     assert "Pseudo labels in the final runs" in md
@@ -129,3 +144,7 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     (second / "results.json").write_text(json.dumps({**other, "steps": 7}))
     r = study("--out", out, "--merge-from", second, "--report-only", check=False)
     assert r.returncode != 0 and "steps=7" in r.stderr and "only studies with the same settings merge" in r.stderr
+    third_report["grid"] = {"fixmatch": [["method.fixmatch_threshold=0.5"], ["method.fixmatch_threshold=0.6"]]}
+    (third / "results.json").write_text(json.dumps(third_report))
+    r = study("--out", out, "--merge-from", third, "--report-only", check=False)
+    assert r.returncode != 0 and "grid=" in r.stderr and "only studies with the same settings merge" in r.stderr
