@@ -79,6 +79,12 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
         late = [r["diag/pl_accuracy"] for r in pl if r["step"] > 2 * pl[-1]["step"] / 3]
         row = f"| {u['method']} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} "
         assert f"{row}| {sum(late) / len(late):.3f} |" in md
+    # MPL against the baselines after finetuning, paired by seed (here FixMatch only; no `released` in this replay).
+    mpl_ft, fix_ft = (
+        next(u["test_top1_finetuned"] for k, u in units.items() if f"final/{m}" in k) for m in ("mpl-hard", "fixmatch")
+    )
+    goal_row = f"| mpl-hard | 1 | {mpl_ft:.3f} | fixmatch {fix_ft:.3f} | {100 * (mpl_ft - fix_ft):+.1f} | – | – | fixmatch: s0 "
+    assert goal_row in md, md
     assert (out / "curves_40.png").stat().st_size > 1000 and (out / "pl_accuracy_40.png").stat().st_size > 1000
     assert report["summary"]["40"]["fixmatch"]["test_top1"]["values"] == [
         units[k]["test_top1"] for k in units if "final/fixmatch" in k
