@@ -104,6 +104,8 @@ def goal_table(units: dict, n: int) -> str:
             spread = f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
             cells.append(f"{b} {means[b]:.3f} | {100 * statistics.fmean(diffs):+.1f}{spread}")
             per_seed.append(f"{b}: " + ", ".join(f"s{s} {100 * d:+.1f}" for s, d in zip(seeds, diffs)))
+        if not per_seed:  # neither baseline ran (a candidate's folder)
+            continue
         mine = statistics.fmean(final[m, s] for s in seeds)
         lines.append(f"| {m} | {len(seeds)} | {mine:.3f} | {' | '.join(cells)} | {'; '.join(per_seed)} |")
     if not lines:
