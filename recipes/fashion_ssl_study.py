@@ -267,10 +267,12 @@ def merge(report: dict, folders: list[Path]) -> int:
     for folder in folders:
         other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         for key in MERGE_SAME:
-            mine, theirs = report.get(key), other.get(key)
-            if key == "grid" and mine is not None and theirs is not None:  # a --methods subset records its methods only
+            if key not in report or key not in other:
+                continue
+            mine, theirs = report[key], other[key]
+            if key == "grid":  # a --methods subset records its methods only
                 mine, theirs = ({m: g[m] for m in set(mine) & set(theirs)} for g in (mine, theirs))
-            if key in report and key in other and mine != theirs:
+            if mine != theirs:
                 sys.exit(
                     f"fashion_ssl_study.py: {folder}/results.json has {key}={theirs!r}, this study "
                     f"{mine!r}; only studies with the same settings merge."
