@@ -61,7 +61,7 @@ METHODS = {
     "uda": ("method.name=uda",),
     "fixmatch": ("method.name=fixmatch",),
     "released": ("method.name=released",),
-    # The paper's views, whatever the recipe's: fashion_mnist_250.toml ships the best screened variant (argmax, weak).
+    # The paper's views, whatever the recipe's: the Fashion-MNIST recipes ship the best screened variant (argmax, weak).
     "mpl-hard": ("method.name=mpl", "method.pseudo_labels=sample", "method.pseudo_label_view=strong"),
     "mpl-soft": ("method.name=mpl", "method.pseudo_labels=soft", "method.pseudo_label_view=strong"),
 }

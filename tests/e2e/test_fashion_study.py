@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,12 @@ def test_fashion_study_ci_size(tmp_path):
     assert all(f"--data {test}" in c for c in cmds if c.startswith("mpl eval")), cmds
     assert any("recipes/fashion_mnist_40.toml" in c and "method.uda_weight=0" in c for c in cmds), cmds
     assert [c.split()[3] for c in report["import"]] == ["fashion-mnist"] * 2
+    # The recipes now ship the screened labels (argmax, weak view); this study keeps the paper's, and the
+    # feedback-only variants still set their own kind of label.
+    runs = out / "labels40" / "runs" / "seed0"
+    saved = {m: tomllib.loads((runs / m / "recipe.toml").read_text())["method"] for m in ("supervised", "fo-soft")}
+    assert saved["supervised"]["pseudo_label_view"] == saved["fo-soft"]["pseudo_label_view"] == "strong", saved
+    assert (saved["supervised"]["pseudo_labels"], saved["fo-soft"]["pseudo_labels"]) == ("sample", "soft"), saved
     assert json.loads((out / "data" / "test" / "manifest.json").read_text())["num_samples"] == 100
 
 

@@ -33,6 +33,8 @@ def test_full_recipes_have_tiny_twins_with_the_same_method_and_model_family():
         assert twin.is_file(), f"{full.name} has no tiny twin"
         a, b = load_recipe(full), load_recipe(twin)
         assert a.method.name == b.method.name
+        variant = lambda m: (m.pseudo_labels, m.pseudo_label_view, m.student_view, m.feedback)  # noqa: E731
+        assert variant(a.method) == variant(b.method), (full.name, variant(a.method), variant(b.method))
         family = lambda name: name.split("_")[0].replace("wrn28", "wide").replace("wide", "wide")  # noqa: E731
         assert family(a.model.name)[:4] == family(b.model.name)[:4], (a.model.name, b.model.name)
         assert a.augment.kind == b.augment.kind
