@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 PL_METHODS = ("released", "mpl-hard", "mpl-soft", "fixmatch")
@@ -82,12 +83,17 @@ def results_table(units: dict, n: int, grid: dict) -> tuple[str, dict]:
     return ("\n".join(lines) if summary else "No final run has finished yet."), summary
 
 
-def goal_table(units: dict, n: int) -> str:
+BASELINES = ("uda", "fixmatch", "released")  # the goal table's comparisons
+
+
+def goal_table(units: dict, n: int, baselines: dict | None = None) -> str:
     """Each MPL variant after finetuning against the better (by mean) of UDA and FixMatch and against `released`,
-    paired by seed on the seeds both finished: the issue's bar is +1.0 point over each, mean of 3 seeds."""
-    final = {
-        (u["method"], u["seed"]): u["test_top1_finetuned"] for u in units.values() if u["labels"] == n and u["phase"] == "final"
-    }
+    paired by seed on the seeds both finished: the issue's bar is +1.0 point over each, mean of 3 seeds.
+    `baselines`: final units of another study folder (a candidate's folder runs MPL only) filling in those methods."""
+    final = {}
+    for u in [*units.values(), *(baselines or {}).values()]:
+        if u["labels"] == n and u["phase"] == "final":
+            final.setdefault((u["method"], u["seed"]), u["test_top1_finetuned"])
     lines = []
     for m in ("mpl-hard", "mpl-soft"):
         seeds = sorted(s for (k, s) in final if k == m)
@@ -116,6 +122,18 @@ def goal_table(units: dict, n: int) -> str:
         "|---|---:|---:|---|---:|---|---:|---|",
     ]
     return "\n".join(head + lines)
+
+
+def baselines(report: dict, folder: Path) -> dict:
+    """The final UDA, FixMatch and `released` units of study FOLDER (same budget; a candidate's own --set may
+    differ), for a candidate folder's goal table; exits 2 naming a differing budget."""
+    other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    for key in ("tune_seed", "steps", "tune_steps", "val_per_class"):
+        if key in report and key in other and report[key] != other[key]:
+            sys.exit(f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study {report[key]!r}; "
+                     "baselines must come from a study with the same budget.")  # fmt: skip
+    keep = {k: u for k, u in other["units"].items() if u["phase"] == "final" and u["method"] in BASELINES}
+    return {"command": other.get("command", str(folder)), "units": keep}
 
 
 def tuning_table(units: dict, n: int, grid: dict) -> str:
@@ -291,12 +309,14 @@ def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
     ]
     if report.get("merged_commands"):
         parts += ["", "Units merged from the folders of:", "", *(f"- `{c}`" for c in report["merged_commands"])]
+    if report.get("baselines"):
+        parts += ["", f"Baselines of the goal table from the folder of: `{report['baselines']['command']}`"]
     report["summary"] = {}
     for n in labels:
         table, summary = results_table(units, n, grid)
         report["summary"][str(n)] = summary
         parts += ["", f"## {n} labels ({n // 10} per class)", "", table]
-        goal = goal_table(units, n)
+        goal = goal_table(units, n, report.get("baselines", {}).get("units"))
         if goal:
             parts += ["", "MPL after finetuning against the baselines, paired by seed (the goal: +1.0 point over each, "
                       "mean of 3 seeds):", "", goal]  # fmt: skip

@@ -36,6 +36,9 @@ there on units the first one will not reach soon (`--labels 250 --seeds 1 2` onc
 subset); later `--out OUT --merge-from OUT2` adds OUT2's finished units to OUT/results.json (same budgets, and
 the same grid for the methods both ran, or it refuses), so OUT skips them; their run folders stay in OUT2. With
 `--report-only` it then only rewrites the tables; without, OUT goes on to run its own units.
+
+Candidates (an MPL variant: `--methods mpl-hard --set method.pseudo_labels=argmax ...`) run in folders of their
+own; `--baselines-from OUT` (same budget) pairs their goal table with OUT's UDA, FixMatch and `released` finals.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_ssl_report import final_metrics, write_json, write_report  # noqa: E402
+from fashion_ssl_report import baselines, final_metrics, write_json, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IDX = Path("/usr/share/datasets/fashion-mnist")
@@ -325,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="add the finished units of these study folders (then run OUT's units, unless --report-only)",
     )
+    p.add_argument(
+        "--baselines-from",
+        type=Path,
+        default=None,
+        help="goal table against the UDA, FixMatch and released finals of this study folder (for a candidate's folder)",
+    )
     args = p.parse_args(argv)
     args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if set(args.methods) - set(METHODS):
@@ -342,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         added = merge(report, args.merge_from)
         write_json(results, report)
         print(f"[study] merged {added} unit(s) from {', '.join(map(str, args.merge_from))}", file=sys.stderr, flush=True)
+    if args.baselines_from:
+        report["baselines"] = baselines(report, args.baselines_from)
+        write_json(results, report)
     if args.report_only:
         print(write_report(report, args.out, report_to, GRID))
         if args.merge_from:

@@ -154,3 +154,40 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     (third / "results.json").write_text(json.dumps(third_report))
     r = study("--out", out, "--merge-from", third, "--report-only", check=False)
     assert r.returncode != 0 and "grid=" in r.stderr and "only studies with the same settings merge" in r.stderr
+
+
+def _unit(tmp_path, method, seed, finetuned, setting=0):
+    return {
+        "labels": 40, "seed": seed, "phase": "final", "method": method, "setting": setting, "sets": [], "steps": 6,
+        "val_top1": 0.5, "val_top1_finetuned": 0.5, "test_top1": finetuned - 0.01, "test_top1_finetuned": finetuned,
+        "run": str(tmp_path / "gone" / f"{method}-{seed}"),
+    }  # fmt: skip
+
+
+def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
+    """A candidate's folder runs MPL only; --baselines-from pairs its goal table with the main study's finals."""
+    budget = {"tune_seed": 0, "steps": 6, "tune_steps": 4, "val_per_class": 5}
+    main, cand = tmp_path / "main", tmp_path / "cand"
+    finals = {"uda": (0.70, 0.66, 0.72), "fixmatch": (0.60, 0.71, 0.65), "released": (0.66, 0.64, 0.70)}
+    units = {f"40/seed{s}/final/{m}/0": _unit(tmp_path, m, s, v[s]) for m, v in finals.items() for s in range(3)}
+    units["40/seed0/final/mpl-hard/0"] = _unit(tmp_path, "mpl-hard", 0, 0.50)  # the main study's own MPL: not a baseline
+    mine = {f"40/seed{s}/final/mpl-hard/0": _unit(tmp_path, "mpl-hard", s, v) for s, v in enumerate((0.71, 0.70, 0.74))}
+    for folder, record in ((main, {"command": "python main-study", "units": units}), (cand, {"units": mine})):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({**budget, "grid": {}, **record}))
+    r = study("--out", cand, "--report-only", "--baselines-from", main)
+    md = (cand / "results.md").read_text()
+    # UDA's mean (0.693) beats FixMatch's (0.653); differences by seed: +1.0, +4.0, +2.0 -> +2.3 ± 1.5 points;
+    # against released: +5.0, +6.0, +4.0 -> +5.0 ± 1.0.
+    row = "| mpl-hard | 3 | 0.717 | uda 0.693 | +2.3 ± 1.5 | released 0.667 | +5.0 ± 1.0 | uda: s0 +1.0, s1 +4.0, s2 +2.0; "
+    assert row in md and "Baselines of the goal table from the folder of: `python main-study`" in md, md
+    assert r.stdout.strip() == md.strip()
+    assert json.loads((cand / "results.json").read_text())["baselines"]["units"].keys() == {
+        k for k in units if "mpl-hard" not in k
+    }
+    # A study with another budget is refused, naming the key; nothing is written.
+    before = (cand / "results.json").read_text()
+    (main / "results.json").write_text(json.dumps({**budget, "steps": 7, "grid": {}, "units": units}))
+    r = study("--out", cand, "--report-only", "--baselines-from", main, check=False)
+    assert r.returncode != 0 and "steps=7" in r.stderr and "same budget" in r.stderr and "Traceback" not in r.stderr
+    assert (cand / "results.json").read_text() == before
