@@ -126,9 +126,9 @@ def goal_table(units: dict, n: int, baselines: dict | None = None) -> str:
 
 def baselines(report: dict, folder: Path) -> dict:
     """The final UDA, FixMatch and `released` units of study FOLDER (same budget; a candidate's own --set may
-    differ), for a candidate folder's goal table; exits 2 naming a differing budget."""
+    differ), for a candidate folder's goal table; exits with an error naming a differing budget."""
     other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    for key in ("tune_seed", "steps", "tune_steps", "val_per_class"):
+    for key in ("steps", "val_per_class"):  # the finals and the split (a candidate may skip tuning)
         if key in report and key in other and report[key] != other[key]:
             sys.exit(f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study {report[key]!r}; "
                      "baselines must come from a study with the same budget.")  # fmt: skip

@@ -265,7 +265,7 @@ MERGE_SAME = ("tune_seed", "grid", "steps", "tune_steps", "val_per_class", "extr
 
 def merge(report: dict, folders: list[Path]) -> int:
     """Add the units of other study folders' results.json that `report` lacks; their settings must be the same
-    (a unit already in `report` is kept). Returns the number added; exits 2 naming a differing setting."""
+    (a unit already in `report` is kept). Returns the number added; exits with an error naming a differing setting."""
     added = 0
     for folder in folders:
         other = json.loads((folder / "results.json").read_text(encoding="utf-8"))

@@ -172,7 +172,10 @@ def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
     units = {f"40/seed{s}/final/{m}/0": _unit(tmp_path, m, s, v[s]) for m, v in finals.items() for s in range(3)}
     units["40/seed0/final/mpl-hard/0"] = _unit(tmp_path, "mpl-hard", 0, 0.50)  # the main study's own MPL: not a baseline
     mine = {f"40/seed{s}/final/mpl-hard/0": _unit(tmp_path, "mpl-hard", s, v) for s, v in enumerate((0.71, 0.70, 0.74))}
-    for folder, record in ((main, {"command": "python main-study", "units": units}), (cand, {"units": mine})):
+    for folder, record in (
+        (main, {"command": "python main-study", "units": units}),
+        (cand, {"units": mine, "tune_steps": 0}),
+    ):  # a candidate may skip tuning
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps({**budget, "grid": {}, **record}))
     r = study("--out", cand, "--report-only", "--baselines-from", main)
