@@ -39,6 +39,7 @@ the same grid for the methods both ran, or it refuses), so OUT skips them; their
 
 Candidates (an MPL variant: `--methods mpl-hard --set method.pseudo_labels=argmax ...`) run in folders of their
 own; `--baselines-from OUT` (same budget) pairs their goal table with OUT's UDA, FixMatch and `released` finals.
+`--tune-only` stops after the tuning runs: a screen of an extra `--set` on the validation split.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ def plan(args) -> list[tuple]:
             units += [(n, args.tune_seed, "tune", m, i) for m in args.methods for i in range(len(GRID[m]))]
         units += [(n, s, "final", m, chosen) for s in first for m in args.methods]
     rest = [s for s in args.seeds if s != args.tune_seed]
-    return units + [(n, s, "final", m, chosen) for s in rest for n in args.labels for m in args.methods]
+    units += [(n, s, "final", m, chosen) for s in rest for n in args.labels for m in args.methods]
+    return [u for u in units if u[2] == "tune"] if args.tune_only else units
 
 
 def eta(units: dict, todo: list[tuple], args) -> float:
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--log-every", type=int, default=50, help="metrics and diagnostics every N steps (default 50)")
     p.add_argument("--finetune-steps", type=int, default=0, help="finetuning steps (default 0: the recipe's [finetune])")
+    p.add_argument("--tune-only", action="store_true", help="run the tuning units only (a screen of extra --set)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument(
         "--val-per-class", type=int, default=100, help="validation images per class carved from training (default 100)"
@@ -340,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown method(s) {sorted(set(args.methods) - set(METHODS))}; choose from {', '.join(METHODS)}")
     if set(args.labels) - set(LABELS):
         p.error(f"no recipe for {sorted(set(args.labels) - set(LABELS))} labels; choose from 250, 40")
+    if args.tune_only and not args.tune_steps:
+        p.error("--tune-only needs tuning runs (--tune-steps > 0)")
     if args.eval_every % args.log_every:
         p.error("--eval-every must be a multiple of --log-every (validation runs on logging steps)")
     args.out = args.out.resolve()

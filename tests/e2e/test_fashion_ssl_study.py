@@ -194,3 +194,20 @@ def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
     r = study("--out", cand, "--report-only", "--baselines-from", main, check=False)
     assert r.returncode != 0 and "steps=7" in r.stderr and "same budget" in r.stderr and "Traceback" not in r.stderr
     assert (cand / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_tune_only_runs_the_screen_and_stops(tmp_path):
+    """--tune-only (a screen of an extra --set): the method's tuning runs, then no final run; resumable like the rest."""
+    _write_fashion(tmp_path / "idx")
+    out = tmp_path / "screen"
+    args = [*ARGS[:-5], "--methods", "fixmatch", *ARGS[-3:], "--idx", tmp_path / "idx", "--out", out]
+    study(*args, "--tune-only", "--set", "method.fixmatch_weight=2.0")
+    units = json.loads((out / "results.json").read_text())["units"]
+    assert set(units) == {"40/seed0/tune/fixmatch/0", "40/seed0/tune/fixmatch/1"}
+    assert all(
+        "method.fixmatch_weight=2.0" in next(c for c in u["commands"] if c.startswith("mpl train")) for u in units.values()
+    )
+    assert not (out / "runs/labels40/seed0/final").exists()
+    r = study(*args, "--tune-only", "--tune-steps", "0", check=False)
+    assert r.returncode == 2 and "--tune-only needs tuning runs" in r.stderr
