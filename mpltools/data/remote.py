@@ -7,7 +7,8 @@ manifest.json lists the shard, its sha256 and size). A reader that needs a shard
 
 1. streams the shard, sequentially and without range requests, into a file of its own in the
    process's private folder (`$TMPDIR/mpl-shards-*`, made by the main process when the set is opened,
-   removed when it exits, also on SIGTERM: `mpltools.signals`), hashing every byte as it arrives;
+   removed when it exits, after its loader workers have stopped, also on SIGTERM: `mpltools.signals`), hashing
+   every byte as it arrives;
 2. compares the size and the sha256 with the manifest, so a bad shard is refused before the reader
    sees a single sample of it (the error names the URL);
 3. hands the verified local copy to the reader, and deletes it when the reader leaves the block.
@@ -22,11 +23,11 @@ checksum or a wrong size is not retried.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import http.client
 import itertools
 import multiprocessing
+import multiprocessing.util
 import os
 import shutil
 import subprocess
@@ -87,7 +88,11 @@ def prepare() -> None:
     if "folder" in _state:
         return
     folder = Path(tempfile.mkdtemp(prefix="mpl-shards-"))
-    atexit.register(shutil.rmtree, folder, True)
+    # Removed at exit only once the DataLoader workers (daemon processes) are stopped: multiprocessing's exit
+    # function terminates and joins them, then runs this finalizer. An `atexit` handler ran first whenever
+    # multiprocessing was set up before this (torch does that): a worker still downloading ahead wrote a new shard
+    # into the folder while it was being removed, and the folder, with that shard, stayed in $TMPDIR.
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=-100)
     signals.install()  # SIGTERM would end the process without `finally` blocks or atexit: make it Ctrl-C
     _state["folder"] = folder
     _state["counters"] = multiprocessing.Array("d", 3)  # shards, bytes, seconds spent fetching
