@@ -88,7 +88,8 @@ BASELINES = ("uda", "fixmatch", "released")  # the goal table's comparisons
 
 def goal_table(units: dict, n: int, baselines: dict | None = None) -> str:
     """Each MPL variant after finetuning against the better (by mean) of UDA and FixMatch and against `released`,
-    paired by seed on the seeds both finished: the issue's bar is +1.0 point over each, mean of 3 seeds.
+    paired by seed on the seeds all of them finished (listed per seed; the "+ finetune" mean is over all the MPL
+    variant's seeds): the issue's bar is +1.0 point over each, mean of 3 seeds.
     `baselines`: final units of another study folder (a candidate's folder runs MPL only) filling in those methods."""
     final = {}
     for u in [*units.values(), *(baselines or {}).values()]:
@@ -101,15 +102,17 @@ def goal_table(units: dict, n: int, baselines: dict | None = None) -> str:
             continue
         cells, per_seed = [], []
         for group in (("uda", "fixmatch"), ("released",)):
-            means = {b: statistics.fmean(final[b, s] for s in seeds) for b in group if all((b, s) in final for s in seeds)}
-            if not means:
+            ran = [b for b in group if any(k == b for (k, _) in final)]
+            common = [s for s in seeds if ran and all((b, s) in final for b in ran)]  # seeds every one of them finished
+            if not common:
                 cells.append("– | –")
                 continue
+            means = {b: statistics.fmean(final[b, s] for s in common) for b in ran}
             b = max(means, key=means.get)
-            diffs = [final[m, s] - final[b, s] for s in seeds]
+            diffs = [final[m, s] - final[b, s] for s in common]
             spread = f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
             cells.append(f"{b} {means[b]:.3f} | {100 * statistics.fmean(diffs):+.1f}{spread}")
-            per_seed.append(f"{b}: " + ", ".join(f"s{s} {100 * d:+.1f}" for s, d in zip(seeds, diffs)))
+            per_seed.append(f"{b}: " + ", ".join(f"s{s} {100 * d:+.1f}" for s, d in zip(common, diffs)))
         if not per_seed:  # neither baseline ran (a candidate's folder)
             continue
         mine = statistics.fmean(final[m, s] for s in seeds)

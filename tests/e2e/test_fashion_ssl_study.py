@@ -172,6 +172,7 @@ def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
     units = {f"40/seed{s}/final/{m}/0": _unit(tmp_path, m, s, v[s]) for m, v in finals.items() for s in range(3)}
     units["40/seed0/final/mpl-hard/0"] = _unit(tmp_path, "mpl-hard", 0, 0.50)  # the main study's own MPL: not a baseline
     mine = {f"40/seed{s}/final/mpl-hard/0": _unit(tmp_path, "mpl-hard", s, v) for s, v in enumerate((0.71, 0.70, 0.74))}
+    mine["40/seed3/final/mpl-hard/0"] = _unit(tmp_path, "mpl-hard", 3, 0.717)  # ahead of the baselines: not paired
     for folder, record in (
         (main, {"command": "python main-study", "units": units}),
         (cand, {"units": mine, "tune_steps": 0}),
@@ -182,7 +183,7 @@ def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
     md = (cand / "results.md").read_text()
     # UDA's mean (0.693) beats FixMatch's (0.653); differences by seed: +1.0, +4.0, +2.0 -> +2.3 ± 1.5 points;
     # against released: +5.0, +6.0, +4.0 -> +5.0 ± 1.0.
-    row = "| mpl-hard | 3 | 0.717 | uda 0.693 | +2.3 ± 1.5 | released 0.667 | +5.0 ± 1.0 | uda: s0 +1.0, s1 +4.0, s2 +2.0; "
+    row = "| mpl-hard | 4 | 0.717 | uda 0.693 | +2.3 ± 1.5 | released 0.667 | +5.0 ± 1.0 | uda: s0 +1.0, s1 +4.0, s2 +2.0; "
     assert row in md and "Baselines of the goal table from the folder of: `python main-study`" in md, md
     assert r.stdout.strip() == md.strip()
     assert json.loads((cand / "results.json").read_text())["baselines"]["units"].keys() == {
