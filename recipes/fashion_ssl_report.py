@@ -127,16 +127,27 @@ def goal_table(units: dict, n: int, baselines: dict | None = None) -> str:
     return "\n".join(head + lines)
 
 
-def baselines(report: dict, folder: Path) -> dict:
-    """The final UDA, FixMatch and `released` units of study FOLDER (same budget; a candidate's own --set may
-    differ), for a candidate folder's goal table; exits with an error naming a differing budget."""
-    other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    for key in ("steps", "val_per_class"):  # the finals and the split (a candidate may skip tuning)
-        if key in report and key in other and report[key] != other[key]:
-            sys.exit(f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study {report[key]!r}; "
-                     "baselines must come from a study with the same budget.")  # fmt: skip
-    keep = {k: u for k, u in other["units"].items() if u["phase"] == "final" and u["method"] in BASELINES}
-    return {"command": other.get("command", str(folder)), "units": keep}
+def baselines(report: dict, folders: list[Path]) -> dict:
+    """The final UDA, FixMatch and `released` units of study FOLDERS (same budget; a candidate's own --set may
+    differ), for a candidate folder's goal table. A later folder's finals of a method at a label count replace an
+    earlier folder's (a baseline re-run with the setting that won its screen). Exits with an error naming a differing
+    budget, or a folder without any of those finals."""
+    keep, sources = {}, []
+    for folder in folders:
+        other = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        for key in ("steps", "val_per_class"):  # the finals and the split (a candidate may skip tuning)
+            if key in report and key in other and report[key] != other[key]:
+                sys.exit(f"fashion_ssl_study.py: {folder}/results.json has {key}={other[key]!r}, this study "
+                         f"{report[key]!r}; baselines must come from a study with the same budget.")  # fmt: skip
+        finals = {k: u for k, u in other["units"].items() if u["phase"] == "final" and u["method"] in BASELINES}
+        if not finals:
+            sys.exit(f"fashion_ssl_study.py: {folder}/results.json has no final run of {', '.join(BASELINES)}; "
+                     "pass a study folder whose baselines have finished.")  # fmt: skip
+        took = sorted({(u["method"], u["labels"]) for u in finals.values()})
+        keep = {k: u for k, u in keep.items() if (u["method"], u["labels"]) not in took}
+        keep.update(finals)
+        sources.append({"command": other.get("command", str(folder)), "finals": [f"{m} at {n}" for m, n in took]})
+    return {"command": sources[0]["command"], "sources": sources, "units": keep}
 
 
 def tuning_table(units: dict, n: int, grid: dict) -> str:
@@ -314,6 +325,8 @@ def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
         parts += ["", "Units merged from the folders of:", "", *(f"- `{c}`" for c in report["merged_commands"])]
     if report.get("baselines"):
         parts += ["", f"Baselines of the goal table from the folder of: `{report['baselines']['command']}`"]
+        for source in report["baselines"].get("sources", [])[1:]:
+            parts += [f"- replaced for {', '.join(source['finals'])} labels by the folder of: `{source['command']}`"]
     report["summary"] = {}
     for n in labels:
         table, summary = results_table(units, n, grid)

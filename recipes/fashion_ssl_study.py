@@ -37,9 +37,9 @@ subset); later `--out OUT --merge-from OUT2` adds OUT2's finished units to OUT/r
 the same grid for the methods both ran, or it refuses), so OUT skips them; their run folders stay in OUT2. With
 `--report-only` it then only rewrites the tables; without, OUT goes on to run its own units.
 
-Candidates (an MPL variant: `--methods mpl-hard --set method.pseudo_labels=argmax ...`) run in folders of their
-own; `--baselines-from OUT` (same budget) pairs their goal table with OUT's UDA, FixMatch and `released` finals.
-`--tune-only` stops after the tuning runs: a screen of an extra `--set` on the validation split.
+Candidates (`--methods mpl-hard --set method.pseudo_labels=argmax ...`) run in folders of their own; `--baselines-from
+OUT [SCREEN ...]` pairs their goal table with OUT's UDA, FixMatch and `released` finals (a later folder's finals of a
+method replace OUT's). `--tune-only` runs the tuning only: a screen of an extra `--set` on the validation split.
 """
 
 from __future__ import annotations
@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baselines-from",
         type=Path,
-        default=None,
-        help="goal table against the UDA, FixMatch and released finals of this study folder (for a candidate's folder)",
+        nargs="+",
+        default=[],
+        help="goal table against the UDA, FixMatch and released finals of these study folders (a later one's finals of a method replace an earlier one's)",
     )
     args = p.parse_args(argv)
     args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

@@ -189,8 +189,24 @@ def test_candidate_goal_table_pairs_with_another_folders_baselines(tmp_path):
     assert json.loads((cand / "results.json").read_text())["baselines"]["units"].keys() == {
         k for k in units if "mpl-hard" not in k
     }
-    # A study with another budget is refused, naming the key; nothing is written.
+    # A baseline whose screen won reruns its finals in the screen's folder: a later folder's finals of a method replace
+    # the earlier folder's. FixMatch's (0.69, 0.70, 0.73; mean 0.707) now beat UDA's: +2.0, +0.0, +1.0 -> +1.0 ± 1.0.
+    screen = tmp_path / "screen"
+    screen.mkdir()
+    redone = {f"40/seed{s}/final/fixmatch/1": _unit(tmp_path, "fixmatch", s, v) for s, v in enumerate((0.69, 0.70, 0.73))}
+    (screen / "results.json").write_text(json.dumps({**budget, "command": "python screen", "grid": {}, "units": redone}))
+    r = study("--out", cand, "--report-only", "--baselines-from", main, screen)
+    md = (cand / "results.md").read_text()
+    row = "| mpl-hard | 4 | 0.717 | fixmatch 0.707 | +1.0 ± 1.0 | released 0.667 | +5.0 ± 1.0 | fixmatch: s0 +2.0, s1 +0.0, s2 +1.0; "
+    assert row in md and "- replaced for fixmatch at 40 labels by the folder of: `python screen`" in md, md
+    kept = json.loads((cand / "results.json").read_text())["baselines"]["units"]
+    assert kept.keys() == {k for k in units if "uda" in k or "released" in k} | redone.keys()
+    # A folder without any baseline final (e.g. a candidate's) is refused by name; nothing is written.
     before = (cand / "results.json").read_text()
+    r = study("--out", cand, "--report-only", "--baselines-from", main, cand, check=False)
+    assert r.returncode != 0 and f"{cand}/results.json has no final run" in r.stderr and "Traceback" not in r.stderr
+    assert (cand / "results.json").read_text() == before
+    # A study with another budget is refused, naming the key; nothing is written.
     (main / "results.json").write_text(json.dumps({**budget, "steps": 7, "grid": {}, "units": units}))
     r = study("--out", cand, "--report-only", "--baselines-from", main, check=False)
     assert r.returncode != 0 and "steps=7" in r.stderr and "same budget" in r.stderr and "Traceback" not in r.stderr
