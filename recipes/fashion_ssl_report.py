@@ -6,6 +6,11 @@ feedback's signal-to-noise in the MPL runs) and two PNGs per label count: `curve
 top-1 against the step, per method, mean over the seeds) and `pl_accuracy_N.png` (the accuracy of the
 pseudo labels on the unlabelled images' hidden labels against the step, MPL against `released`). Run
 folders that are still training are drawn too, so the pictures fill in as the study runs.
+
+A finished unit keeps a `trace` in results.json: the columns of its metrics.jsonl that the report reads
+(`TRACE_KEYS`), so the tables and pictures can be redrawn from results.json alone (a snapshot, or a study whose
+run folders are gone). Units that finished before traces were kept and whose run folders are gone are counted
+in results.md: they are missing from the diagnostics tables and the pictures, not from the test top-1 tables.
 """
 
 from __future__ import annotations
@@ -36,6 +41,51 @@ def records(run: Path) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+TRACE_KEYS = ("val/student_top1", "diag/pl_accuracy", "diag/pl_agreement", "feedback/h", "diag/t_grad_norm_mpl",
+              "diag/t_grad_norm_aux", "diag/cos_mpl_aux")  # fmt: skip
+
+
+def trace(rows: list[dict]) -> dict:
+    """The report's columns of metrics.jsonl lines, as {"step": [...], "final": [...], key: [value or None]}
+    (5 significant digits); keys no line has are left out."""
+    rows = [r for r in rows if any(k in r for k in TRACE_KEYS)]
+    keys = [k for k in TRACE_KEYS if any(k in r for r in rows)]
+    out = {"step": [r["step"] for r in rows], "final": [bool(r.get("final")) for r in rows]}
+    out.update({k: [float(f"{r[k]:.5g}") if k in r else None for r in rows] for k in keys})
+    return out
+
+
+def untrace(columns: dict) -> list[dict]:
+    """The lines of a `trace` back (only the keys they had)."""
+    keys = [k for k in columns if k not in ("step", "final")]
+    rows = []
+    for i, step in enumerate(columns["step"]):
+        row = {"step": step, **({"final": True} if columns["final"][i] else {})}
+        rows.append(row | {k: columns[k][i] for k in keys if columns[k][i] is not None})
+    return rows
+
+
+def unit_records(unit: dict) -> list[dict]:
+    """A finished unit's metrics lines: its stored trace, else its run folder's metrics.jsonl ([] if gone)."""
+    if "trace" in unit:
+        return untrace(unit["trace"])
+    return records(Path(unit["run"])) if unit.get("run") else []
+
+
+def store_traces(units: dict) -> list[str]:
+    """Adds a trace to each finished unit without one whose run folder still has its metrics; returns the keys of
+    the units with neither (their diagnostics are lost)."""
+    lost = []
+    for key, u in units.items():
+        if "trace" not in u:
+            rows = [r for r in records(Path(u["run"])) if "step" in r] if u.get("run") else []
+            if rows:
+                u["trace"] = trace(rows)
+            else:
+                lost.append(key)
+    return lost
 
 
 def final_metrics(run: Path) -> dict:
@@ -164,7 +214,7 @@ def tuning_table(units: dict, n: int, grid: dict) -> str:
         best = rows[scores.index(max(scores))]["setting"] if len(rows) == len(grid[m]) else None  # the first on a tie
         for u in rows:
             mark = "**yes**" if u["setting"] == best else ""
-            pl = late_pseudo_labels(Path(u["run"])) if m in PL_METHODS and u.get("run") else None
+            pl = late_pseudo_labels(unit_records(u)) if m in PL_METHODS else None
             lines.append(
                 f"| {m} | {' '.join(u['sets'])} | {u['steps']} | {u['val_top1']:.3f} | {u['val_top1_finetuned']:.3f} "
                 f"| {'–' if pl is None else f'{pl[1]:.3f}'} | {mark} |"
@@ -172,10 +222,10 @@ def tuning_table(units: dict, n: int, grid: dict) -> str:
     return "\n".join(lines)
 
 
-def late_pseudo_labels(run: Path) -> tuple[int, float, float] | None:
+def late_pseudo_labels(lines: list[dict]) -> tuple[int, float, float] | None:
     """(logging steps, pseudo-label accuracy, student agreement): means over the logging steps in the last third of
     the run (what the student learnt from once the curves settled); None without hidden-label diagnostics."""
-    rows = [r for r in records(run) if "diag/pl_accuracy" in r and not r.get("final")] if run.is_dir() else []
+    rows = [r for r in lines if "diag/pl_accuracy" in r and not r.get("final")]
     if not rows:
         return None
     late = [r for r in rows if r["step"] > 2 * rows[-1]["step"] / 3] or rows
@@ -186,9 +236,9 @@ def late_pseudo_labels(run: Path) -> tuple[int, float, float] | None:
     )
 
 
-def feedback_figures(run: Path) -> dict | None:
+def feedback_figures(lines: list[dict]) -> dict | None:
     """h's mean, std and signal-to-noise over the logging steps after the wait, and the MPL share of the teacher's gradient."""
-    rs = [r for r in records(run) if "feedback/h" in r and not r.get("final")]
+    rs = [r for r in lines if "feedback/h" in r and not r.get("final")]
     hs = [r["feedback/h"] for r in rs if r["feedback/h"] != 0.0]
     if len(hs) < 2:
         return None
@@ -216,12 +266,16 @@ def _g(v) -> str:
     return "–" if v is None else f"{v:.3g}"
 
 
-def final_runs(out: Path, units: dict, n: int, method: str) -> list[Path]:
-    """The final run folders of `method` at `n` labels: those under OUT/runs (also still training) and those the
-    finished units name (a unit merged from another study folder keeps its run there)."""
-    runs = set((out / "runs" / f"labels{n}").glob(f"seed*/final/{method}-*"))
-    runs |= {Path(u["run"]) for u in units.values() if u["phase"] == "final" and u["labels"] == n and u["method"] == method}
-    return sorted((r for r in runs if r.is_dir()), key=lambda r: (r.parent.parent.name, r.name, str(r)))
+def final_runs(out: Path, units: dict, n: int, method: str) -> list[tuple[str, list[dict]]]:
+    """(name, metrics lines) of the final runs of `method` at `n` labels: the finished units (their trace, or the run
+    folder they name, also one merged from another study folder) and the runs under OUT/runs still training."""
+    runs = {}
+    for u in units.values():
+        if u["phase"] == "final" and u["labels"] == n and u["method"] == method:
+            runs[f"seed{u['seed']}/{method}-{u['setting']}"] = unit_records(u)
+    for run in (out / "runs" / f"labels{n}").glob(f"seed*/final/{method}-*"):
+        runs.setdefault(f"{run.parent.parent.name}/{run.name}", records(run))
+    return [(name, lines) for name, lines in sorted(runs.items()) if lines]
 
 
 def feedback_table(out: Path, units: dict, n: int) -> str:
@@ -229,11 +283,11 @@ def feedback_table(out: Path, units: dict, n: int) -> str:
         "| run | logged steps | mean h | std h | \\|mean\\|/std | h > 0 | median ‖g_mpl‖ | median ‖g_aux‖ | median ‖g_mpl‖/‖g_aux‖ | median cos(g_mpl, g_aux) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in [r for m in ("mpl-hard", "mpl-soft") for r in final_runs(out, units, n, m)]:
+    for name, run in [r for m in ("mpl-hard", "mpl-soft") for r in final_runs(out, units, n, m)]:
         f = feedback_figures(run)
         if f:
             lines.append(
-                f"| {run.parent.parent.name}/{run.name} | {f['n']} | {_g(f['h_mean'])} | {_g(f['h_std'])} | {_g(f['h_snr'])} | "
+                f"| {name} | {f['n']} | {_g(f['h_mean'])} | {_g(f['h_std'])} | {_g(f['h_snr'])} | "
                 f"{f['h_positive']:.2f} | {_g(f['t_grad_norm_mpl'])} | {_g(f['t_grad_norm_aux'])} | {_g(f['mpl_share'])} | "
                 f"{_g(f['cos_mpl_aux'])} |"
             )
@@ -245,18 +299,18 @@ def pl_table(out: Path, units: dict, n: int) -> str:
     of the logging steps in the last third of the run (what the student learnt from, once the curves settled)."""
     lines = ["| run | logged steps | pseudo-label accuracy | student agrees |", "|---|---:|---:|---:|"]
     for m in PL_METHODS:
-        for run in final_runs(out, units, n, m):
+        for name, run in final_runs(out, units, n, m):
             pl = late_pseudo_labels(run)
             if pl is not None:
-                lines.append(f"| {run.parent.parent.name}/{run.name} | {pl[0]} | {pl[1]:.3f} | {pl[2]:.3f} |")
+                lines.append(f"| {name} | {pl[0]} | {pl[1]:.3f} | {pl[2]:.3f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _series(runs: list[Path], key: str) -> dict[int, float]:
+def _series(runs: list[tuple[str, list[dict]]], key: str) -> dict[int, float]:
     """Mean over the runs that logged `key` at each step."""
     by_step: dict[int, list[float]] = {}
-    for run in runs:
-        for r in records(run):
+    for _, lines in runs:
+        for r in lines:
             if key in r and (key.startswith("val/") or not r.get("final")):  # the end-of-run validation is a curve point
                 by_step.setdefault(r["step"], []).append(r[key])
     return {s: statistics.fmean(v) for s, v in sorted(by_step.items())}
@@ -311,9 +365,11 @@ def plot(out: Path, units: dict, folder: Path, n: int, methods) -> list[str]:
 
 
 def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
-    """Writes folder/results.md and the PNGs of study folder OUT; returns the markdown. Also stores the summary in `report`."""
+    """Writes folder/results.md and the PNGs of study folder OUT; returns the markdown. Also stores the summary and
+    the finished units' traces in `report`."""
     folder.mkdir(parents=True, exist_ok=True)
     units = report.get("units", {})
+    lost = store_traces(units)
     labels = sorted({u["labels"] for u in units.values()}, reverse=True)
     parts = [
         "# Fashion-MNIST semi-supervised study",
@@ -327,6 +383,10 @@ def write_report(report: dict, out: Path, folder: Path, grid: dict) -> str:
         parts += ["", f"Baselines of the goal table from the folder of: `{report['baselines']['command']}`"]
         for source in report["baselines"].get("sources", [])[1:]:
             parts += [f"- replaced for {', '.join(source['finals'])} labels by the folder of: `{source['command']}`"]
+    if lost:
+        parts += ["", f"{len(lost)} finished unit(s) have no trace and no run folder left (they finished before results.json "
+                  "kept traces): they are in the test top-1 tables, not in the diagnostics tables and pictures; an earlier "
+                  f"report of this folder (git history) has them: {', '.join(lost)}."]  # fmt: skip
     report["summary"] = {}
     for n in labels:
         table, summary = results_table(units, n, grid)

@@ -362,8 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(results, report)
     if args.report_only:
         print(write_report(report, args.out, report_to, GRID))
-        if args.merge_from:
-            write_json(results, report)  # with the summary of the merged units
+        write_json(results, report)  # with the summary and the traces
         return 0
     if not (args.idx / "train-images-idx3-ubyte.gz").exists() and not (args.idx / "train-images-idx3-ubyte").exists():
         p.error(f"{args.idx}: no Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist, or pass --idx FOLDER)")
@@ -386,12 +385,15 @@ def main(argv: list[str] | None = None) -> int:
               f"ETA {_hours(eta(units, left, args))})", file=sys.stderr, flush=True)  # fmt: skip
         units[key] = run_unit(run, args, data, n, seed, phase, method, setting)
         write_json(results, report)
-        write_report(report, args.out, report_to, GRID)
+        write_report(report, args.out, report_to, GRID)  # also adds the unit's trace
+        write_json(results, report)
         u = units[key]
         print(f"[study] {key} done in {u['seconds']:.0f} s: val {u['val_top1']:.3f} -> finetuned {u['val_top1_finetuned']:.3f}"
               + (f"; test {u['test_top1']:.3f} -> {u['test_top1_finetuned']:.3f}" if phase == "final" else ""),
               file=sys.stderr, flush=True)  # fmt: skip
-    print(write_report(report, args.out, report_to, GRID))
+    text = write_report(report, args.out, report_to, GRID)
+    write_json(results, report)
+    print(text)
     print(f"[study] all {len(units)} units done ({_hours(time.perf_counter() - start)} this session)", file=sys.stderr)
     return 0
 

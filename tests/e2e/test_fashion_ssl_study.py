@@ -10,6 +10,7 @@ the finished run instead of training again).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,29 @@ def test_fashion_ssl_study_ci_size_tunes_runs_reports_and_resumes(tmp_path):
     assert "Pseudo labels in the final runs" in md
     again = study(*ARGS[:2], "--seeds", "0", "1", *ARGS[4:], "--idx", tmp_path / "idx", "--out", out)
     assert "[study] 40/" not in again.stderr
+
+    # results.json keeps each finished unit's trace: the tables and pictures come back from it alone once every run
+    # folder is gone (a committed snapshot); a unit with neither is named, and only its diagnostics rows go.
+    md = (out / "results.md").read_text()
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "results.json").write_text((out / "results.json").read_text())
+    assert all("val/student_top1" in u["trace"] for u in json.loads((out / "results.json").read_text())["units"].values())
+    for folder in (out, second, third):
+        shutil.rmtree(folder / "runs")
+    study("--out", snapshot, "--report-only")
+    assert (snapshot / "results.md").read_text() == md and "no trace" not in md
+    assert (snapshot / "curves_40.png").stat().st_size > 1000 and (snapshot / "pl_accuracy_40.png").stat().st_size > 1000
+    bare = json.loads((snapshot / "results.json").read_text())
+    gone = next(k for k in bare["units"] if k.startswith("40/seed1/final/mpl-hard/"))
+    del bare["units"][gone]["trace"]
+    (snapshot / "results.json").write_text(json.dumps(bare))
+    study("--out", snapshot, "--report-only")
+    md_bare = (snapshot / "results.md").read_text()
+    assert "1 finished unit(s) have no trace and no run folder left" in md_bare and gone in md_bare
+    assert md_bare.count("| seed1/mpl-hard-") == 0 and md.count("| seed1/mpl-hard-") == 2
+    assert f"s1: {bare['units'][gone]['test_top1']:.3f}" in md_bare  # still in the test top-1 table
+
     other = json.loads((second / "results.json").read_text())
     (second / "results.json").write_text(json.dumps({**other, "steps": 7}))
     r = study("--out", out, "--merge-from", second, "--report-only", check=False)
