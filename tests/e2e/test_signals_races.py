@@ -175,7 +175,13 @@ def test_a_second_data_split_on_the_same_out_is_refused(world, tmp_path):
     split = ["data", "split", world["root"] / "all", "--labeled-per-class", "5", "--out", out]
     first = start(*split, cwd=tmp_path)
     wait_for(first, lambda: glob.glob(str(tmp_path / ".split.tmp-*")), "the first split's temporary folder")
-    code, err = finish(start(*split, cwd=tmp_path))
+    # Held still while the second starts: a split can end before a second interpreter is up (seen under CI load).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert glob.glob(str(tmp_path / ".split.tmp-*")), "the first split ended before it was stopped"
+        code, err = finish(start(*split, cwd=tmp_path))
+    finally:
+        first.send_signal(signal.SIGCONT)
     _refused_naming(code, err, first, "mpl data split")
     code, err = finish(first)
     assert code == 0, err[-3000:]
