@@ -68,10 +68,8 @@ def untrace(columns: dict) -> list[dict]:
 
 
 def unit_records(unit: dict) -> list[dict]:
-    """A finished unit's metrics lines: its stored trace, else its run folder's metrics.jsonl ([] if gone)."""
-    if "trace" in unit:
-        return untrace(unit["trace"])
-    return records(Path(unit["run"])) if unit.get("run") else []
+    """A finished unit's metrics lines, from its trace (`write_report` stores every trace it can first); [] without."""
+    return untrace(unit["trace"]) if "trace" in unit else []
 
 
 def store_traces(units: dict) -> list[str]:
